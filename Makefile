@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Each sets itself up.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -e '.[train,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/npgmf-edge demo --out demo_out
+
+test: $(STAMP)
+	$(BIN)/ruff check npgmf_edge tests
+	$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

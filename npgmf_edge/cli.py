@@ -1,0 +1,240 @@
+"""The `npgmf-edge` command line: a thin typer layer that parses arguments and calls the library.
+
+Every expected failure (bad path, bad option, broken dataset) ends as one `error: ...` line on stderr
+and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from npgmf_edge import __version__
+from npgmf_edge.errors import NpgmfError
+
+app = typer.Typer(
+    name="npgmf-edge",
+    help="Anomaly inspection from good images only: train, evaluate, export, bench, predict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class Branch(str, Enum):
+    logical = "logical"
+    structural = "structural"
+    all = "all"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"npgmf-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version."),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s: %(message)s"
+    )
+
+
+def _emit(result: dict, as_json: bool) -> None:
+    """Print a result either as JSON (for machines) or as aligned `key: value` lines (for people)."""
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    width = max((len(k) for k in result), default=0)
+    for key, value in result.items():
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+ExistingPath = Annotated[Path, typer.Argument(exists=True, help="Dataset root (format detected).")]
+
+
+@app.command("make-data")
+def make_data(
+    out: Annotated[Path, typer.Argument(help="Directory to write the dataset into (created).")],
+    category: Annotated[str, typer.Option(help="Category (folder) name.")] = "breakfast_tray",
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same dataset.")] = 0,
+    image_size: Annotated[int, typer.Option(help="Side of the square images in pixels.")] = 256,
+    n_train: Annotated[int, typer.Option(help="Good training images.")] = 60,
+    n_validation: Annotated[int, typer.Option(help="Good validation images.")] = 20,
+    n_test_good: Annotated[int, typer.Option(help="Good test images.")] = 20,
+    n_logical: Annotated[int, typer.Option(help="Test images with logical anomalies.")] = 20,
+    n_structural: Annotated[int, typer.Option(help="Test images with structural anomalies.")] = 20,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset at OUT.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Generate a small synthetic dataset in MVTec LOCO AD format (trays with rule-bound parts)."""
+    from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
+
+    cfg = SyntheticConfig(
+        category=category,
+        seed=seed,
+        image_size=image_size,
+        n_train=n_train,
+        n_validation=n_validation,
+        n_test_good=n_test_good,
+        n_logical=n_logical,
+        n_structural=n_structural,
+    )
+    summary = generate_dataset(out, cfg, overwrite=overwrite)
+    _emit(summary, as_json)
+
+
+@app.command()
+def train(
+    data: ExistingPath,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path("runs/run"),
+    category: Annotated[
+        str | None, typer.Option(help="Category inside DATA (when DATA holds several).")
+    ] = None,
+    branch: Annotated[Branch, typer.Option(help="Which branch to train.")] = Branch.all,
+    preset: Annotated[str, typer.Option(help="Preset: tiny, edge or paper.")] = "edge",
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (logical branch).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    no_pretrained: Annotated[
+        bool, typer.Option("--no-pretrained", help="Random weights, chosen explicitly (tests, demos).")
+    ] = False,
+    weights: Annotated[
+        Path | None, typer.Option(help="Local timm checkpoint for the encoder (offline).")
+    ] = None,
+    clip_model: Annotated[str | None, typer.Option(help="open_clip model name for the text prior.")] = None,
+    clip_weights: Annotated[
+        Path | None, typer.Option(help="Local open_clip checkpoint for the text encoder (offline).")
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="Text prompt; default: the category name.")] = None,
+    no_text_prior: Annotated[
+        bool, typer.Option("--no-text-prior", help="Ablation: drop the CLIP text prior.")
+    ] = False,
+    no_codebooks: Annotated[
+        bool, typer.Option("--no-codebooks", help="Ablation: drop the normal codebooks.")
+    ] = False,
+    coreset_ratio: Annotated[float | None, typer.Option(help="Coreset fraction in (0, 1].")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume an interrupted run in OUT.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Fit a detector from good images only (logical branch, structural branch, or both)."""
+    from npgmf_edge.config import get_preset
+    from npgmf_edge.data import load_dataset
+    from npgmf_edge.training.run import train_run
+
+    cfg = get_preset(preset)
+    if image_size is not None:
+        cfg.image_size = image_size
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(cfg.train, name, value)
+    cfg.weights.pretrained = not no_pretrained
+    cfg.weights.weights = str(weights) if weights else None
+    cfg.weights.clip_weights = str(clip_weights) if clip_weights else None
+    if clip_model:
+        cfg.logical.clip_model = clip_model
+    if prompt:
+        cfg.logical.prompt = prompt
+    cfg.logical.use_text_prior = not no_text_prior
+    cfg.logical.use_codebooks = not no_codebooks
+    if coreset_ratio is not None:
+        cfg.structural.coreset_ratio = coreset_ratio
+
+    dataset = load_dataset(data, category=category)
+    summary = train_run(dataset, cfg, out, branch=branch.value, resume=resume)
+    _emit(summary, as_json)
+
+
+def _not_yet(verb: str) -> None:
+    raise NpgmfError(f"`{verb}` is not available in this version yet")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path | None, typer.Argument(help="Run directory from `train`.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Labelled test dataset.")] = None,
+    maps: Annotated[
+        Path | None, typer.Option(help="Score maps of any tool: <maps>/<object>/test/<type>/<id>.tiff")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write metrics JSON and the report.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+) -> None:
+    """Measure a run (or a folder of score maps) with image/pixel AUROC, AUPRO and sPRO."""
+    _not_yet("evaluate")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(exists=True, help="Run directory from `train`.")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.")] = Path("bundle"),
+) -> None:
+    """Write a self-contained deployable bundle: ONNX graphs, coreset index, manifest, engines."""
+    _not_yet("export")
+
+
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(exists=True, help="Bundle directory from `export`.")],
+) -> None:
+    """Measure latency (p50/p95/p99), throughput and memory per stage."""
+    _not_yet("bench")
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(exists=True, help="Run or bundle directory.")],
+    images: Annotated[list[Path], typer.Argument(exists=True, help="Images to inspect.")],
+    out: Annotated[Path, typer.Option(help="Directory for overlays and the summary.")] = Path("predictions"),
+) -> None:
+    """Inspect images: score, verdict, anomaly map and overlay picture for each."""
+    _not_yet("predict")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Directory for everything the demo writes.")] = Path("demo_out"),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """End to end on this machine: make synthetic data, then report what was made."""
+    from npgmf_edge.data import load_dataset
+    from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
+
+    data_dir = out / "data"
+    summary = generate_dataset(data_dir, SyntheticConfig(seed=seed), overwrite=True)
+    dataset = load_dataset(data_dir)
+    summary["loaded_back"] = {split: len(getattr(dataset, split)) for split in ("train", "validation", "test")}
+    _emit(summary, as_json)
+
+
+def main() -> None:
+    """Console entry point: usage errors and our own errors become one line and an exit code."""
+    try:
+        code = app(standalone_mode=False)
+    except click.UsageError as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except NpgmfError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,189 @@
+"""Dataclass configs and the named presets (SPEC §2.4).
+
+Presets are data in a registry, not `if` chains: `get_preset("tiny")` returns a fresh, fully populated
+`NpgmfConfig`. Choices the paper leaves open are ours; docs/DESIGN.md records why.
+
+Example:
+    >>> cfg = get_preset("tiny")
+    >>> cfg.logical.encoder
+    'resnet18'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from npgmf_edge.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class WeightsConfig:
+    """Where pretrained weights come from. `pretrained=False` is the explicit random-init choice."""
+
+    pretrained: bool = True
+    weights: str | None = None  # local timm checkpoint for the logical encoder (offline use)
+    structural_weights: str | None = None  # local timm checkpoint for the structural encoder
+    clip_weights: str | None = None  # local open_clip checkpoint for the text encoder
+
+
+@dataclass
+class LogicalConfig:
+    """NPGMF logical branch (SPEC §2.1)."""
+
+    encoder: str = "resnet18"
+    out_indices: tuple[int, ...] = (1, 2, 3)  # strides 4, 8, 16
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"
+    prompt: str | None = None  # default: the category name
+    use_text_prior: bool = True
+    use_codebooks: bool = True
+    codebook_size: int = 16
+    dilations: tuple[int, ...] = (1, 2, 4)
+    vq_beta: float = 0.25
+    lewin_depth: int = 2
+    lewin_heads: int = 4
+    window_size: int = 4
+    text_dim: int = 64  # channels of the adapted text prior broadcast to each decoder stage
+    loss_weight_cos: float = 1.0
+    loss_weight_recon: float = 1.0
+    loss_weight_vq: float = 1.0
+
+
+@dataclass
+class StructuralConfig:
+    """PatchCore structural branch (SPEC §2.2)."""
+
+    encoder: str = "resnet18"
+    out_indices: tuple[int, ...] = (2, 3)
+    share_logical_encoder: bool = False
+    patch_size: int = 3
+    pretrain_embed_dim: int = 256
+    embed_dim: int = 256
+    coreset_ratio: float = 0.1
+    coreset_projection_dim: int = 128
+    knn_backend: str = "faiss"  # "faiss" | "brute"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by both branches."""
+
+    epochs: int = 50
+    batch_size: int = 1
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    seed: int = 0
+    validation_fraction: float = 0.1  # held out of train/good when a dataset has no validation split
+
+
+@dataclass
+class FusionConfig:
+    """Fusion, smoothing and verdict calibration (SPEC §2.3)."""
+
+    weight_structural: float = 1.0
+    weight_logical: float = 3.0
+    gaussian_sigma: float = 4.0  # pixels at 256 px input; scaled with image_size
+    false_alarm_rate: float = 0.01
+
+
+@dataclass
+class NpgmfConfig:
+    """Everything a run needs; saved as JSON next to the weights."""
+
+    preset: str = "tiny"
+    image_size: int = 128
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    logical: LogicalConfig = field(default_factory=LogicalConfig)
+    structural: StructuralConfig = field(default_factory=StructuralConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NpgmfConfig:
+        return _from_dict(cls, data, "config")
+
+    @classmethod
+    def load(cls, path: Path) -> NpgmfConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """Rebuild a (nested) dataclass from JSON, rejecting unknown keys so typos do not pass silently."""
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    defaults = cls()  # type: ignore[call-arg]
+    for name, value in data.items():
+        current = getattr(defaults, name)
+        if is_dataclass(current):
+            kwargs[name] = _from_dict(type(current), value, f"{where}.{name}")
+        elif isinstance(current, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _tiny() -> NpgmfConfig:
+    """resnet18-class encoders and small images: for tests and CPU demos."""
+    cfg = NpgmfConfig(preset="tiny", image_size=128)
+    cfg.logical = LogicalConfig(encoder="resnet18", lewin_depth=1, lewin_heads=2, window_size=4, text_dim=32)
+    cfg.structural = StructuralConfig(
+        encoder="resnet18", share_logical_encoder=True, pretrain_embed_dim=128, embed_dim=128
+    )
+    cfg.train = TrainConfig(epochs=10, batch_size=8, lr=1e-3)
+    return cfg
+
+
+def _edge() -> NpgmfConfig:
+    """Default: one shared wide_resnet50_2 pass feeds both branches at 256 px."""
+    cfg = NpgmfConfig(preset="edge", image_size=256)
+    cfg.logical = LogicalConfig(encoder="wide_resnet50_2", lewin_depth=2, lewin_heads=4, window_size=8)
+    cfg.structural = StructuralConfig(
+        encoder="wide_resnet50_2", share_logical_encoder=True, pretrain_embed_dim=1024, embed_dim=1024
+    )
+    cfg.train = TrainConfig(epochs=50, batch_size=4, lr=5e-4)
+    return cfg
+
+
+def _paper() -> NpgmfConfig:
+    """As in the paper: ResNet101 logical encoder, a heavy structural encoder, 256 px, batch size 1."""
+    cfg = NpgmfConfig(preset="paper", image_size=256)
+    cfg.logical = LogicalConfig(encoder="resnet101", lewin_depth=2, lewin_heads=8, window_size=8)
+    cfg.structural = StructuralConfig(
+        encoder="wide_resnet101_2", share_logical_encoder=False, pretrain_embed_dim=1024, embed_dim=1024
+    )
+    cfg.train = TrainConfig(epochs=50, batch_size=1, lr=5e-4)
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], NpgmfConfig]] = {"tiny": _tiny, "edge": _edge, "paper": _paper}
+DEFAULT_PRESET = "edge"
+
+
+def get_preset(name: str) -> NpgmfConfig:
+    """A fresh config for preset `name`; raises ConfigError naming the valid presets otherwise."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
