@@ -1,0 +1,1 @@
+"""Export: ONNX graphs, TensorRT engines, the bundle writer and its manifest."""
