@@ -220,7 +220,9 @@ def demo(
     data_dir = out / "data"
     summary = generate_dataset(data_dir, SyntheticConfig(seed=seed), overwrite=True)
     dataset = load_dataset(data_dir)
-    summary["loaded_back"] = {split: len(getattr(dataset, split)) for split in ("train", "validation", "test")}
+    summary["loaded_back"] = {
+        split: len(getattr(dataset, split)) for split in ("train", "validation", "test")
+    }
     _emit(summary, as_json)
 
 

@@ -186,4 +186,3 @@ def get_preset(name: str) -> NpgmfConfig:
         return PRESETS[name]()
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
-

@@ -31,7 +31,9 @@ def train_run(
         cfg.logical.prompt = dataset.category.replace("_", " ")
     cfg.save(out / "config.json")
     (out / "dataset.json").write_text(
-        json.dumps({"root": str(dataset.root), "format": dataset.format, "category": dataset.category}, indent=2)
+        json.dumps(
+            {"root": str(dataset.root), "format": dataset.format, "category": dataset.category}, indent=2
+        )
     )
     summary: dict[str, Any] = {"run": str(out), "category": dataset.category, "preset": cfg.preset}
     if branch in ("logical", "all"):

@@ -1,0 +1,101 @@
+"""Fit the fusion statistics (Eq. 11) and the verdict threshold on normal validation images.
+
+Writes `calibration.json` into the run directory; export copies it into the bundle manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from npgmf_edge.calibration.threshold import threshold_for_false_alarm_rate
+from npgmf_edge.config import FusionConfig
+from npgmf_edge.errors import CheckpointError, ConfigError
+from npgmf_edge.postprocess import BranchStats, fuse, image_scores
+
+CALIBRATION_FILE = "calibration.json"
+MIN_STD = 1e-8  # a constant branch map (e.g. an untrained branch) must not divide by zero
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Everything fusion and the verdict need besides the two branch maps."""
+
+    structural: BranchStats
+    logical: BranchStats
+    weight_structural: float
+    weight_logical: float
+    gaussian_sigma: float  # in pixels at the model's input size
+    threshold: float
+    false_alarm_rate: float
+    n_validation_images: int
+
+    def fuse(self, structural: np.ndarray, logical: np.ndarray) -> np.ndarray:
+        return fuse(
+            structural,
+            logical,
+            self.structural,
+            self.logical,
+            self.weight_structural,
+            self.weight_logical,
+            self.gaussian_sigma,
+        )
+
+    def save(self, run_dir: Path) -> Path:
+        path = Path(run_dir) / CALIBRATION_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+
+def branch_stats(maps: np.ndarray) -> BranchStats:
+    """Mean and std over every pixel of every normal validation map of one branch."""
+    values = np.asarray(maps, dtype=np.float64)
+    return BranchStats(mean=float(values.mean()), std=max(float(values.std()), MIN_STD))
+
+
+def calibrate(
+    structural_maps: np.ndarray, logical_maps: np.ndarray, fusion: FusionConfig, sigma: float
+) -> Calibration:
+    """Calibration from (N, H, W) branch maps of N normal validation images (N >= 1)."""
+    if structural_maps.shape != logical_maps.shape or structural_maps.ndim != 3:
+        raise ConfigError(
+            f"branch maps must be (N, H, W) and equal: {structural_maps.shape} vs {logical_maps.shape}"
+        )
+    if structural_maps.shape[0] == 0:
+        raise ConfigError("calibration needs at least one normal validation image")
+    stats_s, stats_l = branch_stats(structural_maps), branch_stats(logical_maps)
+    fused = fuse(
+        structural_maps,
+        logical_maps,
+        stats_s,
+        stats_l,
+        fusion.weight_structural,
+        fusion.weight_logical,
+        sigma,
+    )
+    threshold = threshold_for_false_alarm_rate(image_scores(fused), fusion.false_alarm_rate)
+    return Calibration(
+        structural=stats_s,
+        logical=stats_l,
+        weight_structural=fusion.weight_structural,
+        weight_logical=fusion.weight_logical,
+        gaussian_sigma=sigma,
+        threshold=threshold,
+        false_alarm_rate=fusion.false_alarm_rate,
+        n_validation_images=int(structural_maps.shape[0]),
+    )
+
+
+def load_calibration(run_dir: Path) -> Calibration:
+    path = Path(run_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: train with --branch all to calibrate the fused detector")
+    data = json.loads(path.read_text())
+    data["structural"] = BranchStats(**data["structural"])
+    data["logical"] = BranchStats(**data["logical"])
+    return Calibration(**data)

@@ -1,0 +1,45 @@
+"""Pictures people look at: anomaly heat overlays with the verdict written on them (OpenCV only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from npgmf_edge.inspection import Inspection
+
+OVERLAY_ALPHA = 0.45
+
+
+def heat_overlay(image: np.ndarray, anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Blend a JET heat map of `anomaly_map` (clipped to [low, high]) over an RGB uint8 image."""
+    if anomaly_map.shape != image.shape[:2]:
+        raise ValueError(f"map {anomaly_map.shape} does not match image {image.shape[:2]}")
+    span = max(high - low, 1e-12)
+    scaled = np.clip((anomaly_map - low) / span, 0.0, 1.0)
+    heat_bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat_rgb = cv2.cvtColor(heat_bgr, cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(image, 1.0 - OVERLAY_ALPHA, heat_rgb, OVERLAY_ALPHA, 0.0)
+
+
+def inspection_overlay(image: np.ndarray, inspection: Inspection, low: float, high: float) -> np.ndarray:
+    """Heat overlay plus the threshold contour and a caption with score and verdict."""
+    picture = heat_overlay(image, inspection.anomaly_map, low, high)
+    above = (inspection.anomaly_map > inspection.threshold).astype(np.uint8)
+    contours, _ = cv2.findContours(above, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(picture, contours, -1, (255, 255, 255), 1)
+    colour = (255, 60, 60) if inspection.is_anomalous else (60, 220, 60)
+    caption = f"{inspection.verdict} {inspection.score:.2f} (t={inspection.threshold:.2f})"
+    scale = max(image.shape[1] / 640.0, 0.35)
+    cv2.putText(
+        picture, caption, (4, int(18 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA
+    )
+    return picture
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB image as PNG, raising OSError naming the file when OpenCV cannot."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"cannot write {path}")
