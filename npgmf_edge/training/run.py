@@ -1,22 +1,49 @@
-"""Train one or both branches into a run directory (the input of calibration, evaluation and export).
+"""Train one or both branches into a run directory, then calibrate the fused detector.
 
-Layout of a run directory:
-    config.json          the full NpgmfConfig (plus category)
+Layout of a run directory (the input of evaluation, prediction and export):
+    config.json          the full NpgmfConfig
+    dataset.json         where the data came from, and which images were used for validation
     logical/             logical branch weights, config and resumable checkpoint
     structural/          structural extractor config and coreset
+    calibration.json     branch statistics and verdict threshold (only with --branch all)
+
+Where a dataset has no validation split (MVTec AD, BTAD, plain folders), a seeded fraction
+`cfg.train.validation_fraction` of train/good is held out for calibration and not trained on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.data import AnomalyDataset
-from npgmf_edge.errors import ConfigError
+from npgmf_edge.errors import ConfigError, DatasetError
 
 BRANCHES = ("logical", "structural", "all")
+
+
+def with_validation_split(dataset: AnomalyDataset, fraction: float, seed: int) -> AnomalyDataset:
+    """The dataset itself if it has validation images, else one with a held-out part of train."""
+    if dataset.validation:
+        return dataset
+    n_val = max(1, round(fraction * len(dataset.train)))
+    if n_val >= len(dataset.train):
+        raise DatasetError(
+            f"{dataset.root} has no validation split and {len(dataset.train)} training images: cannot hold "
+            f"out a fraction {fraction} for calibration; add a validation split or more good images"
+        )
+    order = np.random.default_rng(seed).permutation(len(dataset.train))
+    held_out = set(order[:n_val].tolist())
+    train = [s for i, s in enumerate(dataset.train) if i not in held_out]
+    validation = [
+        dataclasses.replace(s, split="validation") for i, s in enumerate(dataset.train) if i in held_out
+    ]
+    return dataclasses.replace(dataset, train=train, validation=validation)
 
 
 def train_run(
@@ -29,12 +56,16 @@ def train_run(
     out.mkdir(parents=True, exist_ok=True)
     if cfg.logical.prompt is None:
         cfg.logical.prompt = dataset.category.replace("_", " ")
+    dataset = with_validation_split(dataset, cfg.train.validation_fraction, cfg.train.seed)
     cfg.save(out / "config.json")
-    (out / "dataset.json").write_text(
-        json.dumps(
-            {"root": str(dataset.root), "format": dataset.format, "category": dataset.category}, indent=2
-        )
-    )
+    provenance = {
+        "root": str(dataset.root),
+        "format": dataset.format,
+        "category": dataset.category,
+        "n_train": len(dataset.train),
+        "validation_images": [str(s.image_path) for s in dataset.validation],
+    }
+    (out / "dataset.json").write_text(json.dumps(provenance, indent=2) + "\n")
     summary: dict[str, Any] = {"run": str(out), "category": dataset.category, "preset": cfg.preset}
     if branch in ("logical", "all"):
         from npgmf_edge.training.logical import train_logical
@@ -44,4 +75,18 @@ def train_run(
         from npgmf_edge.training.structural import train_structural
 
         summary["structural"] = train_structural(dataset, cfg, out / "structural")
+    if branch == "all":
+        summary["calibration"] = calibrate_run(out, dataset)
     return summary
+
+
+def calibrate_run(run_dir: Path, dataset: AnomalyDataset) -> dict[str, Any]:
+    """Branch statistics and threshold from the validation images; saved as calibration.json."""
+    from npgmf_edge.calibration import calibrate
+    from npgmf_edge.detector import RunDetector
+
+    detector = RunDetector(run_dir)
+    maps = detector.branch_maps([s.image_path for s in dataset.validation], progress=True)
+    calibration = calibrate(maps["structural"], maps["logical"], detector.cfg.fusion, detector.sigma)
+    calibration.save(run_dir)
+    return dataclasses.asdict(calibration)
