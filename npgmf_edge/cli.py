@@ -13,8 +13,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from npgmf_edge import __version__
 from npgmf_edge.errors import NpgmfError
@@ -230,10 +230,10 @@ def main() -> None:
     """Console entry point: usage errors and our own errors become one line and an exit code."""
     try:
         code = app(standalone_mode=False)
-    except click.UsageError as exc:
+    except TyperException as exc:  # usage errors: unknown option, missing path, bad value
         typer.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(2)
-    except click.Abort:
+        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except NpgmfError as exc:

@@ -34,7 +34,7 @@ class WeightsConfig:
 
 @dataclass
 class LogicalConfig:
-    """NPGMF logical branch (SPEC §2.1)."""
+    """NPGMF logical branch (SPEC §2.1). docs/DESIGN.md "Logical branch" explains the open choices."""
 
     encoder: str = "resnet18"
     out_indices: tuple[int, ...] = (1, 2, 3)  # strides 4, 8, 16
@@ -44,12 +44,17 @@ class LogicalConfig:
     use_text_prior: bool = True
     use_codebooks: bool = True
     codebook_size: int = 16
+    codebook_dim: int = 64  # channels of z_k / the codebook entries at every level
+    codebook_restart: bool = True  # re-seed codes unused during an epoch from that epoch's z (dead codes)
     dilations: tuple[int, ...] = (1, 2, 4)
     vq_beta: float = 0.25
-    lewin_depth: int = 2
+    lewin_depth: int = 2  # LeWin blocks per decoder stage (odd-numbered ones use shifted windows)
     lewin_heads: int = 4
+    lewin_mlp_ratio: float = 2.0  # LeFF hidden width / channels
     window_size: int = 4
     text_dim: int = 64  # channels of the adapted text prior broadcast to each decoder stage
+    decoder_block: str = "basic"  # "basic" (two 3x3) | "bottleneck" (1x1-3x3-1x1): de-ResNet blocks
+    decoder_depth: int = 1  # residual blocks per decoder stage after fusion (and in the OCE stage)
     loss_weight_cos: float = 1.0
     loss_weight_recon: float = 1.0
     loss_weight_vq: float = 1.0

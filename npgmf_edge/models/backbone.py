@@ -47,9 +47,17 @@ class ImageNormalize(nn.Module):
 
 
 def create_feature_extractor(
-    name: str, out_indices: tuple[int, ...], pretrained: bool, weights: str | Path | None = None
+    name: str,
+    out_indices: tuple[int, ...],
+    pretrained: bool,
+    weights: str | Path | None = None,
+    warn_random: bool = True,
 ) -> nn.Module:
-    """Build a timm `features_only` model from the hub, a local file, or (explicitly) random weights."""
+    """Build a timm `features_only` model from the hub, a local file, or (explicitly) random weights.
+
+    `warn_random=False` silences the random-init warning for callers that overwrite the weights right
+    away from their own state dict (e.g. loading a trained run), so only a real random choice warns.
+    """
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -66,11 +74,12 @@ def create_feature_extractor(
         except (RuntimeError, KeyError, ValueError) as exc:
             raise WeightsError(f"cannot load {name} weights from {path}: {exc}") from exc
     if not pretrained:
-        log.warning(
-            "%s: random initialisation chosen explicitly (--no-pretrained); "
-            "anomaly scores will not reflect ImageNet features",
-            name,
-        )
+        if warn_random:
+            log.warning(
+                "%s: random initialisation chosen explicitly (--no-pretrained); "
+                "anomaly scores will not reflect ImageNet features",
+                name,
+            )
         return timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices)
     try:
         return timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices)
@@ -94,11 +103,12 @@ class FrozenEncoder(nn.Module):
         out_indices: tuple[int, ...],
         pretrained: bool,
         weights: str | Path | None = None,
+        warn_random: bool = True,
     ) -> None:
         super().__init__()
         self.name = name
         self.normalize = ImageNormalize()
-        self.body = create_feature_extractor(name, out_indices, pretrained, weights)
+        self.body = create_feature_extractor(name, out_indices, pretrained, weights, warn_random)
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.strides: list[int] = list(self.body.feature_info.reduction())
         for param in self.body.parameters():

@@ -1,0 +1,5 @@
+"""`python -m npgmf_edge` runs the command line."""
+
+from npgmf_edge.cli import main
+
+main()
