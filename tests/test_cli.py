@@ -11,7 +11,9 @@ from npgmf_edge.cli import main
 VERBS = ("train", "evaluate", "export", "bench", "predict", "demo", "make-data")
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str
+) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["npgmf-edge", *args])
     with pytest.raises(SystemExit) as exit_info:
         main()
