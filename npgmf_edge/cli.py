@@ -168,16 +168,42 @@ def _not_yet(verb: str) -> None:
 
 @app.command()
 def evaluate(
-    run: Annotated[Path | None, typer.Argument(help="Run directory from `train`.")] = None,
-    data: Annotated[Path | None, typer.Option(help="Labelled test dataset.")] = None,
+    run: Annotated[Path | None, typer.Argument(exists=True, help="Run directory from `train`.")] = None,
+    data: Annotated[Path | None, typer.Option(exists=True, help="Labelled test dataset.")] = None,
+    category: Annotated[str | None, typer.Option(help="Category inside DATA.")] = None,
     maps: Annotated[
-        Path | None, typer.Option(help="Score maps of any tool: <maps>/<object>/test/<type>/<id>.tiff")
+        Path | None,
+        typer.Option(
+            help="Score maps in <maps>/<object>/test/<type>/<id>.tiff: read them (no RUN) or write them."
+        ),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Where to write metrics JSON and the report.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write metrics.json, report.html, overlays.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ) -> None:
-    """Measure a run (or a folder of score maps) with image/pixel AUROC, AUPRO and sPRO."""
-    _not_yet("evaluate")
+    """Measure a run (or another tool's score maps) with image/pixel AUROC, AUPRO and sPRO."""
+    from npgmf_edge.data import load_dataset
+
+    if data is None:
+        raise NpgmfError("--data is required: the labelled dataset to evaluate on")
+    dataset = load_dataset(data, category=category)
+    if run is None:
+        if maps is None:
+            raise NpgmfError("give a RUN directory to evaluate, or --maps MAPS to score existing maps")
+        from npgmf_edge.evaluation import evaluate_maps, format_results_table, read_maps
+
+        results = {"maps": evaluate_maps(dataset, read_maps(maps, dataset))}
+        typer.echo(json.dumps(results["maps"], indent=2) if as_json else format_results_table(results))
+        return
+    from npgmf_edge.workflows import evaluate_run
+
+    summary = evaluate_run(run, dataset, out or run / "evaluation", maps_dir=maps)
+    if as_json:
+        typer.echo(json.dumps(summary["results"], indent=2))
+    else:
+        typer.echo(summary["table"])
+        typer.echo(f"metrics: {summary['metrics']}\nreport:  {summary['report']}")
 
 
 @app.command()
@@ -199,31 +225,45 @@ def bench(
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(exists=True, help="Run or bundle directory.")],
+    run: Annotated[Path, typer.Argument(exists=True, help="Run directory from `train`.")],
     images: Annotated[list[Path], typer.Argument(exists=True, help="Images to inspect.")],
     out: Annotated[Path, typer.Option(help="Directory for overlays and the summary.")] = Path("predictions"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Inspect images: score, verdict, anomaly map and overlay picture for each."""
-    _not_yet("predict")
+    from npgmf_edge.workflows import predict_images
+
+    summary = predict_images(run, images, out)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    for row in summary["predictions"]:
+        typer.echo(f"{row['verdict']:<9}  {row['score']:10.4f}  {row['image']}  ->  {row['overlay']}")
+    typer.echo(f"{summary['anomalous']} of {summary['images']} anomalous; summary in {out}/predictions.csv")
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for everything the demo writes.")] = Path("demo_out"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    epochs: Annotated[
+        int | None, typer.Option(help="Logical-branch epochs (default: the tiny preset's).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """End to end on this machine: make synthetic data, then report what was made."""
-    from npgmf_edge.data import load_dataset
-    from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
+    """End to end on this CPU in a few minutes: synthetic data, tiny preset, evaluation, overlays, report.
 
-    data_dir = out / "data"
-    summary = generate_dataset(data_dir, SyntheticConfig(seed=seed), overwrite=True)
-    dataset = load_dataset(data_dir)
-    summary["loaded_back"] = {
-        split: len(getattr(dataset, split)) for split in ("train", "validation", "test")
-    }
-    _emit(summary, as_json)
+    Pretrained weights cannot be assumed offline, so the demo chooses random initialisation explicitly.
+    """
+    from npgmf_edge.workflows import run_demo
+
+    summary = run_demo(out, seed=seed, epochs=epochs)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    typer.echo(summary["table"])
+    for key in ("data", "run", "report", "metrics", "predictions"):
+        typer.echo(f"{key + ':':<13}{summary[key]}")
 
 
 def main() -> None:

@@ -1,0 +1,190 @@
+"""What the CLI verbs do, as library functions a user can also call from Python.
+
+`predict_images` and `evaluate_run` use the torch-side `RunDetector`; both write their outputs atomically
+enough that an interrupted call never leaves a summary pointing at missing files (summaries last).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from npgmf_edge.data import AnomalyDataset, Sample, read_image
+from npgmf_edge.detector import RunDetector
+from npgmf_edge.inspection import Inspection
+from npgmf_edge.postprocess import image_scores
+from npgmf_edge.preprocess import map_to_image_size
+from npgmf_edge.visualize import inspection_overlay, write_png
+
+OVERLAYS_PER_TYPE = 6  # overlays written by `evaluate` for each test defect type
+
+
+def heat_range(threshold: float) -> tuple[float, float]:
+    """Colour scale for fused maps: blue well below the verdict threshold, red well above it."""
+    span = max(abs(threshold), 1e-6)
+    return threshold - 0.5 * span, threshold + 0.5 * span
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file so readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _overlay(path: Path, image_path: Path, inspection: Inspection) -> Path:
+    low, high = heat_range(inspection.threshold)
+    write_png(path, inspection_overlay(read_image(image_path), inspection, low, high))
+    return path
+
+
+def predict_images(run_dir: Path, images: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Score, verdict and overlay PNG per image, plus `predictions.csv` and `predictions.json` in `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    detector = RunDetector(run_dir)
+    inspections = detector.inspect(list(images), progress=True)
+    rows = []
+    for index, (image_path, inspection) in enumerate(zip(images, inspections, strict=True)):
+        overlay = _overlay(out / f"{index:04d}_{Path(image_path).stem}_overlay.png", image_path, inspection)
+        rows.append(
+            {
+                "image": str(image_path),
+                "score": round(inspection.score, 6),
+                "threshold": round(inspection.threshold, 6),
+                "verdict": inspection.verdict,
+                "overlay": str(overlay),
+            }
+        )
+    with (out / "predictions.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {
+        "images": len(rows),
+        "anomalous": sum(r["verdict"] == "anomalous" for r in rows),
+        "out": str(out),
+        "predictions": rows,
+    }
+    write_json(out / "predictions.json", summary)
+    return summary
+
+
+def evaluate_run(
+    run_dir: Path, dataset: AnomalyDataset, out: Path, maps_dir: Path | None = None
+) -> dict[str, Any]:
+    """Per-branch metrics on `dataset.test`, metrics JSON, an HTML report and overlays in `out`.
+
+    With `maps_dir`, also writes each scored map (fused, or the only branch) as TIFF at original
+    resolution in the official MVTec LOCO layout so other tools can cross-check.
+    """
+    from npgmf_edge.evaluation import evaluate_maps, format_results_table, write_maps_tiff
+    from npgmf_edge.report import plot_roc_curves, plot_score_histogram, write_html_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    detector = RunDetector(run_dir)
+    samples = dataset.test
+    scored = detector.scored_maps(detector.branch_maps([s.image_path for s in samples], progress=True))
+    sizes = [read_image(s.image_path).shape[:2] for s in samples]
+
+    results: dict[str, dict] = {}
+    for branch, maps in scored.items():
+        full_res = {
+            s.image_path: map_to_image_size(m, h, w)
+            for s, m, (h, w) in zip(samples, maps, sizes, strict=True)
+        }
+        results[branch] = evaluate_maps(dataset, full_res)
+        if maps_dir is not None and branch == _primary_branch(scored):
+            for sample in samples:
+                write_maps_tiff(maps_dir, dataset.category, sample, full_res[sample.image_path])
+
+    labels = np.array([s.label for s in samples])
+    scores = {branch: image_scores(maps) for branch, maps in scored.items()}
+    threshold = detector.calibration.threshold if detector.calibration is not None else None
+    primary = _primary_branch(scored)
+    figures = [plot_roc_curves(labels, scores, out / "roc.png")]
+    for branch, branch_scores in scores.items():
+        figures.append(
+            plot_score_histogram(
+                labels,
+                branch_scores,
+                threshold if branch == "fused" else None,
+                f"{branch} image scores",
+                out / f"histogram_{branch}.png",
+            )
+        )
+    overlays = _evaluation_overlays(samples, scored[primary], sizes, out / "overlays", threshold)
+    table = format_results_table(results)
+    write_json(out / "metrics.json", results)
+    report = write_html_report(
+        out / "report.html", f"npgmf-edge evaluation: {dataset.category}", table, figures, overlays, results
+    )
+    return {"table": table, "metrics": str(out / "metrics.json"), "report": str(report), "results": results}
+
+
+def _primary_branch(scored: dict[str, np.ndarray]) -> str:
+    """The map a user acts on: the fused one when the run is calibrated, else the single trained branch."""
+    return "fused" if "fused" in scored else next(iter(scored))
+
+
+def _evaluation_overlays(
+    samples: Sequence[Sample],
+    maps: np.ndarray,
+    sizes: Sequence[tuple[int, int]],
+    out: Path,
+    threshold: float | None,
+) -> list[Path]:
+    """A few overlays per defect type, so a person can see whether the heat sits on the defects."""
+    per_type: dict[str, int] = {}
+    paths = []
+    scores = image_scores(maps)
+    cut = threshold if threshold is not None else float(np.median(scores))
+    for sample, anomaly_map, score, (h, w) in zip(samples, maps, scores, sizes, strict=True):
+        if per_type.get(sample.defect_type, 0) >= OVERLAYS_PER_TYPE:
+            continue
+        per_type[sample.defect_type] = per_type.get(sample.defect_type, 0) + 1
+        inspection = Inspection(float(score), cut, map_to_image_size(anomaly_map, h, w))
+        name = f"{sample.defect_type}_{sample.image_id}.png"
+        paths.append(_overlay(out / name, sample.image_path, inspection))
+    return paths
+
+
+def run_demo(out: Path, seed: int = 0, epochs: int | None = None) -> dict[str, Any]:
+    """Make synthetic data, train the tiny preset (random weights, chosen explicitly), evaluate, predict."""
+    from npgmf_edge.config import get_preset
+    from npgmf_edge.data import load_dataset
+    from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
+    from npgmf_edge.training.run import train_run
+
+    out = Path(out)
+    data_dir = out / "data"
+    generate_dataset(data_dir, SyntheticConfig(seed=seed), overwrite=True)
+    dataset = load_dataset(data_dir)
+
+    cfg = get_preset("tiny")
+    cfg.weights.pretrained = False
+    cfg.train.seed = seed
+    if epochs is not None:
+        cfg.train.epochs = epochs
+    run_dir = out / "run"
+    train_run(dataset, cfg, run_dir, branch="all")
+    evaluation = evaluate_run(run_dir, dataset, out / "evaluation")
+
+    examples = [s.image_path for s in dataset.test if s.label == 1][:4] + [
+        s.image_path for s in dataset.test if s.label == 0
+    ][:2]
+    prediction = predict_images(run_dir, examples, out / "predictions")
+    return {
+        "table": evaluation["table"],
+        "data": str(data_dir),
+        "run": str(run_dir),
+        "report": evaluation["report"],
+        "metrics": evaluation["metrics"],
+        "predictions": prediction["out"],
+    }
