@@ -1,0 +1,55 @@
+"""A plain-text table of `evaluate_maps` results: one row per branch and subset.
+
+Example:
+    >>> print(format_results_table({"fused": results}))
+    branch  subset                image AUROC  pixel AUROC  AUPRO@0.3  sPRO@0.05
+    fused   logical_anomalies           0.912        0.871      0.802      0.654
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from npgmf_edge.evaluation.evaluate import fpr_key
+
+SPRO_LIMIT = 0.05  # the limit papers on MVTec LOCO AD usually quote
+COLUMNS = ("branch", "subset", "image AUROC", "pixel AUROC", "AUPRO@0.3", f"sPRO@{SPRO_LIMIT}")
+MISSING = "-"
+
+
+def _number(value: Any) -> str:
+    return MISSING if value is None else f"{float(value):.3f}"
+
+
+def _row(branch: str, subset: str, results: Mapping[str, Any]) -> list[str]:
+    localization = results.get("localization") or {}
+    pro = (localization.get("auc_pro") or {}).get(subset) or {}
+    spro = (localization.get("auc_spro") or {}).get(subset) or {}
+    return [
+        branch,
+        subset,
+        _number(results.get("classification", {}).get("auc_roc", {}).get(subset)),
+        _number((localization.get("auc_roc") or {}).get(subset)),
+        _number(pro.get(fpr_key(0.3))),
+        _number(spro.get(fpr_key(SPRO_LIMIT))),
+    ]
+
+
+def format_results_table(results_by_branch: Mapping[str, Mapping[str, Any]]) -> str:
+    """Aligned text: text columns left, numbers right; "-" where a metric does not apply."""
+    rows = [
+        _row(branch, subset, results)
+        for branch, results in results_by_branch.items()
+        for subset in results.get("subsets", [])
+    ]
+    table = [list(COLUMNS), *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    lines = []
+    for row in table:
+        cells = [
+            cell.ljust(width) if i < 2 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
