@@ -1,0 +1,108 @@
+"""Workflows (predict, evaluate) and the run detector's glue, with stand-in branches of known behaviour.
+
+The branches here are simple functions of the pixels, so the expected scores, verdicts and files are
+known exactly; the real networks are tested in tests/models and tests/training.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from npgmf_edge import detector as detector_module
+from npgmf_edge.calibration import calibrate
+from npgmf_edge.config import get_preset
+from npgmf_edge.data import load_dataset
+from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
+from npgmf_edge.detector import RunDetector
+from npgmf_edge.errors import CheckpointError
+from npgmf_edge.postprocess import gaussian_sigma_for
+from npgmf_edge.workflows import evaluate_run, predict_images
+
+SIZE = 64
+
+
+def darkness(pixels: torch.Tensor) -> torch.Tensor:
+    """A stand-in branch: dark pixels are anomalous (maps of shape (B, 1, S, S))."""
+    return 1.0 - pixels.mean(dim=1, keepdim=True) / 255.0
+
+
+@pytest.fixture
+def fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    run = tmp_path / "run"
+    for branch in ("structural", "logical"):
+        (run / branch).mkdir(parents=True)
+    cfg = get_preset("tiny")
+    cfg.image_size = SIZE
+    cfg.save(run / "config.json")
+    monkeypatch.setattr(detector_module, "_load_branch", lambda run_dir, name: darkness)
+    normal = (
+        np.full((4, SIZE, SIZE), 0.2, np.float32) + np.random.default_rng(0).random((4, SIZE, SIZE)) * 0.01
+    )
+    calibrate(normal, normal, cfg.fusion, gaussian_sigma_for(SIZE, cfg.fusion.gaussian_sigma)).save(run)
+    return run
+
+
+def write_image(path: Path, dark_square: bool) -> Path:
+    image = np.full((80, 96, 3), 205, np.uint8)
+    if dark_square:
+        image[20:40, 30:50] = 10
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def test_predict_flags_the_dark_square_and_writes_overlays_csv_and_json(
+    fake_run: Path, tmp_path: Path
+) -> None:
+    images = [write_image(tmp_path / "ok.png", False), write_image(tmp_path / "bad.png", True)]
+    summary = predict_images(fake_run, images, tmp_path / "pred")
+    verdicts = [row["verdict"] for row in summary["predictions"]]
+    assert verdicts == ["good", "anomalous"]
+    with (tmp_path / "pred" / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["verdict"] for r in rows] == verdicts
+    assert json.loads((tmp_path / "pred" / "predictions.json").read_text())["anomalous"] == 1
+    overlay = cv2.imread(rows[1]["overlay"])
+    assert overlay.shape == (80, 96, 3)
+
+
+def test_inspection_map_has_the_original_resolution_and_peaks_on_the_defect(
+    fake_run: Path, tmp_path: Path
+) -> None:
+    inspection = RunDetector(fake_run).inspect([write_image(tmp_path / "bad.png", True)])[0]
+    assert inspection.anomaly_map.shape == (80, 96)
+    row, col = np.unravel_index(np.argmax(inspection.anomaly_map), inspection.anomaly_map.shape)
+    assert 20 <= row < 40 and 30 <= col < 50
+
+
+def test_uncalibrated_run_refuses_to_give_verdicts(fake_run: Path, tmp_path: Path) -> None:
+    (fake_run / "calibration.json").unlink()
+    with pytest.raises(CheckpointError, match="is not calibrated"):
+        RunDetector(fake_run).inspect([write_image(tmp_path / "ok.png", False)])
+
+
+def test_directory_without_config_is_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=f"{tmp_path} is not a run directory"):
+        RunDetector(tmp_path)
+
+
+def test_evaluate_writes_metrics_report_overlays_and_official_tiff_maps(
+    fake_run: Path, tmp_path: Path
+) -> None:
+    cfg = SyntheticConfig(
+        image_size=SIZE, n_train=2, n_validation=2, n_test_good=3, n_logical=3, n_structural=3
+    )
+    generate_dataset(tmp_path / "data", cfg)
+    dataset = load_dataset(tmp_path / "data")
+    summary = evaluate_run(fake_run, dataset, tmp_path / "eval", maps_dir=tmp_path / "maps")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"structural", "logical", "fused"}
+    assert "logical_anomalies" in metrics["fused"]["classification"]["auc_roc"]
+    assert (tmp_path / "eval" / "report.html").read_text().count("<img") >= 4
+    tiffs = sorted((tmp_path / "maps" / dataset.category / "test").rglob("*.tiff"))
+    assert len(tiffs) == len(dataset.test)
+    assert summary["table"].count("fused") >= 1
