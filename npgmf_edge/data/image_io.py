@@ -1,0 +1,165 @@
+"""Image and mask decoding with explicit normalisation rules (OpenCV only, so the runtime can use it).
+
+Every image becomes (H, W, 3) uint8 RGB, whatever it was on disk:
+- greyscale is replicated to three channels;
+- an alpha channel is dropped (colour kept as stored, not composited over a guessed background);
+- 16-bit pixels are scaled linearly from the full 0..65535 range (value / 257, rounded);
+- EXIF orientation is ignored, so an image stays pixel-aligned with its mask (masks carry no EXIF).
+Masks keep their raw 8-bit values, because MVTec LOCO AD tells defect types apart by pixel value.
+
+Example:
+    >>> image = read_image(Path("test/crack/000.png"))          # (H, W, 3) uint8 RGB
+    >>> mask = read_mask(Path("ground_truth/crack/000_mask.png"), expected_hw=image.shape[:2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from npgmf_edge.data.dataset import DefectSpec, Sample
+from npgmf_edge.errors import DatasetError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MASK_THRESHOLD = 127  # binary masks (MVTec AD, BTAD, folder): defect where value > 127 (anti-aliased edges)
+UINT16_TO_UINT8 = 257.0  # 65535 / 255
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a visible file with one of the supported image extensions (any letter case)."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _decode(path: Path, what: str) -> np.ndarray:
+    """Raw pixels as stored (any depth or channel count); a missing or undecodable file is a DatasetError."""
+    if not path.is_file():
+        raise DatasetError(f"{what} {path} does not exist")
+    # imdecode over a byte buffer instead of imread: imread only warns on stderr and cannot read non-ASCII
+    # paths on Windows; here every failure becomes one of our errors.
+    data = np.fromfile(path, dtype=np.uint8)
+    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if pixels is None:
+        raise DatasetError(f"cannot read {what} {path}: OpenCV cannot decode it (corrupt or not an image)")
+    return pixels
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from any supported file (greyscale, RGB, RGBA, 8 or 16 bit, any size)."""
+    path = Path(path)
+    pixels = _decode(path, "image")
+    if pixels.dtype == np.uint16:
+        pixels = np.round(pixels / UINT16_TO_UINT8).astype(np.uint8)
+    elif pixels.dtype != np.uint8:
+        raise DatasetError(f"image {path} has pixel type {pixels.dtype}; convert it to 8- or 16-bit integers")
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim == 2:
+        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
+    if pixels.shape[2] == 4:
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(
+    path: Path, expected_hw: tuple[int, int] | None = None, image_path: Path | None = None
+) -> np.ndarray:
+    """(H, W) uint8 with the raw stored values; checked against its image's (height, width) when given.
+
+    A mask saved with three equal colour channels is accepted as grey; differing channels are an error,
+    because no single value per pixel could be trusted.
+    """
+    path = Path(path)
+    pixels = _decode(path, "mask")
+    if pixels.dtype != np.uint8:
+        raise DatasetError(f"mask {path} has pixel type {pixels.dtype}; save masks as 8-bit images")
+    if pixels.ndim == 3:
+        first = pixels[:, :, 0]
+        if not all(np.array_equal(first, pixels[:, :, channel]) for channel in (1, 2)):
+            raise DatasetError(
+                f"mask {path} has differing colour channels; save masks as single-channel images"
+            )
+        pixels = np.ascontiguousarray(first)
+    if expected_hw is not None and pixels.shape != tuple(expected_hw):
+        image = f"its image {image_path}" if image_path is not None else "its image"
+        raise DatasetError(
+            f"mask {path} is {pixels.shape[0]}x{pixels.shape[1]} (height x width) but {image} is "
+            f"{expected_hw[0]}x{expected_hw[1]}; a mask must have the size of its image"
+        )
+    return pixels
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, decoded in full (OpenCV has no header-only read)."""
+    return read_image(path).shape[:2]
+
+
+def read_sample_masks(sample: Sample) -> list[np.ndarray]:
+    """One raw (H, W) uint8 array per mask file of `sample`, each checked against the image's size."""
+    if not sample.mask_paths:
+        return []
+    expected_hw = image_size(sample.image_path)
+    return [read_mask(path, expected_hw, sample.image_path) for path in sample.mask_paths]
+
+
+@dataclass(frozen=True)
+class DefectRegion:
+    """One annotated defect of an MVTec LOCO AD image: where it is and how sPRO saturates on it."""
+
+    mask: np.ndarray  # (H, W) bool
+    spec: DefectSpec
+    path: Path
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+def defect_region(mask: np.ndarray, path: Path, defects_config: Sequence[DefectSpec]) -> DefectRegion:
+    """Match a LOCO mask to its defects_config entry; each mask must hold one defect drawn with one value."""
+    values = [int(v) for v in np.unique(mask) if v != 0]
+    if not values:
+        raise DatasetError(f"mask {path} is empty (all zero); each MVTec LOCO AD mask must hold one defect")
+    if len(values) > 1:
+        raise DatasetError(
+            f"mask {path} holds pixel values {values}; each MVTec LOCO AD mask draws one defect in one value"
+        )
+    by_value = {spec.pixel_value: spec for spec in defects_config}
+    if values[0] not in by_value:
+        defined = ", ".join(str(v) for v in sorted(by_value))
+        raise DatasetError(
+            f"mask {path} has pixel value {values[0]}, which defects_config.json does not define "
+            f"(defined: {defined})"
+        )
+    return DefectRegion(mask=mask == values[0], spec=by_value[values[0]], path=path)
+
+
+def read_defect_regions(sample: Sample, defects_config: Sequence[DefectSpec]) -> list[DefectRegion]:
+    """The defects of an MVTec LOCO AD sample, each matched to its defects_config entry (for sPRO)."""
+    return [
+        defect_region(mask, path, defects_config)
+        for mask, path in zip(read_sample_masks(sample), sample.mask_paths, strict=True)
+    ]
+
+
+def read_ground_truth(sample: Sample, defects_config: Sequence[DefectSpec] = ()) -> np.ndarray:
+    """(H, W) bool: the union of the sample's defects (all False for a good image).
+
+    With a LOCO `defects_config`, every mask value is checked against it; without one, masks are binary
+    and a pixel is defective where its value exceeds MASK_THRESHOLD.
+    """
+    if sample.label == 0:
+        return np.zeros(image_size(sample.image_path), dtype=bool)
+    if not sample.mask_paths:
+        raise DatasetError(
+            f"{sample.image_path} is anomalous but has no mask; pixel metrics need a mask for every "
+            "anomalous test image (check dataset.has_pixel_masks first)"
+        )
+    if defects_config:
+        regions = [region.mask for region in read_defect_regions(sample, defects_config)]
+    else:
+        regions = [mask > MASK_THRESHOLD for mask in read_sample_masks(sample)]
+    return np.logical_or.reduce(regions)
