@@ -62,17 +62,39 @@ class LogicalConfig:
 
 @dataclass
 class StructuralConfig:
-    """PatchCore structural branch (SPEC §2.2)."""
+    """PatchCore structural branch (SPEC §2.2). docs/DESIGN.md "Structural branch" says why these values."""
 
-    encoder: str = "resnet18"
-    out_indices: tuple[int, ...] = (2, 3)
-    share_logical_encoder: bool = False
-    patch_size: int = 3
-    pretrain_embed_dim: int = 256
-    embed_dim: int = 256
-    coreset_ratio: float = 0.1
-    coreset_projection_dim: int = 128
-    knn_backend: str = "faiss"  # "faiss" | "brute"
+    encoder: str = "resnet18"  # used when share_logical_encoder is false (levels 2 and 3 of it)
+    out_indices: tuple[int, ...] = (2, 3)  # timm levels aggregated: strides 8 and 16 (fixed by the method)
+    share_logical_encoder: bool = False  # take levels 2/3 from the logical encoder's pass instead
+    patch_size: int = 3  # local average neighbourhood (odd)
+    pretrain_embed_dim: int = 256  # per-level channel pooling (PatchCore "pretrain_embed_dimension")
+    embed_dim: int = 256  # final patch feature size D after pooling the concatenated levels
+    coreset_sampler: str = "greedy"  # "greedy" (k-center) | "random" | "identity" (keep the whole bank)
+    coreset_ratio: float = 0.1  # fraction of the bank kept, in (0, 1]
+    coreset_projection_dim: int = 128  # random projection the greedy selection runs on
+    knn_backend: str = "faiss"  # "faiss" (exact IndexFlatL2) | "faiss_ivf" (IVF, large banks) | "brute"
+    batch_size: int = 8  # images per feature-extraction batch while building the memory bank
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first out-of-range value."""
+        if tuple(self.out_indices) != (2, 3):
+            raise ConfigError(f"structural.out_indices must be (2, 3), got {tuple(self.out_indices)}")
+        if self.patch_size < 1 or self.patch_size % 2 == 0:
+            raise ConfigError(f"structural.patch_size must be a positive odd number, got {self.patch_size}")
+        for name in ("pretrain_embed_dim", "embed_dim", "coreset_projection_dim", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"structural.{name} must be >= 1, got {getattr(self, name)}")
+        if not (isinstance(self.coreset_ratio, int | float) and 0.0 < self.coreset_ratio <= 1.0):
+            raise ConfigError(f"coreset ratio must be in (0, 1], got {self.coreset_ratio!r}")
+        if self.coreset_sampler not in ("greedy", "random", "identity"):
+            raise ConfigError(
+                f"structural.coreset_sampler must be greedy, random or identity, got {self.coreset_sampler!r}"
+            )
+        if self.knn_backend not in ("faiss", "faiss_ivf", "brute"):
+            raise ConfigError(
+                f"structural.knn_backend must be faiss, faiss_ivf or brute, got {self.knn_backend!r}"
+            )
 
 
 @dataclass
@@ -83,6 +105,7 @@ class TrainConfig:
     batch_size: int = 1
     lr: float = 5e-4
     betas: tuple[float, float] = (0.5, 0.999)
+    lr_schedule: str = "cosine"  # "constant" | "cosine" (per-epoch decay to ~0; stateless, so resumable)
     seed: int = 0
     validation_fraction: float = 0.1  # held out of train/good when a dataset has no validation split
 
@@ -155,14 +178,22 @@ def _tiny() -> NpgmfConfig:
     cfg.structural = StructuralConfig(
         encoder="resnet18", share_logical_encoder=True, pretrain_embed_dim=128, embed_dim=128
     )
-    cfg.train = TrainConfig(epochs=10, batch_size=8, lr=1e-3)
+    cfg.train = TrainConfig(epochs=30, batch_size=8, lr=1e-3)
     return cfg
 
 
 def _edge() -> NpgmfConfig:
     """Default: one shared wide_resnet50_2 pass feeds both branches at 256 px."""
     cfg = NpgmfConfig(preset="edge", image_size=256)
-    cfg.logical = LogicalConfig(encoder="wide_resnet50_2", lewin_depth=2, lewin_heads=4, window_size=8)
+    cfg.logical = LogicalConfig(
+        encoder="wide_resnet50_2",
+        lewin_depth=2,
+        lewin_heads=4,
+        window_size=8,
+        codebook_dim=64,
+        decoder_block="bottleneck",
+        decoder_depth=1,
+    )
     cfg.structural = StructuralConfig(
         encoder="wide_resnet50_2", share_logical_encoder=True, pretrain_embed_dim=1024, embed_dim=1024
     )
@@ -173,9 +204,17 @@ def _edge() -> NpgmfConfig:
 def _paper() -> NpgmfConfig:
     """As in the paper: ResNet101 logical encoder, a heavy structural encoder, 256 px, batch size 1."""
     cfg = NpgmfConfig(preset="paper", image_size=256)
-    cfg.logical = LogicalConfig(encoder="resnet101", lewin_depth=2, lewin_heads=8, window_size=8)
-    cfg.structural = StructuralConfig(
-        encoder="wide_resnet101_2", share_logical_encoder=False, pretrain_embed_dim=1024, embed_dim=1024
+    cfg.logical = LogicalConfig(
+        encoder="resnet101",
+        lewin_depth=2,
+        lewin_heads=8,
+        window_size=8,
+        codebook_dim=64,
+        decoder_block="bottleneck",
+        decoder_depth=3,  # as deep as Reverse Distillation's bottleneck stage
+    )
+    cfg.structural = StructuralConfig(  # the paper's ResNeXt101 (timm resnext101_32x8d; 512 + 1024 channels)
+        encoder="resnext101_32x8d", share_logical_encoder=False, pretrain_embed_dim=1024, embed_dim=1024
     )
     cfg.train = TrainConfig(epochs=50, batch_size=1, lr=5e-4)
     return cfg

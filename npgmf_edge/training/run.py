@@ -52,6 +52,8 @@ def train_run(
     """Train the chosen branch(es) of `cfg` on `dataset.train` into `out`; returns a summary."""
     if branch not in BRANCHES:
         raise ConfigError(f"unknown branch {branch!r}; choose one of: {', '.join(BRANCHES)}")
+    if branch in ("structural", "all"):
+        cfg.structural.validate()  # fail before hours of logical training, not after
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.logical.prompt is None:

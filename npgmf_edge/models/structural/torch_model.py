@@ -1,0 +1,122 @@
+"""The structural detector as a plain object: patch-feature extractor + fitted nearest-neighbour scorer.
+
+Score of a patch = Euclidean distance to its nearest coreset patch (k = 1, PatchCore). The structural map
+is the grid of patch scores upsampled bilinearly to input resolution; Gaussian smoothing belongs to
+fusion (SPEC §2.3), not here. Usable without any training code: `load_structural(run / "structural")`
+gives one of these.
+
+Example:
+    >>> detector = StructuralDetector(extractor, FaissNN().fit(coreset))
+    >>> detector.anomaly_map(pixels).shape   # pixels: (B, 3, S, S) raw [0, 255]
+    torch.Size([B, 1, S, S])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from npgmf_edge.config import NpgmfConfig
+from npgmf_edge.errors import ConfigError
+from npgmf_edge.models.backbone import FrozenEncoder
+from npgmf_edge.models.structural.features import PatchFeatureAggregator, PatchFeatureExtractor
+from npgmf_edge.models.structural.nn import NearestNeighbourScorer
+
+STRUCTURAL_LEVELS = (2, 3)  # timm out_indices of the two levels the branch uses (strides 8 and 16)
+
+
+def scores_to_map(patch_scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) patch scores -> (B, 1, H, W) map, bilinear (align_corners=False), no smoothing."""
+    return F.interpolate(patch_scores[:, None].float(), size=size, mode="bilinear", align_corners=False)
+
+
+@contextlib.contextmanager
+def _weights_follow() -> Iterator[None]:
+    """Silence the backbone's random-initialisation warning while building an encoder whose weights are
+    loaded right after from a saved file (the warning is meant for users who choose random weights)."""
+    logger = logging.getLogger("npgmf_edge.models.backbone")
+
+    def drop_random_init(record: logging.LogRecord) -> bool:
+        return "random initialisation" not in record.getMessage()
+
+    logger.addFilter(drop_random_init)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop_random_init)
+
+
+def build_patch_extractor(cfg: NpgmfConfig, *, weights_follow: bool = False) -> PatchFeatureExtractor:
+    """The extractor a config describes.
+
+    With `structural.share_logical_encoder` the encoder is the logical branch's (`logical.encoder`,
+    `logical.out_indices`, `weights.weights`) and levels 2 and 3 are taken from its outputs; otherwise it
+    is `structural.encoder` with out_indices (2, 3) and `weights.structural_weights`.
+    `weights_follow=True` builds random weights quietly because the caller loads saved ones next.
+    """
+    s = cfg.structural
+    s.validate()
+    if s.share_logical_encoder:
+        name, out_indices, weights = cfg.logical.encoder, tuple(cfg.logical.out_indices), cfg.weights.weights
+        missing = [i for i in STRUCTURAL_LEVELS if i not in out_indices]
+        if missing:
+            raise ConfigError(
+                f"structural.share_logical_encoder needs levels {STRUCTURAL_LEVELS} among "
+                f"logical.out_indices {out_indices}; add them or set share_logical_encoder to false"
+            )
+    else:
+        name, out_indices, weights = s.encoder, STRUCTURAL_LEVELS, cfg.weights.structural_weights
+    if weights_follow:
+        with _weights_follow():
+            encoder = FrozenEncoder(name, out_indices, pretrained=False)
+    else:
+        encoder = FrozenEncoder(name, out_indices, pretrained=cfg.weights.pretrained, weights=weights)
+    levels = tuple(out_indices.index(i) for i in STRUCTURAL_LEVELS)
+    channels = [encoder.channels[i] for i in levels]
+    aggregator = PatchFeatureAggregator(channels, s.pretrain_embed_dim, s.embed_dim, s.patch_size)
+    return PatchFeatureExtractor(encoder, aggregator, levels).eval()
+
+
+class StructuralDetector:
+    """Extractor + fitted scorer: patch scores and the structural anomaly map."""
+
+    def __init__(self, extractor: PatchFeatureExtractor, scorer: NearestNeighbourScorer) -> None:
+        self.extractor = extractor.eval()
+        self.scorer = scorer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.extractor.parameters()).device
+
+    def to(self, device: torch.device | str) -> StructuralDetector:
+        self.extractor.to(device)
+        return self
+
+    @torch.no_grad()
+    def patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) raw pixels -> (B, D, h, w) patch features."""
+        return self.extractor(pixels.to(self.device, torch.float32))
+
+    @torch.no_grad()
+    def scores_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) patch features -> (B, h, w) distances to the nearest coreset patch (CPU float32)."""
+        b, d, h, w = features.shape
+        queries = features.permute(0, 2, 3, 1).reshape(-1, d).float().cpu().numpy()
+        distances, _ = self.scorer.search(queries, k=1)
+        return torch.from_numpy(distances[:, 0]).reshape(b, h, w)
+
+    def patch_scores(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) raw pixels -> (B, h, w) float32 patch scores (on `pixels`' device)."""
+        return self.scores_from_features(self.patch_features(pixels)).to(pixels.device)
+
+    def anomaly_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) raw pixels -> (B, 1, H, W) float32 structural map at input resolution."""
+        return scores_to_map(self.patch_scores(pixels), tuple(pixels.shape[-2:]))
+
+    def image_scores(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B,) image scores: the maximum of each structural map."""
+        return self.anomaly_map(pixels).flatten(1).amax(dim=1)
