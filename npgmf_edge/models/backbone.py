@@ -64,7 +64,7 @@ def create_feature_extractor(
             raise WeightsError(f"weights file not found: {path}")
         overlay = {"file": str(path)}
         try:
-            return timm.create_model(
+            model = timm.create_model(
                 name,
                 pretrained=True,
                 features_only=True,
@@ -73,6 +73,8 @@ def create_feature_extractor(
             )
         except (RuntimeError, KeyError, ValueError) as exc:
             raise WeightsError(f"cannot load {name} weights from {path}: {exc}") from exc
+        _check_fully_loaded(model, name, path)
+        return model
     if not pretrained:
         if warn_random:
             log.warning(
@@ -88,6 +90,23 @@ def create_feature_extractor(
             f"cannot download pretrained {name} weights ({type(exc).__name__}: {exc}); "
             "offline, pass --weights PATH to a local checkpoint, or --no-pretrained for random weights"
         ) from exc
+
+
+def _check_fully_loaded(model: nn.Module, name: str, path: Path) -> None:
+    """timm loads feature extractors non-strictly (the classifier is dropped), so a checkpoint of a
+    smaller sibling (resnet18 for resnet34) would load partly and leave the rest random. Refuse that."""
+    saved = timm.models.load_state_dict(str(path), weights_only=True)
+    have = {key.replace("_", "."): tuple(t.shape) for key, t in saved.items()}
+    missing = [
+        key
+        for key, t in model.state_dict().items()
+        if not key.endswith("num_batches_tracked") and have.get(key.replace("_", ".")) != tuple(t.shape)
+    ]
+    if missing:
+        raise WeightsError(
+            f"cannot load {name} weights from {path}: {len(missing)} of its tensors are not in the file "
+            f"(e.g. {missing[0]}); is it a checkpoint of another architecture?"
+        )
 
 
 class FrozenEncoder(nn.Module):

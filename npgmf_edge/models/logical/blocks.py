@@ -22,7 +22,9 @@ BLOCK_TYPES = ("basic", "bottleneck")
 BOTTLENECK_REDUCTION = 4
 
 
-def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+def conv_bn_relu(
+    in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, dilation: int = 1
+) -> nn.Sequential:
     """Conv (no bias) + BatchNorm + ReLU, 'same' padding for odd kernels."""
     padding = dilation * (kernel - 1) // 2
     return nn.Sequential(

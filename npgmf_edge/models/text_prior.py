@@ -1,0 +1,120 @@
+"""Abstract global context (AGC): the category prompt's frozen CLIP text embedding and its adapter.
+
+`compute_text_embedding` runs the open_clip text encoder once, at training time, and returns the
+L2-normalised embedding of the prompt (default prompt: the category name). `TextPrior` keeps that
+embedding as a buffer (saved with the model's weights) and adapts it with a trainable FC layer whose
+output is broadcast to a decoder stage's grid. No text encoder is needed after training, ever: at export
+FC(embedding) is a constant of the graph.
+
+Weights for the text encoder come from exactly one place, chosen by the caller: the open_clip hub tag
+(`pretrained=True`, e.g. "openai"), a local checkpoint file (`weights=PATH`), or random initialisation
+(`pretrained=False`, which warns: the prior then carries no meaning).
+
+Example:
+    >>> emb = compute_text_embedding("breakfast box", pretrained=False)   # random CLIP, warns
+    >>> prior = TextPrior(emb, out_dim=32)
+    >>> prior(torch.zeros(2, 64, 8, 8)).shape
+    torch.Size([2, 32, 8, 8])
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from npgmf_edge.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLIP_MODEL = "ViT-B-32"
+DEFAULT_CLIP_PRETRAINED = "openai"
+
+
+def _create_clip(model_name: str, source: str | None, seed: int) -> nn.Module:
+    import open_clip  # only needed here, at training time
+
+    with torch.random.fork_rng():  # random init is reproducible and leaves the caller's RNG alone
+        torch.manual_seed(seed)
+        return open_clip.create_model(model_name, pretrained=source)
+
+
+def compute_text_embedding(
+    prompt: str,
+    model_name: str = DEFAULT_CLIP_MODEL,
+    pretrained_tag: str = DEFAULT_CLIP_PRETRAINED,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The L2-normalised CLIP text embedding (E,) of `prompt`, float32 on CPU.
+
+    `weights` (a local open_clip checkpoint: .safetensors / .bin / .pt state dict) wins over the hub;
+    without it, `pretrained=True` loads `pretrained_tag` from the hub or its cache (HF_HUB_OFFLINE works),
+    and `pretrained=False` initialises the text encoder randomly (seeded by `seed`) with a warning.
+    """
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"CLIP weights file not found: {path}")
+        source: str | None = str(path)
+        where = f"from {path}"
+    elif pretrained:
+        source, where = pretrained_tag, f"for tag {pretrained_tag!r}"
+    else:
+        log.warning(
+            "CLIP %s: random initialisation chosen explicitly (--no-pretrained); "
+            "the text prior carries no meaning",
+            model_name,
+        )
+        source, where = None, "(random)"
+    try:
+        model = _create_clip(model_name, source, seed)
+    except Exception as exc:  # open_clip raises RuntimeError, hub errors, key mismatches, ...
+        hint = (
+            "check the file is an open_clip state dict for this model"
+            if weights is not None
+            else "offline, pass --clip-weights PATH to a local checkpoint, or --no-pretrained"
+        )
+        raise WeightsError(
+            f"cannot load CLIP {model_name} weights {where} ({type(exc).__name__}: {exc}); {hint}"
+        ) from exc
+    import open_clip
+
+    tokens = open_clip.get_tokenizer(model_name)([prompt])
+    model.eval()
+    with torch.no_grad():
+        embedding = model.encode_text(tokens)[0].float()
+    return F.normalize(embedding, dim=0)
+
+
+class TextPrior(nn.Module):
+    """Frozen text embedding (buffer) -> trainable FC -> constant map broadcast to a stage's grid."""
+
+    def __init__(self, embedding: torch.Tensor, out_dim: int) -> None:
+        super().__init__()
+        if embedding.ndim != 1:
+            raise ValueError(f"text embedding must be 1-D (E,), got shape {tuple(embedding.shape)}")
+        self.register_buffer("embedding", embedding.detach().clone().float())
+        self.fc = nn.Linear(embedding.numel(), out_dim)
+        self.out_dim = out_dim
+
+    def context(self) -> torch.Tensor:
+        """FC(embedding), (out_dim,). Inside an ONNX export it becomes one constant of the graph (the
+        TorchScript exporter does not constant-fold MatMul, so the FC would otherwise run per image)."""
+        context = self.fc(self.embedding)
+        if torch.onnx.is_in_onnx_export():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # constant on purpose
+                context = torch.tensor(context.detach().tolist(), dtype=context.dtype)
+        return context
+
+    def forward(self, like: torch.Tensor) -> torch.Tensor:
+        """(out_dim) context broadcast to like's batch and grid: (B, out_dim, H, W)."""
+        context = self.context().view(1, self.out_dim, 1, 1)
+        return context.expand(like.shape[0], self.out_dim, like.shape[2], like.shape[3])
