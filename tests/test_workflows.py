@@ -106,3 +106,14 @@ def test_evaluate_writes_metrics_report_overlays_and_official_tiff_maps(
     tiffs = sorted((tmp_path / "maps" / dataset.category / "test").rglob("*.tiff"))
     assert len(tiffs) == len(dataset.test)
     assert summary["table"].count("fused") >= 1
+
+
+def test_heat_overlay_keeps_normal_pixels_and_tints_anomalous_ones() -> None:
+    from npgmf_edge.visualize import heat_overlay
+
+    image = np.full((10, 10, 3), 100, np.uint8)
+    anomaly_map = np.zeros((10, 10), np.float32)
+    anomaly_map[5:, :] = 1.0
+    picture = heat_overlay(image, anomaly_map, low=0.0, high=1.0)
+    assert (picture[:5] == 100).all()
+    assert picture[5:, :, 0].min() > 100  # JET at the top of the scale is red
