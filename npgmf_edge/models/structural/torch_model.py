@@ -13,10 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 
@@ -32,22 +28,6 @@ STRUCTURAL_LEVELS = (2, 3)  # timm out_indices of the two levels the branch uses
 def scores_to_map(patch_scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, h, w) patch scores -> (B, 1, H, W) map, bilinear (align_corners=False), no smoothing."""
     return F.interpolate(patch_scores[:, None].float(), size=size, mode="bilinear", align_corners=False)
-
-
-@contextlib.contextmanager
-def _weights_follow() -> Iterator[None]:
-    """Silence the backbone's random-initialisation warning while building an encoder whose weights are
-    loaded right after from a saved file (the warning is meant for users who choose random weights)."""
-    logger = logging.getLogger("npgmf_edge.models.backbone")
-
-    def drop_random_init(record: logging.LogRecord) -> bool:
-        return "random initialisation" not in record.getMessage()
-
-    logger.addFilter(drop_random_init)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop_random_init)
 
 
 def build_patch_extractor(cfg: NpgmfConfig, *, weights_follow: bool = False) -> PatchFeatureExtractor:
@@ -71,8 +51,7 @@ def build_patch_extractor(cfg: NpgmfConfig, *, weights_follow: bool = False) -> 
     else:
         name, out_indices, weights = s.encoder, STRUCTURAL_LEVELS, cfg.weights.structural_weights
     if weights_follow:
-        with _weights_follow():
-            encoder = FrozenEncoder(name, out_indices, pretrained=False)
+        encoder = FrozenEncoder(name, out_indices, pretrained=False, warn_random=False)
     else:
         encoder = FrozenEncoder(name, out_indices, pretrained=cfg.weights.pretrained, weights=weights)
     levels = tuple(out_indices.index(i) for i in STRUCTURAL_LEVELS)
