@@ -68,23 +68,31 @@ class RunDetector:
         )
         self.sigma = gaussian_sigma_for(self.cfg.image_size, self.cfg.fusion.gaussian_sigma)
 
-    @torch.no_grad()
     def branch_maps(
         self, image_paths: Sequence[Path], batch_size: int = DEFAULT_BATCH, progress: bool = False
     ) -> dict[str, np.ndarray]:
         """Raw (unsmoothed) (N, S, S) maps of each branch at the model's input size."""
+        return self.maps_and_sizes(image_paths, batch_size, progress)[0]
+
+    @torch.no_grad()
+    def maps_and_sizes(
+        self, image_paths: Sequence[Path], batch_size: int = DEFAULT_BATCH, progress: bool = False
+    ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
+        """`branch_maps` plus each image's original (height, width), from one decode per image."""
         size = self.cfg.image_size
         out: dict[str, list[np.ndarray]] = {name: [] for name in self.branches}
+        sizes: list[tuple[int, int]] = []
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("computing anomaly maps", total=len(image_paths))
             for start in range(0, len(image_paths), batch_size):
-                chunk = image_paths[start : start + batch_size]
-                pixels = torch.from_numpy(np.stack([to_model_input(read_image(p), size) for p in chunk]))
+                images = [read_image(p) for p in image_paths[start : start + batch_size]]
+                sizes.extend(image.shape[:2] for image in images)
+                pixels = torch.from_numpy(np.stack([to_model_input(image, size) for image in images]))
                 for name, fn in self.branches.items():
                     out[name].append(fn(pixels)[:, 0].float().numpy())
-                bar.advance(task, len(chunk))
+                bar.advance(task, len(images))
         empty = np.zeros((0, size, size), np.float32)
-        return {name: np.concatenate(maps) if maps else empty for name, maps in out.items()}
+        return {name: np.concatenate(maps) if maps else empty for name, maps in out.items()}, sizes
 
     def scored_maps(self, branch_maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Smoothed per-branch maps plus the fused map (when calibrated): what evaluation scores."""
@@ -99,11 +107,11 @@ class RunDetector:
             raise CheckpointError(
                 f"{self.run_dir} is not calibrated ({CALIBRATION_FILE} missing): train with --branch all"
             )
-        fused = self.scored_maps(self.branch_maps(image_paths, progress=progress))["fused"]
+        maps, sizes = self.maps_and_sizes(image_paths, progress=progress)
+        fused = self.scored_maps(maps)["fused"]
         scores = image_scores(fused)
         results = []
-        for path, anomaly_map, score in zip(image_paths, fused, scores, strict=True):
-            height, width = read_image(path).shape[:2]
+        for anomaly_map, score, (height, width) in zip(fused, scores, sizes, strict=True):
             results.append(
                 Inspection(
                     score=float(score),

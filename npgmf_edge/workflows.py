@@ -90,8 +90,9 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     detector = RunDetector(run_dir)
     samples = dataset.test
-    scored = detector.scored_maps(detector.branch_maps([s.image_path for s in samples], progress=True))
-    sizes = [read_image(s.image_path).shape[:2] for s in samples]
+    branch_maps, sizes = detector.maps_and_sizes([s.image_path for s in samples], progress=True)
+    scored = detector.scored_maps(branch_maps)
+    primary = _primary_branch(scored)
 
     results: dict[str, dict] = {}
     for branch, maps in scored.items():
@@ -100,14 +101,13 @@ def evaluate_run(
             for s, m, (h, w) in zip(samples, maps, sizes, strict=True)
         }
         results[branch] = evaluate_maps(dataset, full_res)
-        if maps_dir is not None and branch == _primary_branch(scored):
+        if maps_dir is not None and branch == primary:
             for sample in samples:
                 write_maps_tiff(maps_dir, dataset.category, sample, full_res[sample.image_path])
 
     labels = np.array([s.label for s in samples])
     scores = {branch: image_scores(maps) for branch, maps in scored.items()}
     threshold = detector.calibration.threshold if detector.calibration is not None else None
-    primary = _primary_branch(scored)
     figures = [plot_roc_curves(labels, scores, out / "roc.png")]
     for branch, branch_scores in scores.items():
         figures.append(
@@ -119,7 +119,9 @@ def evaluate_run(
                 out / f"histogram_{branch}.png",
             )
         )
-    overlays = _evaluation_overlays(samples, scored[primary], sizes, out / "overlays", threshold)
+    overlays = _evaluation_overlays(
+        samples, scored[primary], scores[primary], sizes, out / "overlays", threshold
+    )
     table = format_results_table(results)
     write_json(out / "metrics.json", results)
     report = write_html_report(
@@ -136,6 +138,7 @@ def _primary_branch(scored: dict[str, np.ndarray]) -> str:
 def _evaluation_overlays(
     samples: Sequence[Sample],
     maps: np.ndarray,
+    scores: np.ndarray,
     sizes: Sequence[tuple[int, int]],
     out: Path,
     threshold: float | None,
@@ -143,7 +146,6 @@ def _evaluation_overlays(
     """A few overlays per defect type, so a person can see whether the heat sits on the defects."""
     per_type: dict[str, int] = {}
     paths = []
-    scores = image_scores(maps)
     cut = threshold if threshold is not None else float(np.median(scores))
     for sample, anomaly_map, score, (h, w) in zip(samples, maps, scores, sizes, strict=True):
         if per_type.get(sample.defect_type, 0) >= OVERLAYS_PER_TYPE:
