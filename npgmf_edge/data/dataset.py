@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GOOD = "good"
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from npgmf_edge.data.dataset import Sample
+from npgmf_edge.data.dataset import GOOD, Sample
 from npgmf_edge.data.image_io import IMAGE_EXTENSIONS, is_image_file
 from npgmf_edge.errors import DatasetError
 
@@ -35,4 +36,28 @@ def subfolders(folder: Path) -> list[Path]:
 
 def good_samples(folder: Path, split: str) -> list[Sample]:
     """Every image of a folder of normal images as `good` samples of `split`."""
-    return [Sample(path, split, "good") for path in list_images(folder)]
+    return [Sample(path, split, GOOD) for path in list_images(folder)]
+
+
+def defect_test_samples(
+    category_dir: Path, layout: str, masks_of: Callable[[Path, Path], tuple[Path, ...]]
+) -> list[Sample]:
+    """The test samples of an MVTec AD or LOCO category: one folder per defect type under `test/`.
+
+    `good` images have no masks; any other image gets `masks_of(image, ground_truth/<defect type>)`,
+    which raises a DatasetError when they are missing.
+    """
+    test_dir = require_dir(category_dir / "test", layout)
+    test: list[Sample] = []
+    for type_dir in subfolders(test_dir):
+        if type_dir.name == GOOD:
+            test.extend(good_samples(type_dir, "test"))
+            continue
+        truth_dir = category_dir / "ground_truth" / type_dir.name
+        test.extend(
+            Sample(image, "test", type_dir.name, masks_of(image, truth_dir))
+            for image in list_images(type_dir)
+        )
+    if not test:
+        raise DatasetError(f"no defect-type folders in {test_dir}: {layout}")
+    return test

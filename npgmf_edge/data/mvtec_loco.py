@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from npgmf_edge.data.dataset import GOOD, AnomalyDataset, DefectSpec, Sample
-from npgmf_edge.data.layout import good_samples, list_images, require_dir, subfolders
+from npgmf_edge.data.dataset import GOOD, AnomalyDataset, DefectSpec
+from npgmf_edge.data.layout import defect_test_samples, good_samples, require_dir
 from npgmf_edge.errors import DatasetError
 
 LAYOUT = (
@@ -30,26 +30,22 @@ def read_mvtec_loco(category_dir: Path) -> AnomalyDataset:
     defects_config = read_defects_config(category_dir / DEFECTS_CONFIG)
     train = good_samples(require_dir(category_dir / "train" / GOOD, LAYOUT), "train")
     validation = good_samples(require_dir(category_dir / "validation" / GOOD, LAYOUT), "validation")
-    test_dir = require_dir(category_dir / "test", LAYOUT)
-    test: list[Sample] = []
-    for type_dir in subfolders(test_dir):
-        if type_dir.name == GOOD:
-            test.extend(good_samples(type_dir, "test"))
-            continue
-        for image in list_images(type_dir):
-            masks_dir = category_dir / "ground_truth" / type_dir.name / image.stem
-            masks = tuple(sorted(masks_dir.glob("*.png"))) if masks_dir.is_dir() else ()
-            if not masks:
-                raise DatasetError(
-                    f"missing ground truth for test image {image}: expected one PNG per defect in "
-                    f"{masks_dir}/ (000.png, 001.png, ...)"
-                )
-            test.append(Sample(image, "test", type_dir.name, masks))
-    if not test:
-        raise DatasetError(f"no defect-type folders in {test_dir}: {LAYOUT}")
+    test = defect_test_samples(category_dir, LAYOUT, _masks)
     return AnomalyDataset(
         category_dir, "mvtec_loco", category_dir.name, train, validation, test, defects_config
     )
+
+
+def _masks(image: Path, truth_dir: Path) -> tuple[Path, ...]:
+    """Every PNG of `ground_truth/<defect type>/<id>/`, one per defect, sorted by name."""
+    masks_dir = truth_dir / image.stem
+    masks = tuple(sorted(masks_dir.glob("*.png"))) if masks_dir.is_dir() else ()
+    if not masks:
+        raise DatasetError(
+            f"missing ground truth for test image {image}: expected one PNG per defect in "
+            f"{masks_dir}/ (000.png, 001.png, ...)"
+        )
+    return masks
 
 
 def read_defects_config(path: Path) -> list[DefectSpec]:
