@@ -57,7 +57,6 @@ def main() -> None:
         start = time.perf_counter()
         summary = train_logical(dataset, cfg, Path(tmp) / "logical", progress=False)
         wall = time.perf_counter() - start
-        history = json.loads((Path(tmp) / "logical" / "summary.json").read_text())
         ckpt_mib = (Path(tmp) / "logical" / "checkpoint.safetensors").stat().st_size / 2**20
 
     n, bs = len(dataset.train), cfg.train.batch_size
@@ -79,7 +78,7 @@ def main() -> None:
         "wall_seconds_total": round(wall, 1),
         "checkpoint_mib": round(ckpt_mib, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "loss_curve": [round(x, 4) for x in history["loss_curve"]],
+        "loss_curve": [round(x, 4) for x in summary["loss_curve"]],
         "torch": torch.__version__,
     }
     json.dump(result, sys.stdout)

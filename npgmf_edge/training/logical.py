@@ -219,6 +219,11 @@ def train_logical(
     return summary
 
 
+def _stack(images: ImageTensorDataset, indices: list[int]) -> torch.Tensor:
+    """The cached images at `indices` as one (B, 3, S, S) batch."""
+    return torch.stack([images[i] for i in indices])
+
+
 def _train_epoch(
     net: NpgmfLogicalNet,
     optimizer: torch.optim.Optimizer,
@@ -232,27 +237,29 @@ def _train_epoch(
     tc, lg = cfg.train, cfg.logical
     start = time.perf_counter()
     net.train()
+    lr = epoch_lr(cfg, epoch)
     for group in optimizer.param_groups:
-        group["lr"] = epoch_lr(cfg, epoch)
+        group["lr"] = lr
     order = torch.randperm(len(images), generator=_epoch_generator(tc.seed, epoch, 0)).tolist()
     batches = [order[i : i + tc.batch_size] for i in range(0, len(order), tc.batch_size)]
     if epoch == 0 and net.quantizers is not None:
-        net.init_codebooks(torch.stack([images[i] for i in batches[0]]), _epoch_generator(tc.seed, 0, 1))
+        net.init_codebooks(_stack(images, batches[0]), _epoch_generator(tc.seed, 0, 1))
     for vq in net.quantizers or []:
         vq.reset_usage()
     sums: dict[str, float] = {}
     latents: list[torch.Tensor] = []
     for step, batch in enumerate(batches):
-        out = net.forward_train(torch.stack([images[i] for i in batch]))
+        out = net.forward_train(_stack(images, batch))
         loss = logical_loss(out, lg)
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         optimizer.step()
-        for name, value in loss.terms().items():
+        terms = loss.terms()
+        for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + value * len(batch)
         latents = out.latents
-        terms = " ".join(f"{k} {v:.4f}" for k, v in loss.terms().items())
-        bar.update(task, advance=1, description=f"logical {epoch + 1}/{tc.epochs}", terms=terms)
+        shown = " ".join(f"{k} {v:.4f}" for k, v in terms.items())
+        bar.update(task, advance=1, description=f"logical {epoch + 1}/{tc.epochs}", terms=shown)
         if on_step is not None:
             on_step(epoch, step)
     usage = net.codebook_usage()
@@ -263,7 +270,7 @@ def _train_epoch(
     return {
         "epoch": epoch + 1,
         "loss": {k: v / len(images) for k, v in sums.items()},
-        "lr": epoch_lr(cfg, epoch),
+        "lr": lr,
         "seconds": time.perf_counter() - start,
         "codes_used": [sum(1 for c in level if c > 0) for level in usage],
         "codes_restarted": restarted,

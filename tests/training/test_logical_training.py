@@ -40,6 +40,13 @@ def small_cfg(epochs: int = 2, text_prior: bool = False) -> NpgmfConfig:
     return cfg
 
 
+def assert_same_weights(run_a: Path, run_b: Path) -> None:
+    """The trained networks of two run folders are bit-identical, tensor by tensor."""
+    a, b = load_logical(run_a), load_logical(run_b)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
 class Interrupted(Exception):
     pass
 
@@ -60,9 +67,7 @@ def test_interrupted_run_resumes_to_the_same_weights(loco_dataset_dir: Path, tmp
 
     assert resumed["resumed_after_epoch"] == 1 and resumed["epochs"] == 2
     assert resumed["loss_curve"] == straight["loss_curve"]
-    a, b = load_logical(tmp_path / "straight"), load_logical(tmp_path / "resumed")
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-        assert torch.equal(x, y), name
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +235,4 @@ def test_run_killed_with_sigkill_mid_epoch_resumes_to_the_same_weights(
     resumed = train_logical(dataset, cfg, tmp_path / "killed", resume=True, progress=False)
     assert resumed["resumed_after_epoch"] == 1
     assert resumed["loss_curve"] == straight["loss_curve"]
-    a, b = load_logical(tmp_path / "straight"), load_logical(tmp_path / "killed")
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-        assert torch.equal(x, y), name
+    assert_same_weights(tmp_path / "straight", tmp_path / "killed")

@@ -29,6 +29,7 @@ from npgmf_edge.models.logical.lewin import LeWinStage
 from npgmf_edge.models.text_prior import TextPrior
 
 RECON_HEAD_CHANNELS = 32
+RECON_HEAD_MIN_CHANNELS = 8  # the x2 upsamplings halve the width down to this
 
 
 class DecoderStage(nn.Module):
@@ -75,8 +76,9 @@ class ReconstructionHead(nn.Module):
         layers: list[nn.Module] = [conv_bn_relu(in_channels, RECON_HEAD_CHANNELS, 3)]
         channels = RECON_HEAD_CHANNELS
         for _ in range(steps):
-            layers.append(UpsampleBlock(channels, max(channels // 2, 8)))
-            channels = max(channels // 2, 8)
+            halved = max(channels // 2, RECON_HEAD_MIN_CHANNELS)
+            layers.append(UpsampleBlock(channels, halved))
+            channels = halved
         layers.append(nn.Conv2d(channels, 3, 3, padding=1))
         self.body = nn.Sequential(*layers)
 

@@ -153,8 +153,8 @@ class NpgmfLogicalNet(nn.Module):
     def forward_train(self, pixels: torch.Tensor) -> LogicalForward:
         """Everything the loss needs; the frozen encoder runs without autograd."""
         with torch.no_grad():
-            feats = self.encoder(pixels)
-            target = self.encoder.normalize(pixels)
+            target = self.encoder.normalize(pixels)  # the encoder's own input, normalised once
+            feats = self.encoder.body(target)
         codes, indices, losses, latents = self._quantize(feats, train=True)
         dec = self._decode(feats, codes)
         return LogicalForward(
