@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from npgmf_edge.errors import ConfigError
+from npgmf_edge.fileio import save_json
 
 T = TypeVar("T")
 
@@ -136,7 +137,7 @@ class NpgmfConfig:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        save_json(self.to_dict(), Path(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NpgmfConfig:

@@ -7,7 +7,6 @@ enough that an interrupted call never leaves a summary pointing at missing files
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 
 from npgmf_edge.data import AnomalyDataset, Sample, read_image
 from npgmf_edge.detector import RunDetector
+from npgmf_edge.fileio import save_json
 from npgmf_edge.inspection import Inspection
 from npgmf_edge.postprocess import image_scores
 from npgmf_edge.preprocess import map_to_image_size
@@ -28,13 +28,6 @@ def heat_range(threshold: float) -> tuple[float, float]:
     """Colour scale for fused maps: blue well below the verdict threshold, red well above it."""
     span = max(abs(threshold), 1e-6)
     return threshold - 0.5 * span, threshold + 0.5 * span
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file so readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def _overlay(path: Path, image_path: Path, inspection: Inspection) -> Path:
@@ -71,7 +64,7 @@ def predict_images(run_dir: Path, images: Sequence[Path], out: Path) -> dict[str
         "out": str(out),
         "predictions": rows,
     }
-    write_json(out / "predictions.json", summary)
+    save_json(summary, out / "predictions.json")
     return summary
 
 
@@ -123,7 +116,7 @@ def evaluate_run(
         samples, scored[primary], scores[primary], sizes, out / "overlays", threshold
     )
     table = format_results_table(results)
-    write_json(out / "metrics.json", results)
+    save_json(results, out / "metrics.json")
     report = write_html_report(
         out / "report.html", f"npgmf-edge evaluation: {dataset.category}", table, figures, overlays, results
     )

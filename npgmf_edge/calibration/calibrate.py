@@ -14,6 +14,7 @@ import numpy as np
 from npgmf_edge.calibration.threshold import threshold_for_false_alarm_rate
 from npgmf_edge.config import FusionConfig
 from npgmf_edge.errors import CheckpointError, ConfigError
+from npgmf_edge.fileio import save_json
 from npgmf_edge.postprocess import BranchStats, fuse, image_scores
 
 CALIBRATION_FILE = "calibration.json"
@@ -45,11 +46,7 @@ class Calibration:
         )
 
     def save(self, run_dir: Path) -> Path:
-        path = Path(run_dir) / CALIBRATION_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return save_json(asdict(self), Path(run_dir) / CALIBRATION_FILE)
 
 
 def branch_stats(maps: np.ndarray) -> BranchStats:

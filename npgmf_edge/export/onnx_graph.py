@@ -9,14 +9,14 @@ place so no half-written graph is ever left behind.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
+
+from npgmf_edge.fileio import atomic_write
 
 ONNX_OPSET = 17
 
@@ -31,16 +31,12 @@ def export_onnx(
     opset: int = ONNX_OPSET,
 ) -> Path:
     """Write `module` (eval mode, CPU) traced on `example` to `path` atomically; returns `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
     dynamic_axes = None
     if dynamic_batch:
         dynamic_axes = {name: {0: "batch"} for name in (input_name, *output_names)}
-    fd, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+
+    def write(tmp: Path) -> None:
         with torch.no_grad():
             torch.onnx.export(
                 module,
@@ -54,10 +50,8 @@ def export_onnx(
                 dynamo=False,
             )
         onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, write)
 
 
 def graph_op_types(path: Path) -> set[str]:

@@ -1,8 +1,7 @@
 """Checkpoint files without pickle: tensors in safetensors, everything else in JSON; writes are atomic.
 
-Every write goes to a temporary file in the target's folder, is flushed to disk, then renamed over the
-target (`os.replace`), so a run killed at any moment leaves either the old file or the new one, never a
-half-written one. An optimiser's state is flattened into named tensors plus JSON-able hyper-parameters,
+Every write goes through `npgmf_edge.fileio.atomic_write`, so a run killed at any moment leaves either the
+old file or the new one. An optimiser's state is flattened into named tensors plus JSON-able hyper-parameters,
 so a resumed run continues with the same Adam moments and step counts.
 
 Example:
@@ -15,8 +14,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,30 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from npgmf_edge.errors import CheckpointError
+from npgmf_edge.fileio import atomic_write_bytes
 
 META_KEY = "npgmf"  # safetensors metadata holds one JSON document under this key
 OPTIMIZER_PREFIX = "optimizer.state."
-FILE_MODE = 0o644
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file and a rename (atomic on POSIX file systems)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)  # mkstemp creates 0600; results are meant to be shared like any file
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-
-
-def save_json(obj: Any, path: Path) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def load_json(path: Path) -> Any:

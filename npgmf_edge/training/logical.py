@@ -34,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.data import AnomalyDataset
 from npgmf_edge.errors import CheckpointError, ConfigError, DatasetError
+from npgmf_edge.fileio import save_json
 from npgmf_edge.models.logical.loss import logical_loss
 from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
 from npgmf_edge.models.text_prior import compute_text_embedding
@@ -42,7 +43,6 @@ from npgmf_edge.training.checkpoint import (
     load_tensors,
     optimizer_from_tensors,
     optimizer_to_tensors,
-    save_json,
     save_tensors,
 )
 from npgmf_edge.training.images import ImageTensorDataset

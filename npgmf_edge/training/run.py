@@ -14,7 +14,6 @@ Where a dataset has no validation split (MVTec AD, BTAD, plain folders), a seede
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.data import AnomalyDataset
 from npgmf_edge.errors import ConfigError, DatasetError
+from npgmf_edge.fileio import save_json
 
 BRANCHES = ("logical", "structural", "all")
 
@@ -67,7 +67,7 @@ def train_run(
         "n_train": len(dataset.train),
         "validation_images": [str(s.image_path) for s in dataset.validation],
     }
-    (out / "dataset.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    save_json(provenance, out / "dataset.json")
     summary: dict[str, Any] = {"run": str(out), "category": dataset.category, "preset": cfg.preset}
     if branch in ("logical", "all"):
         from npgmf_edge.training.logical import train_logical

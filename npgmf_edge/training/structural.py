@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from npgmf_edge.config import NpgmfConfig, StructuralConfig
 from npgmf_edge.data import AnomalyDataset, Sample
 from npgmf_edge.errors import CheckpointError, DatasetError
+from npgmf_edge.fileio import save_json
 from npgmf_edge.models.structural.features import PatchFeatureExtractor
 from npgmf_edge.models.structural.nn import BruteForceNN, FaissNN, create_scorer
 from npgmf_edge.models.structural.sampler import (
@@ -41,7 +41,7 @@ from npgmf_edge.models.structural.sampler import (
     RandomSampler,
 )
 from npgmf_edge.models.structural.torch_model import StructuralDetector, build_patch_extractor
-from npgmf_edge.training.checkpoint import load_tensors, save_json, save_tensors
+from npgmf_edge.training.checkpoint import load_tensors, save_tensors
 from npgmf_edge.training.images import ImageTensorDataset
 
 CONFIG_FILE = "config.json"
@@ -168,8 +168,3 @@ def load_structural(
     else:
         scorer = scorer_type.load(out_dir / CORESET_FAISS)
     return StructuralDetector(extractor.eval(), scorer).to(device)
-
-
-def coreset_array(out_dir: Path) -> np.ndarray:
-    """The saved coreset (M, D) float32 (for export and inspection)."""
-    return np.load(Path(out_dir) / CORESET_NPY, allow_pickle=False)

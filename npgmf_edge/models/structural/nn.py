@@ -19,13 +19,12 @@ Example:
 from __future__ import annotations
 
 import abc
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from npgmf_edge.errors import ConfigError
+from npgmf_edge.fileio import atomic_write
 
 DEFAULT_CHUNK_SIZE = 1024  # query rows per block in brute-force search: bounds the (chunk, M) distance block
 
@@ -35,21 +34,6 @@ def _as_matrix(x, name: str) -> np.ndarray:
     if array.ndim != 2 or array.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty (N, D) array, got shape {array.shape}")
     return array
-
-
-def _atomic_write(path: Path, write) -> Path:
-    """Call `write(tmp_path)` then move the file into place, so no half-written file is ever left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 class NearestNeighbourScorer(abc.ABC):
@@ -136,7 +120,7 @@ class BruteForceNN(NearestNeighbourScorer):
             with open(tmp, "wb") as handle:  # np.save on a path would append ".npy" to the temp name
                 np.save(handle, bank, allow_pickle=False)
 
-        return _atomic_write(Path(path), write)
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> BruteForceNN:
@@ -195,7 +179,7 @@ class FaissNN(NearestNeighbourScorer):
         if self.index is None:
             raise RuntimeError(f"{type(self).__name__}.save called before fit")
         cpu_index = self._to_cpu(self.index)
-        return _atomic_write(Path(path), lambda tmp: self._faiss.write_index(cpu_index, str(tmp)))
+        return atomic_write(path, lambda tmp: self._faiss.write_index(cpu_index, str(tmp)))
 
     @classmethod
     def load(cls, path: Path, **options) -> FaissNN:
