@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from npgmf_edge.config import get_preset
 from npgmf_edge.data import load_dataset, read_ground_truth
+from npgmf_edge.metrics import image_auroc, pixel_auroc
 from npgmf_edge.preprocess import map_to_image_size
 from npgmf_edge.training.images import load_batch
 from npgmf_edge.training.structural import load_structural, train_structural
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict:
     detector = load_structural(out_dir)
 
     tick = time.perf_counter()
-    image_scores, labels, types, pixel_scores, pixel_labels = [], [], [], [], []
+    image_scores, labels, types, full_size_maps, masks = [], [], [], [], []
     for start in range(0, len(dataset.test), args.batch_size):
         batch = dataset.test[start : start + args.batch_size]
         maps = detector.anomaly_map(load_batch(batch, cfg.image_size))[:, 0].numpy()
@@ -60,14 +60,14 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict:
             labels.append(sample.label)
             types.append(sample.defect_type)
             truth = read_ground_truth(sample)  # (H, W) bool at the image's original size
-            pixel_scores.append(map_to_image_size(amap, *truth.shape).ravel())
-            pixel_labels.append(truth.ravel())
+            full_size_maps.append(map_to_image_size(amap, *truth.shape))
+            masks.append(truth)
     seconds_test = time.perf_counter() - tick
     scores, labels_arr, types_arr = np.array(image_scores), np.array(labels), np.array(types)
     per_type = {}
     for defect in DEFECTS:
         keep = (types_arr == "good") | (types_arr == defect)
-        per_type[defect] = roc_auc_score(labels_arr[keep], scores[keep])
+        per_type[defect] = image_auroc(labels_arr[keep], scores[keep])
     return {
         "preset": args.preset,
         "encoder": cfg.logical.encoder if cfg.structural.share_logical_encoder else cfg.structural.encoder,
@@ -75,9 +75,9 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict:
         "image_size": cfg.image_size,
         "counts": dataset.counts(),
         "train": train,
-        "image_auroc": roc_auc_score(labels_arr, scores),
+        "image_auroc": image_auroc(labels_arr, scores),
         "image_auroc_per_defect": per_type,
-        "pixel_auroc": roc_auc_score(np.concatenate(pixel_labels), np.concatenate(pixel_scores)),
+        "pixel_auroc": pixel_auroc(full_size_maps, masks),
         "seconds_test": seconds_test,
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
     }

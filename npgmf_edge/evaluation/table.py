@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from npgmf_edge.evaluation.evaluate import fpr_key
+from npgmf_edge.metrics import PRO_MAX_FPR
 
 SPRO_LIMIT = 0.05  # the limit papers on MVTec LOCO AD usually quote
-COLUMNS = ("branch", "subset", "image AUROC", "pixel AUROC", "AUPRO@0.3", f"sPRO@{SPRO_LIMIT}")
+COLUMNS = ("branch", "subset", "image AUROC", "pixel AUROC", f"AUPRO@{PRO_MAX_FPR}", f"sPRO@{SPRO_LIMIT}")
 MISSING = "-"
 
 
@@ -31,7 +32,7 @@ def _row(branch: str, subset: str, results: Mapping[str, Any]) -> list[str]:
         subset,
         _number(results.get("classification", {}).get("auc_roc", {}).get(subset)),
         _number((localization.get("auc_roc") or {}).get(subset)),
-        _number(pro.get(fpr_key(0.3))),
+        _number(pro.get(fpr_key(PRO_MAX_FPR))),
         _number(spro.get(fpr_key(SPRO_LIMIT))),
     ]
 

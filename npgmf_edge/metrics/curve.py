@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,7 +39,7 @@ def trapezoid(
         if not xs[0] <= max_x <= xs[-1]:
             raise ValueError(f"max_x={max_x} lies outside the curve's x range [{xs[0]}, {xs[-1]}]")
         if max_x not in xs:
-            right = bisect_right(xs.tolist(), max_x)  # first point beyond the limit
+            right = int(np.searchsorted(xs, max_x, side="right"))  # first point beyond the limit
             x0, x1, y0, y1 = xs[right - 1], xs[right], ys[right - 1], ys[right]
             y_at_limit = y0 + (y1 - y0) * (max_x - x0) / (x1 - x0)
             correction = 0.5 * (y0 + y_at_limit) * (max_x - x0)

@@ -7,18 +7,13 @@ import pytest
 import tifffile
 
 from npgmf_edge.data import load_dataset
-from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
 from npgmf_edge.errors import DatasetError
 from npgmf_edge.evaluation import map_path, read_maps, write_maps_tiff
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loco")
-    counts = dict(n_test_good=2, n_logical=2, n_structural=2)
-    cfg = SyntheticConfig(image_size=64, n_train=1, n_validation=1, **counts)
-    generate_dataset(root, cfg, overwrite=True)
-    return load_dataset(root)
+def dataset(loco_dataset_dir):
+    return load_dataset(loco_dataset_dir)  # the shared 64 px set; maps are written under tmp_path, not in it
 
 
 def write_random_maps(dataset, maps_dir: Path) -> dict:
