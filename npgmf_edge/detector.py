@@ -1,7 +1,8 @@
 """A trained run directory as one torch-side detector: branch maps, fusion and verdict.
 
-This is what `evaluate` and `predict` use before export; the deployment runtime reproduces the same
-numbers from the bundle without torch (the manifest is the contract).
+This is what `evaluate`, `predict` and calibration use on a run. It runs the run's `InspectionNet` (the
+encoder once per image), searches the coreset with the run's kNN scorer and fuses the two maps; the
+deployment runtime reproduces the same numbers from a bundle without torch (the manifest is the contract).
 
 Example:
     >>> detector = RunDetector(Path("runs/tray"))
@@ -17,55 +18,51 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from npgmf_edge.calibration import Calibration, load_calibration
 from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
-from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.data import read_image
 from npgmf_edge.errors import CheckpointError
 from npgmf_edge.inspection import Inspection
+from npgmf_edge.models.structural.torch_model import scores_to_map
 from npgmf_edge.postprocess import gaussian_sigma_for, image_scores, smooth
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
+from npgmf_edge.rundir import TrainedRun, load_run
 
 BRANCH_NAMES = ("structural", "logical")
 DEFAULT_BATCH = 8
 
-MapFn = Callable[[torch.Tensor], torch.Tensor]
+BranchMapFn = Callable[[torch.Tensor], dict[str, np.ndarray]]
 
 
-def _load_branch(run_dir: Path, name: str) -> MapFn | None:
-    """The branch's map function (pixels -> (B,1,S,S)), or None when that branch was not trained."""
-    branch_dir = run_dir / name
-    if not branch_dir.is_dir():
-        return None
-    if name == "logical":
-        from npgmf_edge.training.logical import load_logical
+def branch_map_fn(run: TrainedRun) -> BranchMapFn:
+    """pixels (B, 3, S, S) -> {branch: raw (B, S, S) float32 map} for the branches the run has."""
+    net, scorer = run.net, run.scorer
 
-        return load_logical(branch_dir)
-    from npgmf_edge.training.structural import load_structural
+    @torch.no_grad()
+    def maps(pixels: torch.Tensor) -> dict[str, np.ndarray]:
+        outputs = dict(zip(net.output_names, net(pixels), strict=True))
+        result: dict[str, np.ndarray] = {}
+        if "patch_features" in outputs:
+            features = outputs["patch_features"]
+            b, d, h, w = features.shape
+            queries = features.permute(0, 2, 3, 1).reshape(-1, d).numpy()
+            distances = torch.from_numpy(scorer.search(queries, k=1)[0][:, 0]).reshape(b, h, w)
+            result["structural"] = scores_to_map(distances, tuple(pixels.shape[-2:]))[:, 0].numpy()
+        if "logical_map" in outputs:
+            result["logical"] = outputs["logical_map"][:, 0].float().numpy()
+        return result
 
-    return load_structural(branch_dir).anomaly_map
+    return maps
 
 
 class RunDetector:
     """Loads whichever branches a run has; fuses them when the run is calibrated."""
 
     def __init__(self, run_dir: Path) -> None:
-        run_dir = Path(run_dir)
-        config_path = run_dir / "config.json"
-        if not config_path.is_file():
-            raise CheckpointError(f"{run_dir} is not a run directory: {config_path} is missing")
-        self.run_dir = run_dir
-        self.cfg = NpgmfConfig.load(config_path)
-        self.branches: dict[str, MapFn] = {}
-        for name in BRANCH_NAMES:
-            fn = _load_branch(run_dir, name)
-            if fn is not None:
-                self.branches[name] = fn
-        if not self.branches:
-            raise CheckpointError(f"{run_dir} holds no trained branch (no logical/ or structural/ folder)")
-        self.calibration: Calibration | None = (
-            load_calibration(run_dir) if (run_dir / CALIBRATION_FILE).is_file() else None
-        )
+        run = load_run(Path(run_dir))
+        self.run_dir = run.run_dir
+        self.cfg = run.cfg
+        self.calibration = run.calibration
+        self.branch_fn = branch_map_fn(run)
         self.sigma = gaussian_sigma_for(self.cfg.image_size, self.cfg.fusion.gaussian_sigma)
 
     def branch_maps(
@@ -80,7 +77,7 @@ class RunDetector:
     ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
         """`branch_maps` plus each image's original (height, width), from one decode per image."""
         size = self.cfg.image_size
-        out: dict[str, list[np.ndarray]] = {name: [] for name in self.branches}
+        out: dict[str, list[np.ndarray]] = {}
         sizes: list[tuple[int, int]] = []
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("computing anomaly maps", total=len(image_paths))
@@ -88,16 +85,15 @@ class RunDetector:
                 images = [read_image(p) for p in image_paths[start : start + batch_size]]
                 sizes.extend(image.shape[:2] for image in images)
                 pixels = torch.from_numpy(np.stack([to_model_input(image, size) for image in images]))
-                for name, fn in self.branches.items():
-                    out[name].append(fn(pixels)[:, 0].float().numpy())
+                for name, maps in self.branch_fn(pixels).items():
+                    out.setdefault(name, []).append(maps)
                 bar.advance(task, len(images))
-        empty = np.zeros((0, size, size), np.float32)
-        return {name: np.concatenate(maps) if maps else empty for name, maps in out.items()}, sizes
+        return {name: np.concatenate(maps) for name, maps in out.items()}, sizes
 
     def scored_maps(self, branch_maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Smoothed per-branch maps plus the fused map (when calibrated): what evaluation scores."""
         scored = {name: smooth(maps, self.sigma) for name, maps in branch_maps.items()}
-        if self.calibration is not None and len(branch_maps) == len(BRANCH_NAMES):
+        if self.calibration is not None and set(branch_maps) == set(BRANCH_NAMES):
             scored["fused"] = self.calibration.fuse(branch_maps["structural"], branch_maps["logical"])
         return scored
 

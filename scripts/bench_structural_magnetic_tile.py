@@ -26,8 +26,9 @@ from npgmf_edge.config import get_preset
 from npgmf_edge.data import load_dataset, read_ground_truth
 from npgmf_edge.metrics import image_auroc, pixel_auroc
 from npgmf_edge.preprocess import map_to_image_size
+from npgmf_edge.rundir import load_structural
 from npgmf_edge.training.images import load_batch
-from npgmf_edge.training.structural import load_structural, train_structural
+from npgmf_edge.training.structural import train_structural
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared/data/magnetic_tile"
 DEFECTS = {"blowhole": "MT_Blowhole/Imgs", "crack": "MT_Crack/Imgs"}

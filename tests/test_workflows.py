@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from npgmf_edge import detector as detector_module
-from npgmf_edge.calibration import calibrate
+from npgmf_edge.calibration import calibrate, load_calibration
 from npgmf_edge.config import get_preset
 from npgmf_edge.data import load_dataset
 from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
 from npgmf_edge.detector import RunDetector
 from npgmf_edge.errors import CheckpointError
 from npgmf_edge.postprocess import gaussian_sigma_for
+from npgmf_edge.rundir import TrainedRun
 from npgmf_edge.workflows import evaluate_run, predict_images
 
 SIZE = 64
@@ -39,7 +40,16 @@ def fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cfg = get_preset("tiny")
     cfg.image_size = SIZE
     cfg.save(run / "config.json")
-    monkeypatch.setattr(detector_module, "_load_branch", lambda run_dir, name: darkness)
+
+    def stand_in_run(run_dir: Path) -> TrainedRun:
+        calibrated = (run_dir / "calibration.json").is_file()
+        return TrainedRun(run_dir, cfg, None, None, load_calibration(run_dir) if calibrated else None)
+
+    def stand_in_maps(run: TrainedRun):
+        return lambda pixels: {name: darkness(pixels)[:, 0].numpy() for name in ("structural", "logical")}
+
+    monkeypatch.setattr(detector_module, "load_run", stand_in_run)
+    monkeypatch.setattr(detector_module, "branch_map_fn", stand_in_maps)
     normal = (
         np.full((4, SIZE, SIZE), 0.2, np.float32) + np.random.default_rng(0).random((4, SIZE, SIZE)) * 0.01
     )

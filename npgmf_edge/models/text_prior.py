@@ -3,8 +3,8 @@
 `compute_text_embedding` runs the open_clip text encoder once, at training time, and returns the
 L2-normalised embedding of the prompt (default prompt: the category name). `TextPrior` keeps that
 embedding as a buffer (saved with the model's weights) and adapts it with a trainable FC layer whose
-output is broadcast to a decoder stage's grid. No text encoder is needed after training, ever: at export
-FC(embedding) is a constant of the graph.
+output is broadcast to a decoder stage's grid. No text encoder is needed after training, ever: for inference
+`freeze()` turns FC(embedding) into a buffer, a constant of the exported graph.
 
 Weights for the text encoder come from exactly one place, chosen by the caller: the open_clip hub tag
 (`pretrained=True`, e.g. "openai"), a local checkpoint file (`weights=PATH`), or random initialisation
@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
 import torch
@@ -103,16 +102,25 @@ class TextPrior(nn.Module):
         self.register_buffer("embedding", embedding.detach().clone().float())
         self.fc = nn.Linear(embedding.numel(), out_dim)
         self.out_dim = out_dim
+        self.register_buffer("frozen_context", None, persistent=False)
+
+    def freeze(self) -> TextPrior:
+        """Store FC(embedding) as a plain buffer for inference, so an exported graph holds one constant
+        instead of the FC and the CLIP-sized embedding. `train()` drops it again."""
+        with torch.no_grad():
+            self.frozen_context = self.fc(self.embedding).detach().clone()
+        return self
+
+    def train(self, mode: bool = True) -> TextPrior:
+        if mode:
+            self.frozen_context = None
+        return super().train(mode)
 
     def context(self) -> torch.Tensor:
-        """FC(embedding), (out_dim,). Inside an ONNX export it becomes one constant of the graph (the
-        TorchScript exporter does not constant-fold MatMul, so the FC would otherwise run per image)."""
-        context = self.fc(self.embedding)
-        if torch.onnx.is_in_onnx_export():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # constant on purpose
-                context = torch.tensor(context.detach().tolist(), dtype=context.dtype)
-        return context
+        """FC(embedding), (out_dim,): the frozen constant after `freeze()`, else computed."""
+        if self.frozen_context is not None:
+            return self.frozen_context
+        return self.fc(self.embedding)
 
     def forward(self, like: torch.Tensor) -> torch.Tensor:
         """(out_dim) context broadcast to like's batch and grid: (B, out_dim, H, W)."""

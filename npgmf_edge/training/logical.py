@@ -10,12 +10,11 @@ Run folder (`out_dir`, normally `<run>/logical/`):
 Nothing is pickled. Training is seeded and deterministic on CPU: the batch order of epoch e comes from
 its own generator seeded with (seed, e), and so do codebook (re)initialisations, so a run killed
 mid-epoch and resumed from the last checkpoint ends with the same weights as an uninterrupted one.
-`load_logical` rebuilds the network from config.json + model.safetensors without open_clip or any
-download (the text embedding and the encoder weights are in the file).
+`npgmf_edge.rundir.load_logical` rebuilds the network from config.json + model.safetensors without
+open_clip or any download (the text embedding and the encoder weights are in the file).
 
 Example:
     >>> summary = train_logical(load_dataset(Path("data")), get_preset("tiny"), Path("runs/x/logical"))
-    >>> net = load_logical(Path("runs/x/logical"))          # eval mode, CPU: pixels -> logical map
 """
 
 from __future__ import annotations
@@ -38,8 +37,14 @@ from npgmf_edge.fileio import save_json
 from npgmf_edge.models.logical.loss import logical_loss
 from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
 from npgmf_edge.models.text_prior import compute_text_embedding
+from npgmf_edge.rundir import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    MODEL_FILE,
+    SUMMARY_FILE,
+    build_logical_from_state,
+)
 from npgmf_edge.training.checkpoint import (
-    load_json,
     load_tensors,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -49,12 +54,7 @@ from npgmf_edge.training.images import ImageTensorDataset
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_FILE = "checkpoint.safetensors"
-MODEL_FILE = "model.safetensors"
-SUMMARY_FILE = "summary.json"
 MODEL_PREFIX = "model."
-TEXT_EMBEDDING_KEY = "text_prior.embedding"
 # What a resumed run must share with the interrupted one: everything that shapes the network or its
 # training, except the number of epochs (so a finished run can also be extended).
 RESUME_MUST_MATCH = ("image_size", "logical.", "train.")
@@ -128,23 +128,6 @@ def _build_fresh(cfg: NpgmfConfig) -> NpgmfLogicalNet:
     return NpgmfLogicalNet(lg, cfg.image_size, embedding, cfg.weights.pretrained, cfg.weights.weights)
 
 
-def _build_from_state(cfg: NpgmfConfig, state: dict[str, torch.Tensor], where: Path) -> NpgmfLogicalNet:
-    """The network with weights from `state`: no hub, no CLIP (the embedding is one of the tensors)."""
-    net = NpgmfLogicalNet(
-        cfg.logical,
-        cfg.image_size,
-        state.get(TEXT_EMBEDDING_KEY),
-        pretrained=False,
-        weights=None,
-        warn_random=False,
-    )
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{where} does not fit the network in its config: {exc}") from exc
-    return net
-
-
 def _progress(enabled: bool) -> Progress:
     console = Console(stderr=True)
     return Progress(
@@ -186,7 +169,7 @@ def train_logical(
         tensors, meta = load_tensors(ckpt_path)
         _check_resumable(meta.get("config", {}), cfg, ckpt_path)
         model_state = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-        net = _build_from_state(cfg, model_state, ckpt_path)
+        net = build_logical_from_state(cfg, model_state, ckpt_path)
         optimizer = _adam(net, cfg)
         optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
         start_epoch, history = int(meta["epoch"]), list(meta["history"])
@@ -289,20 +272,3 @@ def _summary(net: NpgmfLogicalNet, history: list[dict], out_dir: Path, start_epo
         "codes_used": history[-1]["codes_used"] if history else [],
         "model": str(out_dir / MODEL_FILE),
     }
-
-
-def load_logical(out_dir: Path) -> NpgmfLogicalNet:
-    """The trained network from `out_dir` (config.json + model.safetensors), eval mode, on CPU.
-
-    Needs neither open_clip nor the hub: the text embedding and the encoder weights come from the file.
-    """
-    out_dir = Path(out_dir)
-    config_path, model_path = out_dir / CONFIG_FILE, out_dir / MODEL_FILE
-    if not config_path.is_file() or not model_path.is_file():
-        raise CheckpointError(
-            f"{out_dir} holds no trained logical branch ({CONFIG_FILE} and {MODEL_FILE} are needed); "
-            "train it with `npgmf-edge train --branch logical`, or resume an interrupted run with --resume"
-        )
-    cfg = NpgmfConfig.from_dict(load_json(config_path))
-    state, _ = load_tensors(model_path)
-    return _build_from_state(cfg, state, model_path).eval()

@@ -1,11 +1,6 @@
 """Train one or both branches into a run directory, then calibrate the fused detector.
 
-Layout of a run directory (the input of evaluation, prediction and export):
-    config.json          the full NpgmfConfig
-    dataset.json         where the data came from, and which images were used for validation
-    logical/             logical branch weights, config and resumable checkpoint
-    structural/          structural extractor config and coreset
-    calibration.json     branch statistics and verdict threshold (only with --branch all)
+The run directory's layout and file names live in `npgmf_edge.rundir`.
 
 Where a dataset has no validation split (MVTec AD, BTAD, plain folders), a seeded fraction
 `cfg.train.validation_fraction` of train/good is held out for calibration and not trained on.
@@ -23,6 +18,7 @@ from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.data import AnomalyDataset
 from npgmf_edge.errors import ConfigError, DatasetError
 from npgmf_edge.fileio import save_json
+from npgmf_edge.rundir import CONFIG_FILE, DATASET_FILE, LOGICAL_DIR, STRUCTURAL_DIR
 
 BRANCHES = ("logical", "structural", "all")
 
@@ -59,7 +55,7 @@ def train_run(
     if cfg.logical.prompt is None:
         cfg.logical.prompt = dataset.category.replace("_", " ")
     dataset = with_validation_split(dataset, cfg.train.validation_fraction, cfg.train.seed)
-    cfg.save(out / "config.json")
+    cfg.save(out / CONFIG_FILE)
     provenance = {
         "root": str(dataset.root),
         "format": dataset.format,
@@ -67,16 +63,16 @@ def train_run(
         "n_train": len(dataset.train),
         "validation_images": [str(s.image_path) for s in dataset.validation],
     }
-    save_json(provenance, out / "dataset.json")
+    save_json(provenance, out / DATASET_FILE)
     summary: dict[str, Any] = {"run": str(out), "category": dataset.category, "preset": cfg.preset}
     if branch in ("logical", "all"):
         from npgmf_edge.training.logical import train_logical
 
-        summary["logical"] = train_logical(dataset, cfg, out / "logical", resume=resume)
+        summary["logical"] = train_logical(dataset, cfg, out / LOGICAL_DIR, resume=resume)
     if branch in ("structural", "all"):
         from npgmf_edge.training.structural import train_structural
 
-        summary["structural"] = train_structural(dataset, cfg, out / "structural")
+        summary["structural"] = train_structural(dataset, cfg, out / STRUCTURAL_DIR)
     if branch == "all":
         summary["calibration"] = calibrate_run(out, dataset)
     return summary

@@ -13,8 +13,7 @@ Run folder (`out_dir`, normally `<run>/structural/`), nothing pickled:
 
 Example:
     >>> summary = train_structural(load_dataset(Path("data")), get_preset("tiny"), Path("runs/x/structural"))
-    >>> detector = load_structural(Path("runs/x/structural"))
-    >>> detector.anomaly_map(pixels)      # (B, 1, S, S) distances to the nearest coreset patch
+    >>> detector = npgmf_edge.rundir.load_structural(Path("runs/x/structural"))
 """
 
 from __future__ import annotations
@@ -30,25 +29,21 @@ from tqdm.auto import tqdm
 
 from npgmf_edge.config import NpgmfConfig, StructuralConfig
 from npgmf_edge.data import AnomalyDataset, Sample
-from npgmf_edge.errors import CheckpointError, DatasetError
+from npgmf_edge.errors import DatasetError
 from npgmf_edge.fileio import save_json
+from npgmf_edge.knn import BruteForceNN, FaissNN, create_scorer
 from npgmf_edge.models.structural.features import PatchFeatureExtractor
-from npgmf_edge.models.structural.nn import BruteForceNN, FaissNN, create_scorer
 from npgmf_edge.models.structural.sampler import (
     BaseSampler,
     GreedyCoresetSampler,
     IdentitySampler,
     RandomSampler,
 )
-from npgmf_edge.models.structural.torch_model import StructuralDetector, build_patch_extractor
-from npgmf_edge.training.checkpoint import load_tensors, save_tensors
+from npgmf_edge.models.structural.torch_model import build_patch_extractor
+from npgmf_edge.rundir import CONFIG_FILE, CORESET_FAISS, CORESET_NPY, EXTRACTOR_FILE, SUMMARY_FILE
+from npgmf_edge.training.checkpoint import save_tensors
 from npgmf_edge.training.images import ImageTensorDataset
 
-CONFIG_FILE = "config.json"
-EXTRACTOR_FILE = "extractor.safetensors"
-CORESET_NPY = "coreset.npy"
-CORESET_FAISS = "coreset.faiss"
-SUMMARY_FILE = "summary.json"
 MIN_TRAIN_IMAGES = 2
 
 
@@ -136,35 +131,3 @@ def train_structural(
     }
     save_json(summary, out_dir / SUMMARY_FILE)
     return summary
-
-
-def load_structural(
-    out_dir: Path, *, knn_backend: str | None = None, device: str | torch.device = "cpu"
-) -> StructuralDetector:
-    """Rebuild the detector from a folder written by `train_structural` (no hub, no pickle).
-
-    `knn_backend` overrides the config's ("faiss" and "faiss_ivf" read coreset.faiss, "brute" coreset.npy).
-    """
-    out_dir = Path(out_dir)
-    for name in (CONFIG_FILE, EXTRACTOR_FILE, CORESET_NPY, CORESET_FAISS):
-        if not (out_dir / name).is_file():
-            raise CheckpointError(
-                f"{out_dir / name} is missing: {out_dir} is not a complete structural branch folder; "
-                "train it with `npgmf-edge train --branch structural`"
-            )
-    cfg = NpgmfConfig.load(out_dir / CONFIG_FILE)
-    extractor = build_patch_extractor(cfg, weights_follow=True)
-    tensors, _ = load_tensors(out_dir / EXTRACTOR_FILE)
-    missing, unexpected = extractor.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{out_dir / EXTRACTOR_FILE} does not match the extractor in {out_dir / CONFIG_FILE} "
-            f"(missing: {missing[:3]}, unexpected: {unexpected[:3]})"
-        )
-    backend = knn_backend or cfg.structural.knn_backend
-    scorer_type = type(create_scorer(backend))  # ConfigError naming the choices if unknown
-    if scorer_type is BruteForceNN:
-        scorer = BruteForceNN.load(out_dir / CORESET_NPY)
-    else:
-        scorer = scorer_type.load(out_dir / CORESET_FAISS)
-    return StructuralDetector(extractor.eval(), scorer).to(device)

@@ -120,6 +120,9 @@ def test_onnx_graph_reproduces_the_map_with_constant_priors(tmp_path: Path) -> N
     net.eval()
     torch.manual_seed(1)
     x = torch.rand(3, 3, size, size) * 255
+    with torch.no_grad():
+        unfrozen = net(x).numpy()
+    net.text_prior.freeze()
     path = export_onnx(net, x[:1], tmp_path / "logical.onnx", "image", ["logical_map"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
@@ -127,6 +130,7 @@ def test_onnx_graph_reproduces_the_map_with_constant_priors(tmp_path: Path) -> N
     got = session.run(None, {"image": x.numpy()})[0]  # batch 3 through a graph traced at batch 1
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-4
+    assert np.abs(expected - unfrozen).max() <= 1e-6  # freezing FC(text) changes nothing
 
     ops = graph_op_types(path)
     assert {"MatMul", "ArgMin", "Gather"} <= ops  # the codebook lookup, no loop

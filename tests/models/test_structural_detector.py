@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from npgmf_edge.config import get_preset
+from npgmf_edge.knn import BruteForceNN, FaissNN
 from npgmf_edge.models.structural import (
-    BruteForceNN,
-    FaissNN,
     GreedyCoresetSampler,
     StructuralDetector,
     build_patch_extractor,

@@ -16,16 +16,10 @@ from npgmf_edge.data import load_dataset
 from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
 from npgmf_edge.errors import CheckpointError, ConfigError
 from npgmf_edge.export.onnx_graph import export_onnx
+from npgmf_edge.rundir import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, load_logical
 from npgmf_edge.training import logical as logical_training
 from npgmf_edge.training.images import load_batch
-from npgmf_edge.training.logical import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    MODEL_FILE,
-    SUMMARY_FILE,
-    load_logical,
-    train_logical,
-)
+from npgmf_edge.training.logical import train_logical
 
 
 def small_cfg(epochs: int = 2, text_prior: bool = False) -> NpgmfConfig:

@@ -15,9 +15,10 @@ from npgmf_edge.config import get_preset
 from npgmf_edge.data import AnomalyDataset, Sample, load_dataset
 from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
 from npgmf_edge.errors import CheckpointError, ConfigError, DatasetError
-from npgmf_edge.models.structural import BruteForceNN, FaissNN
+from npgmf_edge.knn import BruteForceNN, FaissNN
+from npgmf_edge.rundir import load_structural
 from npgmf_edge.training.images import load_batch
-from npgmf_edge.training.structural import load_structural, train_structural
+from npgmf_edge.training.structural import train_structural
 
 IMAGE_SIZE = 64
 

@@ -7,10 +7,10 @@
       -> M_L = sum_k Up(1 - cos(f_E^k, f_D^k))                                         (Eq. 7)
     f_D^1 -> reconstruction head -> normalised RGB (training only)
 
-`forward` is the deployable graph (what gets exported): the text prior is a buffer folded into a constant,
-codebooks are constants, window shapes are static. `forward_train` returns everything the loss needs as
-a typed `LogicalForward`. Shapes are checked at construction: a bad image / window size is a ConfigError
-that names the decoder stage.
+`forward` is the inference path (exported inside `InspectionNet`): after `text_prior.freeze()` the
+prior is a constant, codebooks are constants, window shapes are static. `forward_train` returns
+everything the loss needs as a typed `LogicalForward`. Shapes are checked at construction: a bad
+image / window size is a ConfigError that names the decoder stage.
 
 Example:
     >>> cfg = get_preset("tiny").logical
@@ -145,8 +145,11 @@ class NpgmfLogicalNet(nn.Module):
         return out
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) raw RGB in [0, 255] -> logical anomaly map (B, 1, S, S). The exported graph."""
-        feats = self.encoder(pixels)
+        """(B, 3, S, S) raw RGB in [0, 255] -> logical anomaly map (B, 1, S, S)."""
+        return self.map_from_features(self.encoder(pixels))
+
+    def map_from_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Eq. 7 from an encoder pass already made (`InspectionNet` shares it with the structural branch)."""
         codes, _, _, _ = self._quantize(feats, train=False)
         return logical_anomaly_map(feats, self._decode(feats, codes), self.image_size)
 

@@ -1,10 +1,11 @@
-"""Structural branch (PatchCore, Roth et al. CVPR 2022): patch features, coreset sampler, kNN scorers.
+"""Structural branch (PatchCore, Roth et al. CVPR 2022): patch features and coreset sampler.
+
+The nearest-neighbour scorers live in `npgmf_edge.knn` (numpy + faiss only, shared with the runtime).
 
 - `features`: `PatchFeatureAggregator` (levels 2+3 -> D-dim patch features), `PatchFeatureExtractor`
   (frozen encoder + aggregator; exported as structural.onnx).
 - `sampler`: `IdentitySampler`, `RandomSampler`, `GreedyCoresetSampler` (+ `LoopGreedyCoresetSampler`,
   the plain-loop reference).
-- `nn`: `NearestNeighbourScorer` with `FaissNN`, `ApproximateFaissNN` (IVF) and `BruteForceNN`.
 - `torch_model`: `StructuralDetector` (extractor + fitted scorer -> patch scores, anomaly map).
 """
 
@@ -12,13 +13,6 @@ from npgmf_edge.models.structural.features import (
     PatchFeatureAggregator,
     PatchFeatureExtractor,
     adaptive_pool_matrix,
-)
-from npgmf_edge.models.structural.nn import (
-    ApproximateFaissNN,
-    BruteForceNN,
-    FaissNN,
-    NearestNeighbourScorer,
-    create_scorer,
 )
 from npgmf_edge.models.structural.sampler import (
     BaseSampler,
@@ -34,20 +28,15 @@ from npgmf_edge.models.structural.torch_model import (
 )
 
 __all__ = [
-    "ApproximateFaissNN",
     "BaseSampler",
-    "BruteForceNN",
-    "FaissNN",
     "GreedyCoresetSampler",
     "IdentitySampler",
     "LoopGreedyCoresetSampler",
-    "NearestNeighbourScorer",
     "PatchFeatureAggregator",
     "PatchFeatureExtractor",
     "RandomSampler",
     "StructuralDetector",
     "adaptive_pool_matrix",
     "build_patch_extractor",
-    "create_scorer",
     "scores_to_map",
 ]

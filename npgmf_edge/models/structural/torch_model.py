@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.errors import ConfigError
+from npgmf_edge.knn import NearestNeighbourScorer
 from npgmf_edge.models.backbone import FrozenEncoder
 from npgmf_edge.models.structural.features import PatchFeatureAggregator, PatchFeatureExtractor
-from npgmf_edge.models.structural.nn import NearestNeighbourScorer
 
 STRUCTURAL_LEVELS = (2, 3)  # timm out_indices of the two levels the branch uses (strides 8 and 16)
 

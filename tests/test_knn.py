@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from npgmf_edge.errors import ConfigError
-from npgmf_edge.models.structural.nn import (
+from npgmf_edge.knn import (
     ApproximateFaissNN,
     BruteForceNN,
     FaissNN,

@@ -1,0 +1,185 @@
+"""The run directory: the one place that knows its file names, and the loading of a trained run.
+
+Training writes through these names; the detector, calibration and export read through `load_run`.
+
+    config.json              the full NpgmfConfig
+    dataset.json             where the data came from, and which images were used for validation
+    logical/                 config.json, checkpoint.safetensors (resumable), model.safetensors, summary.json
+    structural/              config.json, extractor.safetensors, coreset.npy, coreset.faiss, summary.json
+    calibration.json         branch statistics and verdict threshold (only with --branch all)
+
+Nothing is pickled and nothing is downloaded at load: encoder weights and the text embedding are in the
+safetensors files.
+
+Example:
+    >>> run = load_run(Path("runs/tray"))
+    >>> logical_map, patch_features = run.net(pixels)
+    >>> distances, _ = run.scorer.search(features_as_rows, k=1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from npgmf_edge.calibration import Calibration, load_calibration
+from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
+from npgmf_edge.config import NpgmfConfig
+from npgmf_edge.errors import CheckpointError
+from npgmf_edge.knn import BruteForceNN, NearestNeighbourScorer, create_scorer
+from npgmf_edge.models.inspection_net import InspectionNet
+from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
+from npgmf_edge.models.structural.features import PatchFeatureExtractor
+from npgmf_edge.models.structural.torch_model import StructuralDetector, build_patch_extractor
+from npgmf_edge.training.checkpoint import load_json, load_tensors
+
+CONFIG_FILE = "config.json"
+DATASET_FILE = "dataset.json"
+LOGICAL_DIR = "logical"
+STRUCTURAL_DIR = "structural"
+SUMMARY_FILE = "summary.json"
+# logical/
+CHECKPOINT_FILE = "checkpoint.safetensors"
+MODEL_FILE = "model.safetensors"
+TEXT_EMBEDDING_KEY = "text_prior.embedding"
+# structural/
+EXTRACTOR_FILE = "extractor.safetensors"
+CORESET_NPY = "coreset.npy"
+CORESET_FAISS = "coreset.faiss"
+
+__all__ = ["CALIBRATION_FILE", "TrainedRun", "load_run"]
+
+
+def build_logical_from_state(
+    cfg: NpgmfConfig, state: dict[str, torch.Tensor], where: Path
+) -> NpgmfLogicalNet:
+    """The logical network with weights from `state`: no hub, no CLIP (the embedding is in `state`)."""
+    net = NpgmfLogicalNet(
+        cfg.logical,
+        cfg.image_size,
+        state.get(TEXT_EMBEDDING_KEY),
+        pretrained=False,
+        weights=None,
+        warn_random=False,
+    )
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{where} does not fit the network in its config: {exc}") from exc
+    return net
+
+
+def load_logical(branch_dir: Path) -> NpgmfLogicalNet:
+    """The trained logical network from `branch_dir` (config.json + model.safetensors), eval mode, CPU."""
+    branch_dir = Path(branch_dir)
+    config_path, model_path = branch_dir / CONFIG_FILE, branch_dir / MODEL_FILE
+    if not config_path.is_file() or not model_path.is_file():
+        raise CheckpointError(
+            f"{branch_dir} holds no trained logical branch ({CONFIG_FILE} and {MODEL_FILE} are needed); "
+            "train it with `npgmf-edge train --branch logical`, or resume an interrupted run with --resume"
+        )
+    cfg = NpgmfConfig.from_dict(load_json(config_path))
+    state, _ = load_tensors(model_path)
+    return build_logical_from_state(cfg, state, model_path).eval()
+
+
+def _check_structural_files(branch_dir: Path) -> None:
+    for name in (CONFIG_FILE, EXTRACTOR_FILE, CORESET_NPY, CORESET_FAISS):
+        if not (branch_dir / name).is_file():
+            raise CheckpointError(
+                f"{branch_dir / name} is missing: {branch_dir} is not a complete structural branch folder; "
+                "train it with `npgmf-edge train --branch structural`"
+            )
+
+
+def load_patch_extractor(branch_dir: Path) -> PatchFeatureExtractor:
+    """The structural branch's frozen feature extractor, weights from extractor.safetensors."""
+    branch_dir = Path(branch_dir)
+    _check_structural_files(branch_dir)
+    cfg = NpgmfConfig.load(branch_dir / CONFIG_FILE)
+    extractor = build_patch_extractor(cfg, weights_follow=True)
+    tensors, _ = load_tensors(branch_dir / EXTRACTOR_FILE)
+    missing, unexpected = extractor.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{branch_dir / EXTRACTOR_FILE} does not match the extractor in {branch_dir / CONFIG_FILE} "
+            f"(missing: {missing[:3]}, unexpected: {unexpected[:3]})"
+        )
+    return extractor.eval()
+
+
+def load_scorer(branch_dir: Path, knn_backend: str | None = None) -> NearestNeighbourScorer:
+    """The fitted kNN scorer over the coreset ("faiss"/"faiss_ivf" read coreset.faiss, "brute" the .npy)."""
+    branch_dir = Path(branch_dir)
+    _check_structural_files(branch_dir)
+    backend = knn_backend or NpgmfConfig.load(branch_dir / CONFIG_FILE).structural.knn_backend
+    scorer_type = type(create_scorer(backend))  # ConfigError naming the choices if unknown
+    if scorer_type is BruteForceNN:
+        return BruteForceNN.load(branch_dir / CORESET_NPY)
+    return scorer_type.load(branch_dir / CORESET_FAISS)
+
+
+def load_structural(
+    branch_dir: Path, *, knn_backend: str | None = None, device: str | torch.device = "cpu"
+) -> StructuralDetector:
+    """The structural branch alone (extractor + scorer), as written by `train_structural`."""
+    return StructuralDetector(load_patch_extractor(branch_dir), load_scorer(branch_dir, knn_backend)).to(
+        device
+    )
+
+
+def load_coreset(run_dir: Path) -> np.ndarray:
+    """The (M, D) float32 coreset of a run's structural branch."""
+    path = Path(run_dir) / STRUCTURAL_DIR / CORESET_NPY
+    _check_structural_files(path.parent)
+    return np.load(path, allow_pickle=False)
+
+
+def read_provenance(run_dir: Path) -> dict[str, Any]:
+    """dataset.json: the data root, format, category and the validation images of the run."""
+    return load_json(Path(run_dir) / DATASET_FILE)
+
+
+@dataclass
+class TrainedRun:
+    """A loaded run: its config, the inference network, the kNN scorer and the calibration."""
+
+    run_dir: Path
+    cfg: NpgmfConfig
+    net: InspectionNet
+    scorer: NearestNeighbourScorer | None
+    calibration: Calibration | None
+
+
+def _same_encoder(logical: NpgmfLogicalNet, extractor: PatchFeatureExtractor) -> bool:
+    a, b = logical.encoder.state_dict(), extractor.encoder.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def load_run(run_dir: Path, *, knn_backend: str | None = None) -> TrainedRun:
+    """Load whichever branches `run_dir` has into one `InspectionNet` (encoder shared where the preset
+    says so), the kNN scorer and, when present, the calibration."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory: {config_path} is missing")
+    cfg = NpgmfConfig.load(config_path)
+    logical_dir, structural_dir = run_dir / LOGICAL_DIR, run_dir / STRUCTURAL_DIR
+    logical = load_logical(logical_dir) if logical_dir.is_dir() else None
+    extractor = load_patch_extractor(structural_dir) if structural_dir.is_dir() else None
+    if logical is None and extractor is None:
+        raise CheckpointError(f"{run_dir} holds no trained branch (no logical/ or structural/ folder)")
+    share = cfg.structural.share_logical_encoder and logical is not None and extractor is not None
+    if share and not _same_encoder(logical, extractor):
+        raise CheckpointError(
+            f"{run_dir}: the branches were trained with different encoder weights although the preset "
+            "shares one encoder; retrain the run with --branch all"
+        )
+    scorer = load_scorer(structural_dir, knn_backend) if extractor is not None else None
+    calibration = load_calibration(run_dir) if (run_dir / CALIBRATION_FILE).is_file() else None
+    net = InspectionNet(logical, extractor, share_encoder=share)
+    return TrainedRun(run_dir, cfg, net, scorer, calibration)
