@@ -206,13 +206,90 @@ def evaluate(
         typer.echo(f"metrics: {summary['metrics']}\nreport:  {summary['report']}")
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class KnnMode(str, Enum):
+    faiss = "faiss"
+    graph = "graph"
+
+
+def _stderr_log(message: str) -> None:
+    """Progress of long work as plain lines on stderr: readable in a terminal and in a log file alike."""
+    typer.echo(f"[npgmf-edge] {message}", err=True)
+
+
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(exists=True, help="Run directory from `train`.")],
-    out: Annotated[Path, typer.Option(help="Bundle directory to write.")] = Path("bundle"),
+    out: Annotated[
+        Path, typer.Option(help="Bundle directory to write (replaced only when complete).")
+    ] = Path("bundle"),
+    precision: Annotated[
+        list[Precision] | None, typer.Option(help="Graph precision; repeat for several (default fp32).")
+    ] = None,
+    knn: Annotated[
+        KnnMode,
+        typer.Option(help="faiss: the runtime searches coreset.faiss; graph: kNN + fusion in the graph."),
+    ] = KnnMode.faiss,
+    max_batch: Annotated[int, typer.Option(help="Largest batch the graphs and engines accept.")] = 8,
+    calibration_images: Annotated[
+        int, typer.Option(help="Normal training images for INT8 activation ranges.")
+    ] = 32,
+    tensorrt: Annotated[
+        bool | None,
+        typer.Option("--tensorrt/--no-tensorrt", help="Build TensorRT engines (default: when importable)."),
+    ] = None,
+    int8_max_disagreement: Annotated[
+        float, typer.Option(help="Refuse INT8 when its verdicts differ from FP32 on more of validation.")
+    ] = 0.02,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Write a self-contained deployable bundle: ONNX graphs, coreset index, manifest, engines."""
-    _not_yet("export")
+    from npgmf_edge.export.bundle import ExportOptions, export_bundle
+
+    options = ExportOptions(
+        precisions=tuple(p.value for p in (precision or [Precision.fp32])),
+        knn=knn.value,
+        max_batch=max_batch,
+        calibration_images=calibration_images,
+        tensorrt=tensorrt,
+        int8_max_disagreement=int8_max_disagreement,
+    )
+    summary = export_bundle(run, out, options, log=_stderr_log)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"bundle:    {summary['bundle']} ({', '.join(summary['precisions'])}; knn {summary['knn']})")
+    for name in summary["files"]:
+        typer.echo(f"  {name}")
+    for name, report in summary["quality"].items():
+        typer.echo(
+            f"{name} vs fp32 on validation: verdict agreement {report['verdict_agreement']:.1%}, "
+            f"score rank correlation {report['score_rank_correlation']:.4f}"
+        )
+    typer.echo(f"tensorrt:  {summary['tensorrt']}")
+
+
+@app.command()
+def verify(
+    bundle: Annotated[Path, typer.Argument(exists=True, help="Bundle directory from `export`.")],
+    run: Annotated[Path, typer.Option(exists=True, help="The run the bundle was exported from.")],
+    data: Annotated[Path, typer.Option(exists=True, help="Dataset whose test images are compared.")],
+    category: Annotated[str | None, typer.Option(help="Category inside DATA.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Compare every graph and precision of a bundle with the torch run; exit 1 if FP32 parity fails."""
+    from npgmf_edge.data import load_dataset
+    from npgmf_edge.export.verify import format_verify_table, verify_bundle
+
+    report = verify_bundle(bundle, run, load_dataset(data, category=category))
+    typer.echo(json.dumps(report, indent=2) if as_json else format_verify_table(report))
+    if not report["fp32_parity"]:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,8 +1,12 @@
 """Nearest-neighbour search over the coreset: one small interface, FAISS and brute-force implementations.
 
 `NearestNeighbourScorer` is the interface: `fit(bank)`, `search(queries, k) -> (distances, indices)`,
-`save(path)`, `load(path)`. Distances are always Euclidean (the square root of squared L2), so every
-backend reports the same numbers and scores keep the units of the feature space.
+`save(path)`, `load(path)`. Distances are always Euclidean, so every backend reports the same numbers and
+scores keep the units of the feature space. The search finds the neighbours through the fast expansion
+|q|^2 - 2 q.b + |b|^2, which loses precision to cancellation when a query lies close to its neighbour
+(float32 noise of about |q|^2 * 1e-7 in the squared distance, so ~1e-5 in a distance of 0.02); the
+reported distances are therefore recomputed exactly as ||q - b|| for the neighbours found, and two
+backends (or a torch run and its exported graph) agree to float32 precision.
 
 - `FaissNN`: exact `IndexFlatL2`, moved to the GPU when faiss sees one (`faiss.get_num_gpus() > 0`);
   saved with `faiss.write_index` (always the CPU form, so a file written on a GPU station loads anywhere).
@@ -49,6 +53,10 @@ class NearestNeighbourScorer(abc.ABC):
     def _search_sq(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Squared L2 distances and indices, each (Q, k)."""
 
+    @abc.abstractmethod
+    def vectors(self, indices: np.ndarray) -> np.ndarray:
+        """Bank rows at `indices` (any shape) -> (*indices.shape, D) float32."""
+
     @property
     @abc.abstractmethod
     def size(self) -> int:
@@ -72,8 +80,10 @@ class NearestNeighbourScorer(abc.ABC):
             raise ValueError(f"queries have dimension {queries.shape[1]}, the bank has {self.dim}")
         if not 1 <= k <= self.size:
             raise ValueError(f"k must be in [1, {self.size}], got {k}")
-        sq, idx = self._search_sq(queries, k)
-        return np.sqrt(np.maximum(sq, 0.0)).astype(np.float32), idx.astype(np.int64)
+        _, idx = self._search_sq(queries, k)
+        idx = idx.astype(np.int64)
+        exact = np.linalg.norm(self.vectors(idx) - queries[:, None, :], axis=-1)
+        return exact.astype(np.float32), idx
 
 
 class BruteForceNN(NearestNeighbourScorer):
@@ -86,6 +96,9 @@ class BruteForceNN(NearestNeighbourScorer):
     @property
     def size(self) -> int:
         return 0 if self.bank is None else len(self.bank)
+
+    def vectors(self, indices: np.ndarray) -> np.ndarray:
+        return self.bank[indices]
 
     def fit(self, bank: np.ndarray) -> BruteForceNN:
         self.bank = _as_matrix(bank, "bank")
@@ -138,6 +151,10 @@ class FaissNN(NearestNeighbourScorer):
         if num_threads is not None:
             faiss.omp_set_num_threads(num_threads)
         self.index = None
+        self.bank: np.ndarray | None = None  # CPU copy of the vectors, for the exact distances
+
+    def vectors(self, indices: np.ndarray) -> np.ndarray:
+        return self.bank[indices]
 
     @property
     def size(self) -> int:
@@ -162,6 +179,10 @@ class FaissNN(NearestNeighbourScorer):
     def _to_cpu(self, index):
         return self._faiss.index_gpu_to_cpu(index) if self.on_gpu else index
 
+    def _reconstruct_all(self, index) -> np.ndarray:
+        """Every stored vector of a CPU index, in id order."""
+        return index.reconstruct_n(0, index.ntotal)
+
     def fit(self, bank: np.ndarray) -> FaissNN:
         bank = _as_matrix(bank, "bank")
         self.dim = bank.shape[1]
@@ -170,6 +191,7 @@ class FaissNN(NearestNeighbourScorer):
         index.add(bank)
         self._set_search_params(index)
         self.index = self._to_device(index)
+        self.bank = bank.copy()
         return self
 
     def _search_sq(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,6 +209,7 @@ class FaissNN(NearestNeighbourScorer):
         scorer = cls(**options)
         index = scorer._faiss.read_index(str(path))
         scorer.dim = int(index.d)
+        scorer.bank = scorer._reconstruct_all(index)
         scorer._set_search_params(index)
         scorer.index = scorer._to_device(index)
         return scorer
@@ -207,6 +230,10 @@ class ApproximateFaissNN(FaissNN):
 
     def _train(self, index, bank: np.ndarray) -> None:
         index.train(bank)
+
+    def _reconstruct_all(self, index) -> np.ndarray:
+        index.make_direct_map()  # IVF lists are not in id order; the map makes reconstruct work
+        return index.reconstruct_n(0, index.ntotal)
 
     def _set_search_params(self, index) -> None:
         index.nprobe = min(self.nprobe, index.nlist)  # a search setting: (re)applied after fit and load

@@ -27,11 +27,16 @@ def gaussian_sigma_for(image_size: int, sigma_at_reference: float) -> float:
     return sigma_at_reference * image_size / REFERENCE_SIZE
 
 
+def gaussian_kernel_size(sigma: float) -> int:
+    """Odd kernel size spanning +-4 sigma, like scipy's default truncation."""
+    return 2 * int(4.0 * sigma + 0.5) + 1
+
+
 def smooth(anomaly_map: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of a (H, W) or (B, H, W) map; the kernel spans +-4 sigma like scipy's default."""
+    """Gaussian smoothing of a (H, W) or (B, H, W) map (OpenCV, BORDER_REFLECT)."""
     if sigma <= 0:
         return anomaly_map.astype(np.float32)
-    ksize = 2 * int(4.0 * sigma + 0.5) + 1
+    ksize = gaussian_kernel_size(sigma)
     maps = anomaly_map.reshape(-1, *anomaly_map.shape[-2:]).astype(np.float32)
     out = np.stack([cv2.GaussianBlur(m, (ksize, ksize), sigma, borderType=cv2.BORDER_REFLECT) for m in maps])
     return out.reshape(anomaly_map.shape)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,17 @@ class Calibration:
 
     def save(self, run_dir: Path) -> Path:
         return save_json(asdict(self), Path(run_dir) / CALIBRATION_FILE)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """Inverse of `to_dict` (KeyError/TypeError on a malformed dict: callers name the file)."""
+        data = dict(data)
+        data["structural"] = BranchStats(**data["structural"])
+        data["logical"] = BranchStats(**data["logical"])
+        return cls(**data)
 
 
 def branch_stats(maps: np.ndarray) -> BranchStats:
@@ -92,7 +104,4 @@ def load_calibration(run_dir: Path) -> Calibration:
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: train with --branch all to calibrate the fused detector")
-    data = json.loads(path.read_text())
-    data["structural"] = BranchStats(**data["structural"])
-    data["logical"] = BranchStats(**data["logical"])
-    return Calibration(**data)
+    return Calibration.from_dict(json.loads(path.read_text()))

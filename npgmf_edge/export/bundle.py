@@ -1,0 +1,369 @@
+"""`npgmf-edge export`: a trained run -> a self-contained deployable bundle (SPEC §5).
+
+    load_run -> InspectionNet -> model.fp32.onnx (simplified)          pixels -> logical map, patch features
+      per precision: fp32 | fp16 (FP32 islands) | int8 (Q/DQ, calibrated on normal training images)
+        -> maps of that graph on the validation images -> its own calibration (Eq. 11 stats, threshold)
+        -> knn "graph": the same network with kNN + fusion + smoothing appended, at that precision
+      coreset.faiss + coreset.npy (knn "faiss"), TensorRT engines (where TensorRT is importable)
+      -> manifest.json (runtime.manifest writes it, last, with the SHA-256 of every file)
+
+Everything is written into a temporary folder beside `out` and renamed into place at the end, so an
+export killed midway leaves the previous bundle untouched. FP16 and INT8 shift the score distribution,
+so each precision gets its own calibration, and the cost of each against FP32 on the validation images is
+recorded (map differences, score rank correlation, verdict agreement). An INT8 graph whose verdicts
+disagree with FP32's on more than `int8_max_disagreement` of the validation images is refused.
+
+Example:
+    >>> summary = export_bundle(Path("runs/tray"), Path("bundle"), ExportOptions(precisions=("fp32", "int8")))
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from npgmf_edge import __version__
+from npgmf_edge.calibration import Calibration, calibrate
+from npgmf_edge.data import load_dataset, read_image
+from npgmf_edge.errors import BundleError, ConfigError, NpgmfError
+from npgmf_edge.export import precision as precision_ops
+from npgmf_edge.export.graph_heads import GRAPH_OUTPUT_NAMES, GraphInspectionNet
+from npgmf_edge.export.onnx_graph import export_onnx
+from npgmf_edge.knn import BruteForceNN, FaissNN
+from npgmf_edge.models.inspection_net import INPUT_NAME, OUTPUT_NAMES
+from npgmf_edge.postprocess import gaussian_sigma_for
+from npgmf_edge.preprocess import to_model_input
+from npgmf_edge.rundir import TrainedRun, load_coreset, load_run, read_provenance
+from npgmf_edge.runtime.backends.base import GraphSpec
+from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from npgmf_edge.runtime.inspector import structural_maps
+from npgmf_edge.runtime.manifest import (
+    CORESET_FAISS,
+    CORESET_NPY,
+    KNN_MODES,
+    PRECISIONS,
+    TIMING_CACHE,
+    graph_file,
+    sha256_file,
+    write_manifest,
+)
+
+DEFAULT_MAX_BATCH = 8
+DEFAULT_CALIBRATION_IMAGES = 32
+DEFAULT_INT8_MAX_DISAGREEMENT = 0.02
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExportOptions:
+    precisions: tuple[str, ...] = ("fp32",)
+    knn: str = "faiss"  # "faiss" (runtime searches coreset.faiss) | "graph" (kNN and fusion in the graph)
+    max_batch: int = DEFAULT_MAX_BATCH
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES  # normal training images for INT8 ranges
+    tensorrt: bool | None = None  # None: build engines when TensorRT is importable
+    int8_max_disagreement: float = DEFAULT_INT8_MAX_DISAGREEMENT
+    threads: int | None = None
+
+    def validate(self) -> None:
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown or not self.precisions:
+            raise ConfigError(
+                f"--precision must be among {', '.join(PRECISIONS)}, got {list(self.precisions)}"
+            )
+        if self.knn not in KNN_MODES:
+            raise ConfigError(f"--knn must be one of {', '.join(KNN_MODES)}, got {self.knn!r}")
+        if self.max_batch < 1:
+            raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.calibration_images < 1:
+            raise ConfigError(f"--calibration-images must be >= 1, got {self.calibration_images}")
+        if not 0.0 <= self.int8_max_disagreement <= 1.0:
+            raise ConfigError(
+                f"the INT8 disagreement limit must be in [0, 1], got {self.int8_max_disagreement}"
+            )
+
+
+def _load_pixels(paths: list[Path], size: int) -> np.ndarray:
+    return np.stack([to_model_input(read_image(p), size) for p in paths]).astype(np.float32)
+
+
+def _calibration_paths(run_dir: Path, validation: list[Path], count: int, seed: int, log: Log) -> list[Path]:
+    """Normal training images (not the validation ones) for INT8 activation ranges."""
+    provenance = read_provenance(run_dir)
+    try:
+        dataset = load_dataset(Path(provenance["root"]), category=provenance.get("category"))
+        held_out = {str(p) for p in validation}
+        train = [s.image_path for s in dataset.train if str(s.image_path) not in held_out]
+    except NpgmfError as exc:
+        log(f"training images unavailable ({exc}); calibrating INT8 ranges on the validation images")
+        train = list(validation)
+    order = np.random.default_rng(seed).permutation(len(train))[:count]
+    return [train[i] for i in sorted(order)]
+
+
+def _run_graph(path: Path, spec: GraphSpec, pixels: np.ndarray, threads: int | None) -> dict[str, np.ndarray]:
+    backend = OnnxRuntimeBackend(path, spec, threads=threads)
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(pixels), spec.max_batch):
+        for name, value in backend.infer(pixels[start : start + spec.max_batch]).items():
+            chunks.setdefault(name, []).append(value)
+    backend.close()
+    return {name: np.concatenate(values) for name, values in chunks.items()}
+
+
+def _branch_maps(outputs: dict[str, np.ndarray], knn: FaissNN, size: int) -> dict[str, np.ndarray]:
+    structural = structural_maps(outputs["patch_features"], knn, size)
+    return {"logical": outputs["logical_map"][:, 0], "structural": structural}
+
+
+def _quality(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], ref_cal, cand_cal) -> dict:
+    """What a precision costs against FP32 on the same images, each with its own calibration."""
+    from scipy.stats import spearmanr
+
+    ref_fused = ref_cal.fuse(reference["structural"], reference["logical"])
+    cand_fused = cand_cal.fuse(candidate["structural"], candidate["logical"])
+    ref_scores = ref_fused.reshape(len(ref_fused), -1).max(axis=1)
+    cand_scores = cand_fused.reshape(len(cand_fused), -1).max(axis=1)
+    agreement = float(np.mean((ref_scores > ref_cal.threshold) == (cand_scores > cand_cal.threshold)))
+    rank = float(spearmanr(ref_scores, cand_scores).statistic) if len(ref_scores) > 1 else 1.0
+    report: dict[str, Any] = {"images": len(ref_scores)}
+    for name in ("logical", "structural"):
+        diff = np.abs(reference[name] - candidate[name])
+        report[f"{name}_map_max_abs_diff"] = float(diff.max())
+        report[f"{name}_map_mean_abs_diff"] = float(diff.mean())
+    report["score_rank_correlation"] = rank
+    report["verdict_agreement"] = agreement
+    return report
+
+
+def _graph_entry(path: Path, spec: GraphSpec, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {
+        "file": path.name,
+        "precision": spec.precision,
+        "input": {"name": spec.input_name, "shape": list(spec.input_shape), "dtype": "float32"},
+        "outputs": {name: list(value.shape[1:]) for name, value in outputs.items()},
+        "sha256": sha256_file(path),
+    }
+
+
+class _Exporter:
+    """One export: the state shared by its steps (a class only so the steps stay short)."""
+
+    def __init__(self, run: TrainedRun, options: ExportOptions, work: Path, staging: Path, log: Log) -> None:
+        self.run, self.options, self.work, self.staging, self.log = run, options, work, staging, log
+        self.size = run.cfg.image_size
+        self.coreset = load_coreset(run.run_dir)
+        self.knn = FaissNN(on_gpu=False, num_threads=options.threads).fit(self.coreset)
+        with torch.no_grad():
+            _, features = run.net(torch.zeros(1, 3, self.size, self.size))
+        self.grid = (int(features.shape[-2]), int(features.shape[-1]))
+        self.sigma = gaussian_sigma_for(self.size, run.cfg.fusion.gaussian_sigma)
+
+    def spec(self, precision: str, knn: str) -> GraphSpec:
+        return GraphSpec("", precision, knn, INPUT_NAME, (3, self.size, self.size), self.options.max_batch)
+
+    def export_fp32(self, module: torch.nn.Module, names: tuple[str, ...], stem: str) -> Path:
+        raw = export_onnx(
+            module, torch.zeros(1, 3, self.size, self.size), self.work / f"{stem}.raw.onnx", INPUT_NAME, names
+        )
+        return precision_ops.simplify(raw, self.work / f"{stem}.fp32.onnx")
+
+    def to_precision(
+        self, fp32_graph: Path, precision: str, calibration_pixels: np.ndarray, dst: Path
+    ) -> Path:
+        if precision == "fp32":
+            return fp32_graph if dst == fp32_graph else Path(shutil.copyfile(fp32_graph, dst))
+        if precision == "fp16":
+            return precision_ops.convert_fp16(fp32_graph, dst)
+        batches = [
+            calibration_pixels[i : i + self.options.max_batch]
+            for i in range(0, len(calibration_pixels), self.options.max_batch)
+        ]
+        return precision_ops.quantize_int8(fp32_graph, dst, batches, input_name=INPUT_NAME)
+
+    def calibrate(self, maps: dict[str, np.ndarray]) -> Calibration:
+        return calibrate(maps["structural"], maps["logical"], self.run.cfg.fusion, self.sigma)
+
+
+def export_bundle(
+    run_dir: Path, out: Path, options: ExportOptions | None = None, log: Log | None = None
+) -> dict[str, Any]:
+    """Write the bundle of `run_dir` to `out` (replacing a previous one only when complete)."""
+    options = options or ExportOptions()
+    options.validate()
+    log = log or (lambda message: None)
+    started = time.perf_counter()
+    run = load_run(Path(run_dir))
+    if run.calibration is None or run.scorer is None or run.net.logical is None:
+        raise BundleError(
+            f"{run_dir} is not a complete, calibrated run (both branches and calibration.json are needed); "
+            "train it with `npgmf-edge train --branch all`"
+        )
+    build_engines = _engines_wanted(options.tensorrt)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="npgmf-export-") as work:
+            exporter = _Exporter(run, options, Path(work), staging, log)
+            manifest = _write_bundle(exporter, build_engines, out)
+        _replace_directory(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {
+        "bundle": str(out),
+        "precisions": list(options.precisions),
+        "knn": options.knn,
+        "files": manifest["files"],
+        "quality": manifest["quality"],
+        "engines": manifest["engines"],
+        "tensorrt": manifest["tensorrt"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _engines_wanted(option: bool | None) -> bool:
+    from npgmf_edge.runtime.backends.tensorrt import tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    if option and reason is not None:
+        raise BundleError(f"--tensorrt: cannot build engines here ({reason}); export with --no-tensorrt")
+    return reason is None if option is None else option
+
+
+def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, Any]:
+    run, options, log = ex.run, ex.options, ex.log
+    validation = [Path(p) for p in read_provenance(run.run_dir)["validation_images"]]
+    if not validation:
+        raise BundleError(f"{run.run_dir}: no validation images recorded in dataset.json; retrain the run")
+    log(f"reading {len(validation)} validation images")
+    val_pixels = _load_pixels(validation, ex.size)
+    calib_paths = _calibration_paths(
+        run.run_dir, validation, options.calibration_images, run.cfg.train.seed, log
+    )
+    calib_pixels = _load_pixels(calib_paths, ex.size) if "int8" in options.precisions else val_pixels[:0]
+
+    log("exporting the inspection network (FP32)")
+    base_fp32 = ex.export_fp32(run.net, OUTPUT_NAMES, "inspection")
+    graphs, calibrations, quality = {}, {}, {}
+    reference: dict[str, np.ndarray] | None = None
+    for precision in PRECISIONS:
+        if precision not in options.precisions and not (precision == "fp32" and reference is None):
+            continue
+        log(f"{precision}: graph and calibration on {len(validation)} validation images")
+        base = ex.to_precision(base_fp32, precision, calib_pixels, ex.work / f"inspection.{precision}.onnx")
+        maps = _branch_maps(
+            _run_graph(base, ex.spec(precision, "faiss"), val_pixels, options.threads), ex.knn, ex.size
+        )
+        calibration = ex.calibrate(maps)
+        if reference is None:
+            reference, reference_cal = maps, calibration
+        if precision not in options.precisions:
+            continue
+        if precision != "fp32":
+            quality[precision] = _quality(reference, maps, reference_cal, calibration)
+            _check_int8(precision, quality[precision], options)
+        target = ex.staging / graph_file(precision)
+        if options.knn == "graph":
+            module = GraphInspectionNet(run.net, ex.coreset, calibration, ex.size, ex.grid)
+            full_fp32 = ex.export_fp32(module, GRAPH_OUTPUT_NAMES, f"graph.{precision}")
+            ex.to_precision(full_fp32, precision, calib_pixels, target)
+        else:
+            shutil.copyfile(base, target)
+        outputs = _run_graph(target, ex.spec(precision, options.knn), val_pixels[:1], options.threads)
+        graphs[precision] = _graph_entry(target, ex.spec(precision, options.knn), outputs)
+        calibrations[precision] = calibration.to_dict()
+
+    coreset = {
+        "count": len(ex.coreset),
+        "dim": int(ex.coreset.shape[1]),
+        "metric": "l2",
+        "grid": list(ex.grid),
+    }
+    if options.knn == "faiss":
+        ex.knn.save(ex.staging / CORESET_FAISS)
+        BruteForceNN().fit(ex.coreset).save(ex.staging / CORESET_NPY)
+        coreset["files"] = [CORESET_FAISS, CORESET_NPY]
+    engines, tensorrt_note = _build_engines(ex, graphs, build_engines, out)
+    manifest = {
+        "toolkit_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "category": read_provenance(run.run_dir).get("category", ""),
+        "preset": run.cfg.preset,
+        "input": {
+            "name": INPUT_NAME,
+            "layout": "NCHW",
+            "channels": "RGB",
+            "dtype": "float32",
+            "range": [0, 255],
+            "accepts": "raw RGB pixels, uint8 or float in [0, 255]; normalisation is inside the graph",
+            "size": ex.size,
+            "max_batch": options.max_batch,
+        },
+        "knn": options.knn,
+        "graphs": graphs,
+        "coreset": coreset,
+        "calibration": calibrations,
+        "quality": quality,
+        "engines": engines,
+        "tensorrt": tensorrt_note,
+        "source_run": str(run.run_dir),
+    }
+    return write_manifest(ex.staging, manifest)
+
+
+def _check_int8(precision: str, report: dict[str, Any], options: ExportOptions) -> None:
+    disagreement = 1.0 - report["verdict_agreement"]
+    if precision == "int8" and disagreement > options.int8_max_disagreement:
+        raise BundleError(
+            f"INT8 verdicts disagree with FP32 on {disagreement:.1%} of the validation images (limit "
+            f"{options.int8_max_disagreement:.1%}); not writing an INT8 graph. Export fp32/fp16 instead, "
+            "or calibrate on more images (--calibration-images)"
+        )
+
+
+def _build_engines(ex: _Exporter, graphs: dict, build: bool, out: Path) -> tuple[dict, str]:
+    """TensorRT engines per precision, reusing the previous bundle's timing cache."""
+    from npgmf_edge.runtime.backends import tensorrt as trt_backend
+
+    if not build:
+        return {}, trt_backend.tensorrt_unavailable_reason() or "not requested (--no-tensorrt)"
+    cache = ex.staging / TIMING_CACHE
+    if (out / TIMING_CACHE).is_file():
+        shutil.copyfile(out / TIMING_CACHE, cache)
+    engines = {}
+    for precision, entry in graphs.items():
+        ex.log(f"{precision}: building a TensorRT engine")
+        engines[precision] = trt_backend.build_engine_for_bundle(
+            ex.staging, entry, precision, ex.options.max_batch, cache
+        )
+    return engines, "built"
+
+
+def _replace_directory(staging: Path, out: Path) -> None:
+    """Move the finished bundle into place; the previous one is removed only after that succeeded."""
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out} exists and is not a directory; choose another --out")
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    previous = None
+    if out.exists():
+        previous = out.with_name(f".{out.name}.previous-{os.getpid()}")
+        os.replace(out, previous)
+    try:
+        os.replace(staging, out)
+    except OSError:
+        if previous is not None:
+            os.replace(previous, out)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)

@@ -1,0 +1,351 @@
+"""Deployable precision variants of an exported FP32 graph: simplified FP32, FP16 and INT8 (Q/DQ).
+
+TensorRT 10 deprecated, and TensorRT 11 removes, implicit quantisation: the INT8 calibrator and the
+FP16 / INT8 builder flags that let the builder pick each layer's precision. Precision now lives in the
+ONNX graph itself (a strongly typed network): FP16 tensors for the FP16 variant, explicit
+QuantizeLinear / DequantizeLinear pairs for INT8. This module writes those graphs from the one
+`export_onnx` produced (opset 17, dynamic batch axis "batch", static spatial shapes):
+
+* `simplify`: constant folding and graph clean-up with onnxslim; the FP32 deployable and the input of
+  the other two.
+* `fp32_island_nodes`: the nodes whose numerics break in FP16 or INT8 (nearest-code search, norms,
+  reductions, the cosine anomaly map, nearest-neighbour heads); both conversions leave them in FP32.
+* `convert_fp16`: FP16 everywhere else, float32 inputs and outputs.
+* `quantize_int8`: symmetric INT8 Q/DQ on the weighted ops TensorRT runs as INT8 kernels, calibrated
+  on normal training images.
+
+Every graph is checked with `onnx.checker` (full check) before `atomic_write` moves it into place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxslim
+from google.protobuf.message import DecodeError
+from onnxconverter_common import float16
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from npgmf_edge.errors import BundleError, ConfigError
+from npgmf_edge.fileio import atomic_write
+
+MIN_OPSET = 17  # LayerNormalization as one op; what export_onnx writes
+
+# --- FP32 islands -------------------------------------------------------------------------------------
+# Module scopes kept whole: the vector quantisers, the nearest-neighbour head and fusion / smoothing.
+ISLAND_SCOPES = ("/quantizers.", "/knn", "/fusion", "/smooth", "anomaly")
+# Ops that are fragile on their own: an arg-min/max flips on a rounding, normalisations divide by a
+# small statistic. Every Reduce* op is an island too (sums of squares overflow FP16 at 65504).
+ARG_OPS = frozenset({"ArgMin", "ArgMax"})
+ISLAND_OP_TYPES = ARG_OPS | {
+    "LayerNormalization",
+    "GroupNormalization",
+    "InstanceNormalization",
+    "LpNormalization",
+}
+REDUCE_PREFIX = "Reduce"
+# Element-wise and data-movement ops that carry a reduction's result onwards (the L2 norm into the
+# divide of F.normalize, the channel sum into 1 - cos, resize and sum over levels): they join the island.
+TAIL_OPS = frozenset(
+    {
+        "Abs", "Add", "Clip", "Div", "Exp", "Expand", "Identity", "Log", "Max", "Min", "Mul",
+        "Neg", "Pow", "Reciprocal", "Reshape", "Resize", "Slice", "Sqrt", "Squeeze", "Sub", "Transpose",
+        "Unsqueeze", "Where",
+    }
+)  # fmt: skip
+# Upstream of an arg-min/max: the distance arithmetic back to (and including) the MatMul / Gemm.
+DISTANCE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Pow", "Sqrt", "Abs"})
+DISTANCE_PRODUCTS = frozenset({"MatMul", "Gemm"})
+ISLAND_COPY_SUFFIX = "_fp32_island"  # initializers duplicated for island nodes
+INDEX_CONSUMERS = frozenset({"Gather", "GatherElements", "GatherND"})  # the code lookup after argmin
+
+# --- INT8 ---------------------------------------------------------------------------------------------
+# TensorRT runs Q/DQ-fed convolutions and GEMMs as INT8 kernels; other ops between them run in higher
+# precision anyway, so Q/DQ around them would only add reformat layers. ConvTranspose (three small
+# upsampling layers) stays float: it measured worse in INT8 for a negligible share of the compute.
+INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
+CALIBRATION_METHOD = CalibrationMethod.MinMax
+INT8_EXTRA_OPTIONS = {
+    "ActivationSymmetric": True,  # TensorRT requires zero points of 0
+    "WeightSymmetric": True,
+    "QuantizeBias": False,  # TensorRT adds float biases itself; it has no INT32 DequantizeLinear
+    "DedicatedQDQPair": True,  # one Q/DQ pair per consumer, as TensorRT expects
+    # Inputs only, as TensorRT's placement guide asks: it fuses an output Q into the producer itself
+    # when the consumer is quantised, and a Q/DQ before a float residual Add only adds rounding.
+    "OpTypesToExcludeOutputQuantization": list(INT8_OP_TYPES),
+}
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    """Read an ONNX graph of opset >= MIN_OPSET; BundleError naming the file otherwise."""
+    try:
+        model = onnx.load(str(path))
+    except (OSError, DecodeError) as exc:
+        raise BundleError(f"cannot read ONNX graph {path}: {exc}") from exc
+    opset = _opset(model)
+    if opset < MIN_OPSET:
+        raise BundleError(f"ONNX graph {path} has opset {opset}; export it with opset {MIN_OPSET} or later")
+    return model
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _write_checked(model: onnx.ModelProto, dst: Path) -> Path:
+    """Full onnx.checker pass on the temporary file, then move it into place."""
+
+    def write(tmp: Path) -> None:
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+
+    return atomic_write(Path(dst), write)
+
+
+def _dims(values: Iterable[onnx.ValueInfoProto]) -> dict[str, list[int | str]]:
+    """name -> [dim_value or dim_param, ...] for graph inputs or outputs."""
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
+
+
+def simplify(src: Path, dst: Path) -> Path:
+    """Constant-fold and clean up `src` with onnxslim into `dst`; returns `dst`.
+
+    onnxslim rather than onnxruntime's offline optimiser: its output is plain ONNX meant for any runtime,
+    it keeps node names (fused nodes keep their scope as a prefix, so `fp32_island_nodes` still finds
+    them), and it does not pin the graph to one onnxruntime build. Shape inference afterwards turns the
+    exporter's symbolic output sizes into the static ones; inputs and the opset must come out unchanged.
+    """
+    model = _load(src)
+    try:
+        slim = onnxslim.slim(model)
+    except Exception as exc:  # onnxslim raises whatever its passes raise
+        raise BundleError(f"onnxslim could not simplify {src}: {exc}") from exc
+    slim = onnx.shape_inference.infer_shapes(slim, data_prop=True)
+    if _dims(slim.graph.input) != _dims(model.graph.input) or _opset(slim) != _opset(model):
+        raise BundleError(f"simplifying {src} changed its inputs or opset; keep the FP32 graph instead")
+    return _write_checked(slim, dst)
+
+
+def _is_island_op(node: onnx.NodeProto) -> bool:
+    return (
+        node.op_type in ISLAND_OP_TYPES
+        or node.op_type.startswith(REDUCE_PREFIX)
+        or any(scope in node.name for scope in ISLAND_SCOPES)
+    )
+
+
+def fp32_island_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that stay FP32 in the FP16 and INT8 graphs, in graph order.
+
+    A node is an island when
+      1. its name contains a module scope in ISLAND_SCOPES ("/quantizers.", "/knn", "/fusion",
+         "/smooth", "anomaly"): whole heads whose outputs are distances or scores;
+      2. its op is an arg-min/max or a normalisation (ISLAND_OP_TYPES), or any Reduce* op: one rounding
+         flips an index, divides by a tiny statistic or overflows a sum of squares;
+      3. it computes the distance an arg-min/max ranks: walking up from the arg-min/max through
+         DISTANCE_OPS up to and including the first MatMul / Gemm (the VQ's ||e||^2 - 2 z.e), plus the
+         Gather that looks the chosen codes up. The VQ and the anomaly map are called as functions, not
+         modules, so their nodes carry no scope; this rule and the next find them by structure;
+      4. it is an element-wise or data-movement op (TAIL_OPS) fed by an island: the rest of a
+         decomposed LayerNorm, F.normalize's divide, 1 - cos and the resize / sum of the anomaly map.
+    Softmax is not an island: its inputs are bounded logits (the shifted-window mask is -100, not -inf)
+    and measuring the tiny logical net showed no change in the FP16 map from keeping it FP32.
+    """
+    nodes = list(model.graph.node)
+    producer = {out: node for node in nodes for out in node.output}
+    island = {node.name for node in nodes if _is_island_op(node)} | _distance_nodes(nodes, producer)
+    tail = {node.name for node in nodes if node.op_type.startswith(REDUCE_PREFIX)}
+    for node in nodes:  # graph order is topological: one sweep follows every tail to its end
+        if node.op_type in TAIL_OPS and any(
+            name in producer and producer[name].name in tail for name in node.input
+        ):
+            tail.add(node.name)
+    return [node.name for node in nodes if node.name in island | tail]
+
+
+def _distance_nodes(nodes: list[onnx.NodeProto], producer: dict[str, onnx.NodeProto]) -> set[str]:
+    """Rule 3 of `fp32_island_nodes`: what each arg-min/max ranks, and the lookup of what it picked."""
+    found: set[str] = set()
+    for node in nodes:
+        if node.op_type not in ARG_OPS:
+            continue
+        stack = [node]
+        while stack:
+            for name in stack.pop().input:
+                up = producer.get(name)
+                if up is None or up.name in found:
+                    continue
+                if up.op_type in DISTANCE_OPS or up.op_type.startswith(REDUCE_PREFIX):
+                    found.add(up.name)
+                    stack.append(up)
+                elif up.op_type in DISTANCE_PRODUCTS:
+                    found.add(up.name)
+        found.update(n.name for n in nodes if n.op_type in INDEX_CONSUMERS and n.input[1] == node.output[0])
+    return found
+
+
+def convert_fp16(src: Path, dst: Path) -> Path:
+    """FP16 copy of `src` at `dst` with `fp32_island_nodes` kept FP32 and float32 inputs / outputs."""
+    model = _load(src)
+    islands = fp32_island_nodes(model)
+    _unshare_initializers(model, set(islands))
+    del model.graph.value_info[:]  # stale after the converter's casts; it re-infers what it needs
+    with warnings.catch_warnings():  # one warning per weight below FP16's range, clamped to +-1e-7
+        warnings.simplefilter("ignore", UserWarning)
+        fp16 = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=islands)
+    return _write_checked(fp16, dst)
+
+
+def _unshare_initializers(model: onnx.ModelProto, islands: set[str]) -> None:
+    """Give island nodes their own copy of each initializer they share with other nodes (in place).
+
+    The exporter and onnxslim tie equal constants (one zero vector is both a Conv bias and a LayerNorm
+    bias); the FP16 converter would then feed the FP16 Conv an FP32 tensor, and the quantiser would feed
+    the island a dequantised one.
+    """
+    initializers = {t.name: t for t in model.graph.initializer}
+    outside = {name for node in model.graph.node if node.name not in islands for name in node.input}
+    for node in model.graph.node:
+        if node.name not in islands:
+            continue
+        for k, name in enumerate(node.input):
+            if name not in initializers or name not in outside:
+                continue
+            copy = name + ISLAND_COPY_SUFFIX
+            if copy not in initializers:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(initializers[name])
+                tensor.name = copy
+                model.graph.initializer.append(tensor)
+                initializers[copy] = tensor
+            node.input[k] = copy
+
+
+class _BatchReader(CalibrationDataReader):
+    """Feeds calibration batches (B, 3, S, S) to the calibrator, checking each against the graph input."""
+
+    def __init__(self, batches: Iterator[np.ndarray], input_name: str, shape: tuple[int, ...], src: Path):
+        self._batches = batches
+        self._input_name = input_name
+        self._shape = shape  # without the batch axis
+        self._src = src
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != len(self._shape) + 1 or batch.shape[1:] != self._shape:
+            raise ConfigError(
+                f"calibration batch of shape {batch.shape} does not fit input {self._input_name!r} of "
+                f"{self._src}, which takes (batch, {', '.join(map(str, self._shape))})"
+            )
+        return {self._input_name: np.ascontiguousarray(batch)}
+
+
+def _input_shape(model: onnx.ModelProto, input_name: str, src: Path) -> tuple[int, ...]:
+    """Static shape of `input_name` without its batch axis; ConfigError naming `src` if it has none."""
+    dims = _dims(model.graph.input)
+    if input_name not in dims:
+        raise ConfigError(f"ONNX graph {src} has no input {input_name!r}; it has {sorted(dims)}")
+    rest = dims[input_name][1:]
+    if not all(isinstance(d, int) and d > 0 for d in rest):
+        raise ConfigError(
+            f"input {input_name!r} of {src} needs static sizes after the batch axis, not {rest}"
+        )
+    return tuple(rest)
+
+
+def quantize_int8(
+    src: Path, dst: Path, calibration_batches: Iterable[np.ndarray], *, input_name: str = "pixels"
+) -> Path:
+    """INT8 Q/DQ copy of `src` at `dst`, calibrated on `calibration_batches`; returns `dst`.
+
+    `calibration_batches` are float32 (B, 3, S, S) batches of normal training images, raw [0, 255] like
+    the graph input. The graph first goes through onnxruntime's `quant_pre_process` (shape inference and
+    basic fusions, e.g. BatchNorm into Conv); islands are computed on that graph, so their names match.
+    """
+    model = _load(src)
+    shape = _input_shape(model, input_name, src)
+    batches = iter(calibration_batches)
+    first = next(batches, None)
+    if first is None:
+        raise ConfigError(f"no calibration batches were given to quantise {src}")
+    reader = _BatchReader(itertools.chain([first], batches), input_name, shape, src)
+    with tempfile.TemporaryDirectory(prefix="npgmf-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quantized = Path(tmp) / "quantized.onnx"
+        quant_pre_process(str(src), str(prepared))
+        prepared_model = onnx.load(str(prepared))
+        islands = fp32_island_nodes(prepared_model)
+        _unshare_initializers(prepared_model, set(islands))
+        excluded = islands + _activation_matmuls(prepared_model)
+        quantize_static(
+            prepared_model,
+            str(quantized),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            calibrate_method=CALIBRATION_METHOD,
+            extra_options=dict(INT8_EXTRA_OPTIONS),
+        )
+        result = onnx.load(str(quantized))
+    _feed_islands_float(result, set(islands))
+    _drop_unused_domains(result)
+    return _write_checked(result, dst)
+
+
+def _activation_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls of two activations (attention's q.k and p.v): left in float.
+
+    onnxruntime's MatMulConstBOnly option does not apply to Q/DQ output, so they are excluded by name.
+    Their windows hold 16 tokens, so they are a sliver of the compute, and INT8 softmax probabilities
+    (1/127 steps) would blur the attention.
+    """
+    weights = {t.name for t in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not weights & set(n.input)]
+
+
+def _drop_unused_domains(model: onnx.ModelProto) -> None:
+    """Remove the opset imports quant_pre_process adds (com.microsoft, ...) that no node uses (in place)."""
+    used = {node.domain for node in model.graph.node} | {""}
+    kept = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+
+
+def _feed_islands_float(model: onnx.ModelProto, islands: set[str]) -> None:
+    """Point island inputs that read a Q -> DQ copy of an activation back at the float tensor (in place).
+
+    The quantiser gives a tensor read by one quantised node and by islands a single shared Q/DQ pair;
+    the islands must see the float activation, not its INT8 rounding.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        if node.name not in islands:
+            continue
+        for k, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[k] = q.input[0]

@@ -1,0 +1,145 @@
+"""`npgmf-edge verify`: every graph of a bundle against the torch `InspectionNet` of its run.
+
+For each precision (and backend: onnxruntime here, TensorRT engines where present) on the dataset's test
+images: max / mean abs diff of the logical map, the structural map and the fused map, max relative diff of
+image scores, verdict agreement, and on labelled data the image AUROC beside the torch run's. FP32 through
+onnxruntime must match torch within `FP32_TOLERANCES`; the other precisions are reported, not judged.
+
+Example:
+    >>> report = verify_bundle(Path("bundle"), Path("runs/tray"), load_dataset(Path("data")))
+    >>> report["fp32_parity"]
+    True
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from npgmf_edge.data import AnomalyDataset, read_image
+from npgmf_edge.detector import RunDetector
+from npgmf_edge.preprocess import to_model_input
+from npgmf_edge.runtime.inspector import Inspector
+from npgmf_edge.runtime.manifest import read_manifest
+
+# FP32 bundle vs torch: maps in absolute units of the map, image scores relative, verdicts identical.
+FP32_TOLERANCES = {"map_max_abs": 1e-4, "score_max_rel": 1e-5, "verdict_agreement": 1.0}
+BATCH = 8
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    if len(set(labels.tolist())) < 2:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def _compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], threshold_ref, threshold_got):
+    report: dict[str, Any] = {}
+    for name in ("logical", "structural", "fused"):
+        diff = np.abs(reference[name] - got[name])
+        report[f"{name}_map_max_abs_diff"] = float(diff.max())
+        report[f"{name}_map_mean_abs_diff"] = float(diff.mean())
+    denominator = np.maximum(np.abs(reference["score"]), 1e-12)
+    report["score_max_rel_diff"] = float((np.abs(reference["score"] - got["score"]) / denominator).max())
+    same = (reference["score"] > threshold_ref) == (got["score"] > threshold_got)
+    report["verdict_agreement"] = float(same.mean())
+    return report
+
+
+def torch_reference(detector: RunDetector, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """The run's own fused and branch maps and image scores (what `evaluate` computes)."""
+    maps: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(pixels), BATCH):
+        for name, value in detector.branch_fn(torch.from_numpy(pixels[start : start + BATCH])).items():
+            maps.setdefault(name, []).append(value)
+    branch = {name: np.concatenate(values) for name, values in maps.items()}
+    fused = detector.calibration.fuse(branch["structural"], branch["logical"])
+    return {**branch, "fused": fused, "score": fused.reshape(len(fused), -1).max(axis=1)}
+
+
+def verify_bundle(
+    bundle: Path, run_dir: Path, dataset: AnomalyDataset, *, threads: int | None = None
+) -> dict[str, Any]:
+    """Run every precision of `bundle` against the torch run on `dataset.test` (or its validation)."""
+    samples = dataset.test or dataset.validation
+    pixels = np.stack([to_model_input(read_image(s.image_path), dataset_size(bundle)) for s in samples])
+    labels = np.array([s.label for s in samples])
+    detector = RunDetector(run_dir)
+    reference = torch_reference(detector, pixels.astype(np.float32))
+    manifest = read_manifest(bundle)
+    rows = []
+    for precision in manifest.precisions:
+        backends = ["onnxruntime"] + (["tensorrt"] if precision in manifest.engines else [])
+        for backend in backends:
+            with Inspector.open(bundle, backend=backend, precision=precision, threads=threads) as inspector:
+                got = _run_inspector(inspector, pixels.astype(np.float32))
+                row = {"precision": precision, "backend": backend}
+                row.update(
+                    _compare(reference, got, detector.calibration.threshold, inspector.calibration.threshold)
+                )
+                row["image_auroc"] = _auroc(labels, got["score"])
+                rows.append(row)
+    fp32 = [r for r in rows if r["precision"] == "fp32"]
+    parity = bool(fp32) and all(_fp32_ok(r) for r in fp32)
+    return {
+        "bundle": str(bundle),
+        "run": str(run_dir),
+        "images": len(samples),
+        "torch_image_auroc": _auroc(labels, reference["score"]),
+        "rows": rows,
+        "fp32_parity": parity,
+        "tolerances": FP32_TOLERANCES,
+    }
+
+
+def dataset_size(bundle: Path) -> int:
+    return read_manifest(bundle, check_files=False).image_size
+
+
+def _run_inspector(inspector: Inspector, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    chunks: dict[str, list[np.ndarray]] = {}
+    step = inspector.manifest.max_batch
+    for start in range(0, len(pixels), step):
+        for name, value in inspector.run(pixels[start : start + step]).items():
+            chunks.setdefault(name, []).append(value)
+    return {name: np.concatenate(values) for name, values in chunks.items()}
+
+
+def _fp32_ok(row: dict[str, Any]) -> bool:
+    maps_ok = all(
+        row[f"{n}_map_max_abs_diff"] <= FP32_TOLERANCES["map_max_abs"]
+        for n in ("logical", "structural", "fused")
+    )
+    return (
+        maps_ok
+        and row["score_max_rel_diff"] <= FP32_TOLERANCES["score_max_rel"]
+        and row["verdict_agreement"] >= FP32_TOLERANCES["verdict_agreement"]
+    )
+
+
+def format_verify_table(report: dict[str, Any]) -> str:
+    """A fixed-width table: one row per precision and backend."""
+    header = (
+        f"{'precision':<9} {'backend':<11} {'logical':>9} {'struct.':>9} {'fused':>9} {'score rel':>9} "
+        f"{'verdicts':>8} {'AUROC':>6}"
+    )
+    lines = [f"{report['images']} images; torch image AUROC {_fmt(report['torch_image_auroc'])}", header]
+    for r in report["rows"]:
+        lines.append(
+            f"{r['precision']:<9} {r['backend']:<11} {r['logical_map_max_abs_diff']:9.2e} "
+            f"{r['structural_map_max_abs_diff']:9.2e} {r['fused_map_max_abs_diff']:9.2e} "
+            f"{r['score_max_rel_diff']:9.2e} {r['verdict_agreement']:8.1%} {_fmt(r['image_auroc']):>6}"
+        )
+    lines.append(
+        "max abs diffs of the maps vs torch; FP32 parity " + ("holds" if report["fp32_parity"] else "FAILS")
+    )
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

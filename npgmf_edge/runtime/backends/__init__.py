@@ -1,0 +1,1 @@
+"""Graph runners behind one interface (`base.Backend`): onnxruntime and native TensorRT, imported lazily."""

@@ -1,0 +1,58 @@
+"""onnxruntime backend: the CPU provider here, CUDA / TensorRT execution providers with onnxruntime-gpu.
+
+`onnxruntime` and `onnxruntime-gpu` install the same module; which providers exist depends on which
+package is installed, so the choice is checked against `get_available_providers()` and an unavailable
+one is an error that lists the available ones (never a silent fall-back to the CPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from npgmf_edge.runtime.backends.base import Backend, BackendError, GraphSpec
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class OnnxRuntimeBackend(Backend):
+    """One `InferenceSession` per graph; `threads` sets intra-op threads (None: onnxruntime's default)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, spec: GraphSpec, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        super().__init__(spec)
+        if device not in PROVIDERS:
+            raise BackendError(
+                f"unknown device {device!r} for onnxruntime; choose one of {', '.join(PROVIDERS)}"
+            )
+        wanted = PROVIDERS[device]
+        available = ort.get_available_providers()
+        if wanted[0] not in available:
+            raise BackendError(
+                f"onnxruntime here has no {wanted[0]} (available: {', '.join(available)}); install "
+                "onnxruntime-gpu in place of onnxruntime for CUDA, or use --device cpu"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: keep onnxruntime's warnings off the station's stderr
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(model_path), options, providers=wanted)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.device = device
+
+    def _infer_impl(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.session.run(self.output_names, {self.spec.input_name: pixels})
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    def close(self) -> None:
+        self.session = None
