@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from npgmf_edge.config import get_preset
+from npgmf_edge.data import AnomalyDataset, load_dataset
 from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
 
 # Small enough to generate in well under a second; every logical and structural defect type appears once.
@@ -22,3 +24,42 @@ def loco_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("loco") / "data"
     summary = generate_dataset(out, SMALL_LOCO)
     return Path(summary["dataset"])
+
+
+# A trained tiny run on the default `make-data` set and its bundles, shared by the export and runtime tests.
+# Two epochs with random weights (chosen explicitly): they pin the mechanics of export and runtime (parity
+# with torch, file contracts), not detection quality. Imports are local: collecting tests stays cheap.
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AnomalyDataset]:
+    from npgmf_edge.training.run import train_run
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    generate_dataset(root / "data", SyntheticConfig(seed=0))
+    dataset = load_dataset(root / "data")
+    cfg = get_preset("tiny")
+    cfg.weights.pretrained = False
+    cfg.train.epochs = 2
+    train_run(dataset, cfg, root / "run", branch="all")
+    return root / "run", dataset
+
+
+@pytest.fixture(scope="session")
+def faiss_bundle(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fp32 + fp16 + int8 graphs, kNN by FAISS in the runtime."""
+    from npgmf_edge.export.bundle import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "faiss"
+    export_bundle(tiny_run[0], out, ExportOptions(precisions=("fp32", "fp16", "int8"), tensorrt=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def graph_bundle(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fp32 + int8 single graphs with kNN, fusion and smoothing inside."""
+    from npgmf_edge.export.bundle import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "graph"
+    export_bundle(tiny_run[0], out, ExportOptions(precisions=("fp32", "int8"), knn="graph", tensorrt=False))
+    return out

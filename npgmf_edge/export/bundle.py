@@ -34,8 +34,8 @@ import torch
 
 from npgmf_edge import __version__
 from npgmf_edge.calibration import Calibration, calibrate
-from npgmf_edge.data import load_dataset, read_image
-from npgmf_edge.errors import BundleError, ConfigError, NpgmfError
+from npgmf_edge.data import read_image
+from npgmf_edge.errors import BundleError, ConfigError
 from npgmf_edge.export import precision as precision_ops
 from npgmf_edge.export.graph_heads import GRAPH_OUTPUT_NAMES, GraphInspectionNet
 from npgmf_edge.export.onnx_graph import export_onnx
@@ -97,14 +97,12 @@ def _load_pixels(paths: list[Path], size: int) -> np.ndarray:
 
 
 def _calibration_paths(run_dir: Path, validation: list[Path], count: int, seed: int, log: Log) -> list[Path]:
-    """Normal training images (not the validation ones) for INT8 activation ranges."""
-    provenance = read_provenance(run_dir)
-    try:
-        dataset = load_dataset(Path(provenance["root"]), category=provenance.get("category"))
-        held_out = {str(p) for p in validation}
-        train = [s.image_path for s in dataset.train if str(s.image_path) not in held_out]
-    except NpgmfError as exc:
-        log(f"training images unavailable ({exc}); calibrating INT8 ranges on the validation images")
+    """A seeded sample of the run's normal training images, for INT8 activation ranges."""
+    train = [Path(p) for p in read_provenance(run_dir).get("train_images", [])]
+    missing = [p for p in train if not p.is_file()]
+    if not train or missing:
+        reason = f"{missing[0]} is missing" if missing else "the run does not list them"
+        log(f"training images unavailable ({reason}); INT8 ranges come from the validation images")
         train = list(validation)
     order = np.random.default_rng(seed).permutation(len(train))[:count]
     return [train[i] for i in sorted(order)]
@@ -341,11 +339,20 @@ def _build_engines(ex: _Exporter, graphs: dict, build: bool, out: Path) -> tuple
     cache = ex.staging / TIMING_CACHE
     if (out / TIMING_CACHE).is_file():
         shutil.copyfile(out / TIMING_CACHE, cache)
+    facts = trt_backend.device_facts()
     engines = {}
     for precision, entry in graphs.items():
-        ex.log(f"{precision}: building a TensorRT engine")
-        engines[precision] = trt_backend.build_engine_for_bundle(
-            ex.staging, entry, precision, ex.options.max_batch, cache
+        ex.log(f"{precision}: building a TensorRT engine on {facts['gpu_name']}")
+        name = trt_backend.engine_file_name(precision, entry["sha256"], facts)
+        engines[precision] = trt_backend.build_engine(
+            ex.staging / entry["file"],
+            ex.staging / name,
+            input_name=entry["input"]["name"],
+            input_shape=tuple(entry["input"]["shape"]),
+            max_batch=ex.options.max_batch,
+            precision=precision,
+            onnx_sha256=entry["sha256"],
+            timing_cache_path=cache,
         )
     return engines, "built"
 

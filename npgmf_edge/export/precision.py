@@ -70,12 +70,14 @@ TAIL_OPS = frozenset(
 DISTANCE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Pow", "Sqrt", "Abs"})
 DISTANCE_PRODUCTS = frozenset({"MatMul", "Gemm"})
 ISLAND_COPY_SUFFIX = "_fp32_island"  # initializers duplicated for island nodes
+FP16_COPY_SUFFIX = "_fp16"  # FP16 copy of an island-computed graph output, for FP16 readers
+FLOAT16 = onnx.TensorProto.FLOAT16
 INDEX_CONSUMERS = frozenset({"Gather", "GatherElements", "GatherND"})  # the code lookup after argmin
 
 # --- INT8 ---------------------------------------------------------------------------------------------
 # TensorRT runs Q/DQ-fed convolutions and GEMMs as INT8 kernels; other ops between them run in higher
-# precision anyway, so Q/DQ around them would only add reformat layers. ConvTranspose (three small
-# upsampling layers) stays float: it measured worse in INT8 for a negligible share of the compute.
+# precision anyway, so Q/DQ around them would only add reformat layers (quantising Add measured worse).
+# ConvTranspose (three small upsampling layers) stays float: INT8 measured no better there.
 INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
 CALIBRATION_METHOD = CalibrationMethod.MinMax
 INT8_EXTRA_OPTIONS = {
@@ -91,7 +93,8 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 def _load(path: Path) -> onnx.ModelProto:
-    """Read an ONNX graph of opset >= MIN_OPSET; BundleError naming the file otherwise."""
+    """Read an ONNX graph of opset >= MIN_OPSET and name its unnamed nodes (islands and exclusions
+    are lists of names); BundleError naming the file otherwise."""
     try:
         model = onnx.load(str(path))
     except (OSError, DecodeError) as exc:
@@ -99,6 +102,8 @@ def _load(path: Path) -> onnx.ModelProto:
     opset = _opset(model)
     if opset < MIN_OPSET:
         raise BundleError(f"ONNX graph {path} has opset {opset}; export it with opset {MIN_OPSET} or later")
+    for k, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type}_{k}"
     return model
 
 
@@ -134,10 +139,32 @@ def simplify(src: Path, dst: Path) -> Path:
         slim = onnxslim.slim(model)
     except Exception as exc:  # onnxslim raises whatever its passes raise
         raise BundleError(f"onnxslim could not simplify {src}: {exc}") from exc
+    _tie_equal_initializers(slim)
     slim = onnx.shape_inference.infer_shapes(slim, data_prop=True)
     if _dims(slim.graph.input) != _dims(model.graph.input) or _opset(slim) != _opset(model):
         raise BundleError(f"simplifying {src} changed its inputs or opset; keep the FP32 graph instead")
     return _write_checked(slim, dst)
+
+
+def _tie_equal_initializers(model: onnx.ModelProto) -> None:
+    """Let every user of equal initializers read one copy (in place).
+
+    The exporter shares a weight used twice through Identity nodes; onnxslim folds those into one copy
+    per user and only re-ties tensors under 1000 elements, which grew the tiny net's file by 6%.
+    """
+    first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
+    same: dict[str, str] = {}
+    for tensor in model.graph.initializer:
+        key = (tensor.data_type, tuple(tensor.dims), tensor.raw_data)
+        if tensor.raw_data and key in first:
+            same[tensor.name] = first[key]
+        else:
+            first.setdefault(key, tensor.name)
+    for node in model.graph.node:
+        node.input[:] = [same.get(name, name) for name in node.input]
+    kept = [t for t in model.graph.initializer if t.name not in same]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
 
 
 def _is_island_op(node: onnx.NodeProto) -> bool:
@@ -160,10 +187,14 @@ def fp32_island_nodes(model: onnx.ModelProto) -> list[str]:
          DISTANCE_OPS up to and including the first MatMul / Gemm (the VQ's ||e||^2 - 2 z.e), plus the
          Gather that looks the chosen codes up. The VQ and the anomaly map are called as functions, not
          modules, so their nodes carry no scope; this rule and the next find them by structure;
-      4. it is an element-wise or data-movement op (TAIL_OPS) fed by an island: the rest of a
-         decomposed LayerNorm, F.normalize's divide, 1 - cos and the resize / sum of the anomaly map.
-    Softmax is not an island: its inputs are bounded logits (the shifted-window mask is -100, not -inf)
-    and measuring the tiny logical net showed no change in the FP16 map from keeping it FP32.
+      4. it is an element-wise or data-movement op (TAIL_OPS) fed by a Reduce* op or by another such
+         op: the rest of a decomposed LayerNorm, F.normalize's divide, 1 - cos and the resize / sum of
+         the anomaly map, down to the graph output.
+    Measured in FP16 (tests/export/test_precision.py): without rule 3, near-tied codes all flip;
+    without rule 4, a near-zero anomaly map (normal images) is off by several times its value; on the
+    tiny logical net the islands cut the map's max error from 6.8e-4 to 2.0e-4, nearly all by rule 4.
+    Softmax is not an island: its logits are bounded (the shifted-window mask is -100, not -inf) and
+    keeping it FP32 left that net's FP16 map unchanged (2.0e-4 max error either way).
     """
     nodes = list(model.graph.node)
     producer = {out: node for node in nodes for out in node.output}
@@ -207,7 +238,62 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     with warnings.catch_warnings():  # one warning per weight below FP16's range, clamped to +-1e-7
         warnings.simplefilter("ignore", UserWarning)
         fp16 = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=islands)
+    _float32_island_outputs(fp16, set(islands))
+    _drop_fp16_round_trips(fp16)
     return _write_checked(fp16, dst)
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    """The `to` type of a Cast node, None for other ops."""
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+
+def _drop_fp16_round_trips(model: onnx.ModelProto) -> None:
+    """Skip Cast(FP16) -> Cast(FP32) pairs (in place): where an island tensor fans out to other island
+    nodes the converter leaves them in, rounding an FP32 tensor to FP16 between two FP32 islands."""
+    graph_outputs = {o.name for o in model.graph.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    dropped: list[onnx.NodeProto] = []
+    for down in [n for n in model.graph.node if _cast_to(n) == FLOAT16]:
+        fp16_readers = readers.get(down.output[0], [])
+        for up in fp16_readers:
+            if _cast_to(up) != onnx.TensorProto.FLOAT or up.output[0] in graph_outputs:
+                continue
+            for reader in readers.get(up.output[0], []):
+                reader.input[:] = [down.input[0] if n == up.output[0] else n for n in reader.input]
+            dropped.append(up)
+        if down.output[0] not in graph_outputs and all(any(r is d for d in dropped) for r in fp16_readers):
+            dropped.append(down)
+    for node in dropped:
+        model.graph.node.remove(node)
+
+
+def _float32_island_outputs(model: onnx.ModelProto, islands: set[str]) -> None:
+    """Give graph outputs computed by islands back their FP32 tensor (in place).
+
+    onnxconverter-common 1.16 casts an island's output to FP16 even when it is a graph output, which
+    `keep_io_types` then leaves FP16, and island nodes reading that output get it uncast. Here the island
+    writes the output in FP32 again; the Cast feeds only the FP16 nodes that read it, if any.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    for output in model.graph.output:
+        cast = producer.get(output.name)
+        if output.type.tensor_type.elem_type != FLOAT16 or cast is None or cast.op_type != "Cast":
+            continue
+        island = producer[cast.input[0]]
+        island.output[list(island.output).index(cast.input[0])] = output.name
+        cast.input[0], cast.output[0] = output.name, output.name + FP16_COPY_SUFFIX
+        fp16_readers = [n for n in model.graph.node if n is not cast and n.name not in islands]
+        for node in fp16_readers:
+            for k, name in enumerate(node.input):
+                if name == output.name:
+                    node.input[k] = cast.output[0]
+        if not any(cast.output[0] in n.input for n in fp16_readers):
+            model.graph.node.remove(cast)
+        output.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
 
 
 def _unshare_initializers(model: onnx.ModelProto, islands: set[str]) -> None:
@@ -276,8 +362,9 @@ def quantize_int8(
     """INT8 Q/DQ copy of `src` at `dst`, calibrated on `calibration_batches`; returns `dst`.
 
     `calibration_batches` are float32 (B, 3, S, S) batches of normal training images, raw [0, 255] like
-    the graph input. The graph first goes through onnxruntime's `quant_pre_process` (shape inference and
-    basic fusions, e.g. BatchNorm into Conv); islands are computed on that graph, so their names match.
+    the graph input. onnxruntime's `quant_pre_process` adds shape information first; its optimisation
+    pass is skipped: `simplify` already folded the graph, and onnxruntime's fusions would fold island
+    nodes (a Mul of the fusion head) into quantised Convs. So the islands are those of the FP16 graph.
     """
     model = _load(src)
     shape = _input_shape(model, input_name, src)
@@ -289,7 +376,7 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix="npgmf-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quantized = Path(tmp) / "quantized.onnx"
-        quant_pre_process(str(src), str(prepared))
+        quant_pre_process(model, str(prepared), skip_optimization=True)
         prepared_model = onnx.load(str(prepared))
         islands = fp32_island_nodes(prepared_model)
         _unshare_initializers(prepared_model, set(islands))
@@ -309,27 +396,15 @@ def quantize_int8(
         )
         result = onnx.load(str(quantized))
     _feed_islands_float(result, set(islands))
-    _drop_unused_domains(result)
     return _write_checked(result, dst)
 
 
 def _activation_matmuls(model: onnx.ModelProto) -> list[str]:
-    """MatMuls of two activations (attention's q.k and p.v): left in float.
-
-    onnxruntime's MatMulConstBOnly option does not apply to Q/DQ output, so they are excluded by name.
-    Their windows hold 16 tokens, so they are a sliver of the compute, and INT8 softmax probabilities
-    (1/127 steps) would blur the attention.
-    """
+    """MatMuls of two activations (attention's q.k and p.v), left in float: INT8 softmax probabilities
+    (1/127 steps) measured worse, and windowed attention is a sliver of the compute. onnxruntime's
+    MatMulConstBOnly option is ignored for Q/DQ output, so they are excluded by name."""
     weights = {t.name for t in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and not weights & set(n.input)]
-
-
-def _drop_unused_domains(model: onnx.ModelProto) -> None:
-    """Remove the opset imports quant_pre_process adds (com.microsoft, ...) that no node uses (in place)."""
-    used = {node.domain for node in model.graph.node} | {""}
-    kept = [o for o in model.opset_import if o.domain in used]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)
 
 
 def _feed_islands_float(model: onnx.ModelProto, islands: set[str]) -> None:

@@ -8,7 +8,7 @@ TENSORRT_OPS = frozenset(
         "ConstantOfShape", "Conv", "ConvTranspose", "DequantizeLinear", "Div", "Equal", "Erf", "Expand",
         "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "LayerNormalization", "MatMul", "Max",
         "MaxPool", "Min", "Mul", "Neg", "Pad", "Pow", "QuantizeLinear", "ReduceL2", "ReduceMax", "ReduceMean",
-        "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax", "Split",
-        "Sqrt", "Squeeze", "Sub", "Tile", "Transpose", "Unsqueeze", "Where",
+        "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax",
+        "Split", "Sqrt", "Squeeze", "Sub", "Tile", "Transpose", "Unsqueeze", "Where",
     }
 )  # fmt: skip

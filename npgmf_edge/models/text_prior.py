@@ -123,6 +123,9 @@ class TextPrior(nn.Module):
         return self.fc(self.embedding)
 
     def forward(self, like: torch.Tensor) -> torch.Tensor:
-        """(out_dim) context broadcast to like's batch and grid: (B, out_dim, H, W)."""
-        context = self.context().view(1, self.out_dim, 1, 1)
-        return context.expand(like.shape[0], self.out_dim, like.shape[2], like.shape[3])
+        """(out_dim) context broadcast to like's batch and grid: (B, out_dim, H, W).
+
+        Broadcast by arithmetic rather than `expand(like.shape)`, so an exported graph derives no shape at
+        run time: every dimension but the batch stays static for ONNX shape inference and TensorRT.
+        """
+        return like[:, :1] * 0.0 + self.context().view(1, self.out_dim, 1, 1)

@@ -62,6 +62,7 @@ def train_run(
         "category": dataset.category,
         "n_train": len(dataset.train),
         "validation_images": [str(s.image_path) for s in dataset.validation],
+        "train_images": [str(s.image_path) for s in dataset.train],
     }
     save_json(provenance, out / DATASET_FILE)
     summary: dict[str, Any] = {"run": str(out), "category": dataset.category, "preset": cfg.preset}

@@ -12,16 +12,11 @@ import torch
 from npgmf_edge.config import get_preset
 from npgmf_edge.errors import ConfigError
 from npgmf_edge.export.onnx_graph import export_onnx, graph_op_types
+from npgmf_edge.export.tensorrt_ops import TENSORRT_OPS
 from npgmf_edge.models.logical import NpgmfLogicalNet, logical_anomaly_map
 
 CLIP_DIM = 300  # any width works; 300 cannot be confused with a feature width in the graph
 # Ops TensorRT 10 parses natively; the logical graph must stay inside this set.
-TENSORRT_OPS = {
-    "Add", "ArgMin", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
-    "ConvTranspose", "Div", "Equal", "Erf", "Expand", "Gather", "Identity", "LayerNormalization", "MatMul",
-    "MaxPool", "Mul", "ReduceL2", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Slice", "Softmax",
-    "Sqrt", "Sub", "Transpose", "Unsqueeze", "Where", "Gemm", "Pow", "Squeeze",
-}  # fmt: skip
 
 
 def build(preset: str, **overrides) -> tuple[NpgmfLogicalNet, int]:

@@ -65,6 +65,7 @@ class WindowAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.window = window
+        self.dim = dim
         self.scale = (dim // heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -74,7 +75,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """x (B * nW, N, C); mask (nW, N, N) or None."""
-        tokens, channels = x.shape[1], x.shape[2]
+        tokens, channels = self.window * self.window, self.dim  # static: the graph has no shape arithmetic
         qkv = self.qkv(x).reshape(-1, tokens, 3, self.heads, channels // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B * nW, heads, N, head_dim)
         attn = torch.matmul(q * self.scale, k.transpose(-2, -1))
