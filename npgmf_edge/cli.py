@@ -162,10 +162,6 @@ def train(
     _emit(summary, as_json)
 
 
-def _not_yet(verb: str) -> None:
-    raise NpgmfError(f"`{verb}` is not available in this version yet")
-
-
 @app.command()
 def evaluate(
     run: Annotated[Path | None, typer.Argument(exists=True, help="Run directory from `train`.")] = None,
@@ -295,9 +291,44 @@ def verify(
 @app.command()
 def bench(
     bundle: Annotated[Path, typer.Argument(exists=True, help="Bundle directory from `export`.")],
+    backend: Annotated[
+        list[str] | None,
+        typer.Option(help="onnxruntime, tensorrt, torch, torch-cuda; repeat (default: all available here)."),
+    ] = None,
+    run: Annotated[
+        Path | None, typer.Option(exists=True, help="The bundle's run: adds the torch reference paths.")
+    ] = None,
+    precision: Annotated[Precision | None, typer.Option(help="Which graph (default: the first).")] = None,
+    batch: Annotated[
+        list[int] | None, typer.Option(help="Batch size; repeat for several (default 1).")
+    ] = None,
+    iters: Annotated[int, typer.Option(help="Timed calls per backend and batch.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 3,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for onnxruntime, FAISS and torch.")] = None,
+    images: Annotated[
+        Path | None, typer.Option(exists=True, help="Folder of images (default: synthetic frames).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, or cuda for onnxruntime-gpu.")] = "cpu",
+    soak: Annotated[int, typer.Option(help="Also run N images through one Inspector: RSS at start/end.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Measure latency (p50/p95/p99), throughput and memory per stage."""
-    _not_yet("bench")
+    """Measure latency (p50/p95/p99), throughput, memory and time per stage, backends side by side."""
+    from npgmf_edge.bench import BenchOptions, format_bench_table, run_bench
+
+    options = BenchOptions(
+        backends=tuple(backend or ()),
+        precision=precision.value if precision else None,
+        batches=tuple(batch or (1,)),
+        iters=iters,
+        warmup=warmup,
+        threads=threads,
+        images=images,
+        run=run,
+        device=device,
+        soak=soak,
+    )
+    report = run_bench(bundle, options, log=_stderr_log)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_bench_table(report))
 
 
 @app.command()
@@ -328,18 +359,20 @@ def demo(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """End to end on this CPU in a few minutes: synthetic data, tiny preset, evaluation, overlays, report.
+    """End to end on this CPU in a few minutes: synthetic data, tiny preset, evaluation, overlays, report,
+    an fp32 + int8 bundle verified against the run.
 
     Pretrained weights cannot be assumed offline, so the demo chooses random initialisation explicitly.
     """
     from npgmf_edge.workflows import run_demo
 
-    summary = run_demo(out, seed=seed, epochs=epochs)
+    summary = run_demo(out, seed=seed, epochs=epochs, log=_stderr_log)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
     typer.echo(summary["table"])
-    for key in ("data", "run", "report", "metrics", "predictions"):
+    typer.echo(summary["verify_table"])
+    for key in ("data", "run", "report", "metrics", "predictions", "bundle"):
         typer.echo(f"{key + ':':<13}{summary[key]}")
 
 

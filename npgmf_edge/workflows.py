@@ -7,7 +7,7 @@ enough that an interrupted call never leaves a summary pointing at missing files
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +150,11 @@ def _evaluation_overlays(
     return paths
 
 
-def run_demo(out: Path, seed: int = 0, epochs: int | None = None) -> dict[str, Any]:
-    """Make synthetic data, train the tiny preset (random weights, chosen explicitly), evaluate, predict."""
+def run_demo(
+    out: Path, seed: int = 0, epochs: int | None = None, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Make synthetic data, train the tiny preset (random weights, chosen explicitly), evaluate, predict,
+    export an fp32 + int8 bundle and verify it against the run."""
     from npgmf_edge.config import get_preset
     from npgmf_edge.data import load_dataset
     from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
@@ -175,11 +178,20 @@ def run_demo(out: Path, seed: int = 0, epochs: int | None = None) -> dict[str, A
         s.image_path for s in dataset.test if s.label == 0
     ][:2]
     prediction = predict_images(run_dir, examples, out / "predictions")
+
+    from npgmf_edge.export.bundle import ExportOptions, export_bundle
+    from npgmf_edge.export.verify import format_verify_table, verify_bundle
+
+    bundle = out / "bundle"
+    export_bundle(run_dir, bundle, ExportOptions(precisions=("fp32", "int8")), log=log)
+    verification = verify_bundle(bundle, run_dir, dataset)
     return {
         "table": evaluation["table"],
+        "verify_table": format_verify_table(verification),
         "data": str(data_dir),
         "run": str(run_dir),
         "report": evaluation["report"],
         "metrics": evaluation["metrics"],
         "predictions": prediction["out"],
+        "bundle": str(bundle),
     }

@@ -8,7 +8,7 @@ import pytest
 from npgmf_edge import __version__
 from npgmf_edge.cli import main
 
-VERBS = ("train", "evaluate", "export", "bench", "predict", "demo", "make-data")
+VERBS = ("train", "evaluate", "export", "verify", "bench", "predict", "demo", "make-data")
 
 
 def run_cli(
@@ -58,3 +58,44 @@ def test_library_errors_become_one_line_and_exit_1(monkeypatch, capsys, tmp_path
     code, _, err = run_cli(monkeypatch, capsys, "train", str(tmp_path), "--preset", "huge")
     assert code == 1
     assert err == "error: unknown preset 'huge'; choose one of: tiny, edge, paper\n"
+
+
+def test_export_and_verify_from_the_command_line(monkeypatch, capsys, tiny_run, tmp_path: Path) -> None:
+    import json
+
+    run, dataset = tiny_run
+    bundle = tmp_path / "bundle"
+    code, out, err = run_cli(
+        monkeypatch, capsys, "export", str(run), "--out", str(bundle), "--no-tensorrt", "--json"
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["precisions"] == ["fp32"] and "model.fp32.onnx" in summary["files"]
+    assert "[npgmf-edge] exporting the inspection network (FP32)" in err  # progress, one line per stage
+    code, out, _ = run_cli(
+        monkeypatch, capsys, "verify", str(bundle), "--run", str(run), "--data", str(dataset.root)
+    )
+    assert code == 0
+    assert "FP32 parity holds" in out
+
+
+def test_export_of_a_folder_that_is_not_a_run_is_one_line(monkeypatch, capsys, tmp_path: Path) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "export", str(tmp_path), "--out", str(tmp_path / "b"))
+    assert code == 1
+    assert err == f"error: {tmp_path} is not a run directory: {tmp_path / 'config.json'} is missing\n"
+
+
+def test_verify_of_a_damaged_bundle_names_the_file(
+    monkeypatch, capsys, faiss_bundle, tiny_run, tmp_path
+) -> None:
+    import shutil
+
+    bundle = Path(shutil.copytree(faiss_bundle, tmp_path / "bundle"))
+    (bundle / "coreset.npy").write_bytes(b"\x93NUMPY damaged")
+    run, dataset = tiny_run
+    code, _, err = run_cli(
+        monkeypatch, capsys, "verify", str(bundle), "--run", str(run), "--data", str(dataset.root)
+    )
+    assert code == 1
+    assert err.startswith(f"error: {bundle / 'coreset.npy'} does not match the SHA-256")
+    assert err.count("\n") == 1

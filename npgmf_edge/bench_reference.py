@@ -1,0 +1,149 @@
+"""The torch reference paths of `npgmf-edge bench` (they import torch; the runtime never does).
+
+`TorchPath` is the run's eager FP32 `InspectionNet` on the CPU with FAISS and the numpy fusion: the same
+computation as an FP32 bundle, so bench compares backends, not methods. `TorchCudaPath` is the GPU path
+for a station with CUDA and torch but no TensorRT: the network with kNN and fusion appended
+(`export.graph_heads.GraphInspectionNet`), the network under FP16 autocast, the kNN and fusion in FP32,
+captured once per batch size as a CUDA graph and replayed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from npgmf_edge.calibration import Calibration
+from npgmf_edge.data import read_image
+from npgmf_edge.inspection import Inspection
+from npgmf_edge.preprocess import map_to_image_size, to_model_input
+from npgmf_edge.rundir import load_coreset, load_run
+from npgmf_edge.runtime.inspector import STAGES, structural_maps
+from npgmf_edge.runtime.manifest import Manifest
+
+CUDA_GRAPH_WARMUP = 3  # side-stream iterations before capture, as torch.cuda.graphs recommends
+
+
+def _decode_and_resize(paths: list[Path], size: int, stages: dict[str, float]) -> tuple[list, np.ndarray]:
+    tick = time.perf_counter()
+    images = [read_image(p) for p in paths]
+    stages["decode"] += time.perf_counter() - tick
+    tick = time.perf_counter()
+    pixels = np.stack([to_model_input(image, size) for image in images])
+    stages["preprocess"] += time.perf_counter() - tick
+    return images, pixels
+
+
+def _finish(
+    images: list, fused: np.ndarray, scores: np.ndarray, threshold: float, stages
+) -> list[Inspection]:
+    tick = time.perf_counter()
+    results = [
+        Inspection(float(score), threshold, map_to_image_size(m, *image.shape[:2]))
+        for image, m, score in zip(images, fused, scores, strict=True)
+    ]
+    stages["post"] += time.perf_counter() - tick
+    return results
+
+
+class TorchPath:
+    """Eager FP32 on the CPU: `InspectionNet`, FAISS search, numpy fusion (the bundle's calibration)."""
+
+    def __init__(self, run_dir: Path, calibration: Calibration, threads: int | None = None) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.run = load_run(Path(run_dir))
+        self.calibration = calibration
+        self.size = self.run.cfg.image_size
+        self.last_stages = dict.fromkeys(STAGES, 0.0)
+
+    @torch.no_grad()
+    def inspect(self, images: list[Path]) -> list[Inspection]:
+        stages = dict.fromkeys(STAGES, 0.0)
+        decoded, pixels = _decode_and_resize(images, self.size, stages)
+        tick = time.perf_counter()
+        logical_map, features = self.run.net(torch.from_numpy(pixels))
+        stages["graph"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        structural = structural_maps(features.numpy(), self.run.scorer, self.size)
+        stages["knn"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        fused = self.calibration.fuse(structural, logical_map[:, 0].numpy())
+        scores = fused.reshape(len(fused), -1).max(axis=1)
+        stages["post"] += time.perf_counter() - tick
+        results = _finish(decoded, fused, scores, self.calibration.threshold, stages)
+        self.last_stages = stages
+        return results
+
+    def close(self) -> None:
+        self.run = None
+
+
+class _AutocastNetwork(torch.nn.Module):
+    """The inspection network under FP16 autocast, its outputs back in FP32 for the kNN and fusion."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast("cuda", dtype=torch.float16):
+            logical_map, features = self.net(pixels)
+        return logical_map.float(), features.float()
+
+
+class TorchCudaPath:
+    """FP16 autocast network + FP32 kNN (one matmul) + fusion on the GPU, replayed as CUDA graphs."""
+
+    def __init__(self, run_dir: Path, manifest: Manifest, precision: str, max_batch: int) -> None:
+        from npgmf_edge.export.graph_heads import GraphInspectionNet
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("torch-cuda: torch sees no CUDA device here")
+        run = load_run(Path(run_dir))
+        self.size = run.cfg.image_size
+        self.calibration = manifest.calibration[precision]
+        grid = tuple(manifest.coreset["grid"])
+        model = GraphInspectionNet(
+            _AutocastNetwork(run.net), load_coreset(run.run_dir), self.calibration, self.size, grid
+        )
+        self.model = model.cuda().eval()
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
+        self.max_batch = max_batch
+        self.last_stages = dict.fromkeys(STAGES, 0.0)
+
+    @torch.no_grad()
+    def _graph(self, batch: int):
+        if batch not in self.graphs:
+            static_in = torch.zeros(batch, 3, self.size, self.size, device="cuda")
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(CUDA_GRAPH_WARMUP):
+                    self.model(static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.model(static_in)
+            self.graphs[batch] = (graph, static_in, static_out)
+        return self.graphs[batch]
+
+    @torch.no_grad()
+    def inspect(self, images: list[Path]) -> list[Inspection]:
+        stages = dict.fromkeys(STAGES, 0.0)
+        decoded, pixels = _decode_and_resize(images, self.size, stages)
+        graph, static_in, static_out = self._graph(len(pixels))
+        tick = time.perf_counter()
+        static_in.copy_(torch.from_numpy(pixels), non_blocking=False)
+        graph.replay()
+        fused, scores = static_out[0][:, 0].cpu().numpy(), static_out[1].cpu().numpy()  # synchronises
+        stages["graph"] += time.perf_counter() - tick  # network, kNN and fusion: one replay
+        results = _finish(decoded, fused, scores, self.calibration.threshold, stages)
+        self.last_stages = stages
+        return results
+
+    def close(self) -> None:
+        self.graphs.clear()
+        self.model = None

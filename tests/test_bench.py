@@ -1,0 +1,90 @@
+"""`npgmf-edge bench`: the report's shape and arithmetic, and the reference paths' agreement with the runtime.
+
+Speed itself is never asserted here (docs/BENCHMARKS.md holds measured numbers with their commands)."""
+
+import pytest
+
+from npgmf_edge.bench import BenchOptions, _add_ratios, format_bench_table, run_bench
+from npgmf_edge.errors import ConfigError
+from npgmf_edge.runtime import Inspector
+
+
+def test_bench_reports_every_path_and_batch_with_ratios_stages_and_a_soak(faiss_bundle, tiny_run) -> None:
+    options = BenchOptions(
+        backends=("onnxruntime", "torch"),
+        batches=(1, 2),
+        iters=3,
+        warmup=1,
+        run=tiny_run[0],
+        threads=1,
+        soak=6,
+    )
+    report = run_bench(faiss_bundle, options)
+    assert [(r["backend"], r["batch"]) for r in report["rows"]] == [
+        ("onnxruntime", 1), ("onnxruntime", 2), ("torch", 1), ("torch", 2)
+    ]  # fmt: skip
+    for row in report["rows"]:
+        assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert set(row["stages_ms_per_image"]) == {"decode", "preprocess", "graph", "knn", "post"}
+        assert sum(row["stages_ms_per_image"].values()) <= row["p99_ms"] * 1.05  # stages fit inside a call
+        assert row["rss_mb"] > 0 and row["throughput_images_per_s"] > 0
+    assert [r["p50_ratio"] for r in report["rows"][:2]] == [1.0, 1.0]
+    assert report["soak"]["images"] == 6 and report["soak"]["rss_end_mb"] > 0
+    assert report["machine"]["cores"] >= 1 and "onnxruntime" in report["machine"]["libraries"]
+    table = format_bench_table(report)
+    assert len(table.splitlines()) == 3 + 4 + 1  # machine, bundle, header, 4 rows, soak
+
+
+def test_ratios_are_each_rows_median_over_the_first_paths_at_the_same_batch() -> None:
+    rows = [
+        {"batch": 1, "p50_ms": 10.0},
+        {"batch": 8, "p50_ms": 4.0},
+        {"batch": 1, "p50_ms": 25.0},
+        {"batch": 8, "p50_ms": 2.0},
+    ]
+    _add_ratios(rows)
+    assert [r["p50_ratio"] for r in rows] == [1.0, 1.0, 2.5, 0.5]
+
+
+def test_the_torch_path_scores_as_the_runtime_does(faiss_bundle, tiny_run, tmp_path) -> None:
+    from npgmf_edge.bench import bench_images
+    from npgmf_edge.bench_reference import TorchPath
+
+    images = bench_images(128, 3, None, tmp_path)
+    with Inspector.open(faiss_bundle, precision="fp32") as inspector:
+        expected = [i.score for i in inspector.inspect(images)]
+        torch_path = TorchPath(tiny_run[0], inspector.calibration)
+    assert [i.score for i in torch_path.inspect(images)] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (BenchOptions(backends=("torch",)), "the torch reference paths need the run"),
+        (BenchOptions(backends=("openvino",)), "unknown backend"),
+        (BenchOptions(batches=(0,)), r"--batch must be >= 1, got \[0\]"),
+        (BenchOptions(iters=0), "--iters must be >= 1, got 0"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(options, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        options.validate()
+
+
+@pytest.mark.gpu
+def test_torch_cuda_path_agrees_with_the_cpu_runtime_within_fp16_error(
+    faiss_bundle, tiny_run, tmp_path
+) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from npgmf_edge.bench import bench_images
+    from npgmf_edge.bench_reference import TorchCudaPath
+    from npgmf_edge.runtime.manifest import read_manifest
+
+    images = bench_images(128, 4, None, tmp_path)
+    with Inspector.open(faiss_bundle, precision="fp32") as inspector:
+        expected = [i.score for i in inspector.inspect(images)]
+    path = TorchCudaPath(tiny_run[0], read_manifest(faiss_bundle), "fp32", 4)
+    got = [i.score for i in path.inspect(images)]
+    assert got == pytest.approx(expected, rel=2e-2)
