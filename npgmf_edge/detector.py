@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
 from npgmf_edge.data import read_image
@@ -25,6 +24,7 @@ from npgmf_edge.inspection import Inspection
 from npgmf_edge.models.structural.torch_model import scores_to_map
 from npgmf_edge.postprocess import gaussian_sigma_for, image_scores, smooth
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
+from npgmf_edge.progress import Reporter
 from npgmf_edge.rundir import TrainedRun, load_run
 
 BRANCH_NAMES = ("structural", "logical")
@@ -79,15 +79,14 @@ class RunDetector:
         size = self.cfg.image_size
         out: dict[str, list[np.ndarray]] = {}
         sizes: list[tuple[int, int]] = []
-        with Progress(transient=True, disable=not progress) as bar:
-            task = bar.add_task("computing anomaly maps", total=len(image_paths))
+        with Reporter("anomaly maps", len(image_paths), unit="images", enabled=progress) as report:
             for start in range(0, len(image_paths), batch_size):
                 images = [read_image(p) for p in image_paths[start : start + batch_size]]
                 sizes.extend(image.shape[:2] for image in images)
                 pixels = torch.from_numpy(np.stack([to_model_input(image, size) for image in images]))
                 for name, maps in self.branch_fn(pixels).items():
                     out.setdefault(name, []).append(maps)
-                bar.advance(task, len(images))
+                report.advance(len(images))
         return {name: np.concatenate(maps) for name, maps in out.items()}, sizes
 
     def scored_maps(self, branch_maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,12 +1,14 @@
 """What the CLI verbs do, as library functions a user can also call from Python.
 
-`predict_images` and `evaluate_run` use the torch-side `RunDetector`; both write their outputs atomically
-enough that an interrupted call never leaves a summary pointing at missing files (summaries last).
+`predict_images` and `evaluate_run` take a run directory (the torch-side `RunDetector`) or a bundle (the
+torch-free runtime, `BundleDetector`), detected from the folder; both write their summaries last, so an
+interrupted call never leaves a summary pointing at missing files.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,15 @@ from typing import Any
 import numpy as np
 
 from npgmf_edge.data import AnomalyDataset, Sample, read_image
-from npgmf_edge.detector import RunDetector
+from npgmf_edge.errors import DatasetError
 from npgmf_edge.fileio import save_json
 from npgmf_edge.inspection import Inspection
-from npgmf_edge.postprocess import image_scores
-from npgmf_edge.preprocess import map_to_image_size
+from npgmf_edge.postprocess import image_scores, smooth
+from npgmf_edge.preprocess import map_to_image_size, to_model_input
+from npgmf_edge.progress import Reporter
 from npgmf_edge.visualize import inspection_overlay, write_png
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 OVERLAYS_PER_TYPE = 6  # overlays written by `evaluate` for each test defect type
 
 
@@ -36,22 +40,108 @@ def _overlay(path: Path, image_path: Path, inspection: Inspection) -> Path:
     return path
 
 
-def predict_images(run_dir: Path, images: Sequence[Path], out: Path) -> dict[str, Any]:
-    """Score, verdict and overlay PNG per image, plus `predictions.csv` and `predictions.json` in `out`."""
+class BundleDetector:
+    """A bundle behind the run detector's interface (`inspect`, `maps_and_sizes`, `scored_maps`), so
+    `predict` and `evaluate` take either; it runs the torch-free `runtime.Inspector`."""
+
+    def __init__(self, bundle: Path, threads: int | None = None) -> None:
+        from npgmf_edge.runtime import Inspector
+
+        self.inspector = Inspector.open(Path(bundle), threads=threads)
+        self.calibration = self.inspector.calibration
+
+    def inspect(self, image_paths: Sequence[Path], progress: bool = False) -> list[Inspection]:
+        step = self.inspector.manifest.max_batch
+        results: list[Inspection] = []
+        with Reporter("inspecting", len(image_paths), unit="images", enabled=progress) as report:
+            for start in range(0, len(image_paths), step * 4):
+                chunk = list(image_paths[start : start + step * 4])
+                results.extend(self.inspector.inspect(chunk))
+                report.advance(len(chunk))
+        return results
+
+    def maps_and_sizes(
+        self, image_paths: Sequence[Path], progress: bool = False
+    ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
+        """Raw branch maps and the fused map (N, S, S) at the model's input size, and original sizes."""
+        step, size = self.inspector.manifest.max_batch, self.inspector.image_size
+        out: dict[str, list[np.ndarray]] = {}
+        sizes: list[tuple[int, int]] = []
+        with Reporter("anomaly maps", len(image_paths), unit="images", enabled=progress) as report:
+            for start in range(0, len(image_paths), step):
+                images = [read_image(p) for p in image_paths[start : start + step]]
+                sizes.extend(image.shape[:2] for image in images)
+                maps = self.inspector.run(np.stack([to_model_input(image, size) for image in images]))
+                for name in ("structural", "logical", "fused"):
+                    out.setdefault(name, []).append(maps[name])
+                report.advance(len(images))
+        return {name: np.concatenate(maps) for name, maps in out.items()}, sizes
+
+    def scored_maps(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Smoothed branch maps beside the bundle's own fused map (what evaluation scores)."""
+        sigma = self.calibration.gaussian_sigma
+        return {"structural": smooth(maps["structural"], sigma), "logical": smooth(maps["logical"], sigma),
+                "fused": maps["fused"]}  # fmt: skip
+
+
+def open_detector(model: Path):
+    """A bundle (a folder with manifest.json: the runtime, no torch) or a run directory (torch)."""
+    from npgmf_edge.runtime.manifest import MANIFEST_FILE
+
+    model = Path(model)
+    if (model / MANIFEST_FILE).is_file():
+        return BundleDetector(model)
+    from npgmf_edge.detector import RunDetector
+
+    return RunDetector(model)
+
+
+def expand_images(items: Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders as the image files inside them (recursively, sorted), and glob patterns."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not inside:
+                raise DatasetError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            found.extend(inside)
+        elif path.exists():
+            found.append(path)
+        elif any(c in str(item) for c in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True) if Path(m).is_file())
+            if not matches:
+                raise DatasetError(f"pattern {item} matches no file")
+            found.extend(matches)
+        else:
+            raise DatasetError(f"image {path} does not exist")
+    return found
+
+
+def predict_images(model: Path, images: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Score, verdict and overlay PNG per image, plus `predictions.csv` and `predictions.json` in `out`.
+
+    `model` is a run directory or a bundle. An image without a verdict (unreadable, or a score that is not
+    a finite number) gets a row with verdict "error" and the reason, and no overlay."""
+    detector = open_detector(model)
+    images = list(images)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    detector = RunDetector(run_dir)
-    inspections = detector.inspect(list(images), progress=True)
+    inspections = detector.inspect(images, progress=True)
     rows = []
     for index, (image_path, inspection) in enumerate(zip(images, inspections, strict=True)):
-        overlay = _overlay(out / f"{index:04d}_{Path(image_path).stem}_overlay.png", image_path, inspection)
+        overlay = ""
+        if inspection.problem is None:
+            name = f"{index:04d}_{Path(image_path).stem}_overlay.png"
+            overlay = str(_overlay(out / name, image_path, inspection))
         rows.append(
             {
                 "image": str(image_path),
                 "score": round(inspection.score, 6),
                 "threshold": round(inspection.threshold, 6),
                 "verdict": inspection.verdict,
-                "overlay": str(overlay),
+                "overlay": overlay,
+                "error": inspection.problem or "",
             }
         )
     with (out / "predictions.csv").open("w", newline="") as handle:
@@ -61,6 +151,7 @@ def predict_images(run_dir: Path, images: Sequence[Path], out: Path) -> dict[str
     summary = {
         "images": len(rows),
         "anomalous": sum(r["verdict"] == "anomalous" for r in rows),
+        "errors": sum(r["verdict"] == "error" for r in rows),
         "out": str(out),
         "predictions": rows,
     }
@@ -79,9 +170,9 @@ def evaluate_run(
     from npgmf_edge.evaluation import evaluate_maps, format_results_table, write_maps_tiff
     from npgmf_edge.report import plot_roc_curves, plot_score_histogram, write_html_report
 
+    detector = open_detector(run_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    detector = RunDetector(run_dir)
     samples = dataset.test
     branch_maps, sizes = detector.maps_and_sizes([s.image_path for s in samples], progress=True)
     scored = detector.scored_maps(branch_maps)

@@ -26,14 +26,25 @@ DEFECT_KEYS = ("defect_name", "pixel_value", "saturation_threshold", "relative_s
 
 
 def read_mvtec_loco(category_dir: Path) -> AnomalyDataset:
-    """List an MVTec LOCO AD category; every anomalous test image needs a ground-truth folder of PNGs."""
+    """List an MVTec LOCO AD category; every anomalous test image needs a ground-truth folder of PNGs.
+
+    A folder with neither train/ nor validation/ is a test-only copy, as the official evaluation script
+    takes (test/, ground_truth/, defects_config.json): it can be evaluated, not trained on.
+    """
     defects_config = read_defects_config(category_dir / DEFECTS_CONFIG)
-    train = good_samples(require_dir(category_dir / "train" / GOOD, LAYOUT), "train")
-    validation = good_samples(require_dir(category_dir / "validation" / GOOD, LAYOUT), "validation")
+    if is_test_only(category_dir):
+        train, validation = [], []
+    else:
+        train = good_samples(require_dir(category_dir / "train" / GOOD, LAYOUT), "train")
+        validation = good_samples(require_dir(category_dir / "validation" / GOOD, LAYOUT), "validation")
     test = defect_test_samples(category_dir, LAYOUT, _masks)
     return AnomalyDataset(
         category_dir, "mvtec_loco", category_dir.name, train, validation, test, defects_config
     )
+
+
+def is_test_only(category_dir: Path) -> bool:
+    return not (category_dir / "train").exists() and not (category_dir / "validation").exists()
 
 
 def _masks(image: Path, truth_dir: Path) -> tuple[Path, ...]:

@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.data import AnomalyDataset
@@ -37,6 +35,7 @@ from npgmf_edge.fileio import save_json
 from npgmf_edge.models.logical.loss import logical_loss
 from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
 from npgmf_edge.models.text_prior import compute_text_embedding
+from npgmf_edge.progress import Reporter
 from npgmf_edge.rundir import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -128,20 +127,6 @@ def _build_fresh(cfg: NpgmfConfig) -> NpgmfLogicalNet:
     return NpgmfLogicalNet(lg, cfg.image_size, embedding, cfg.weights.pretrained, cfg.weights.weights)
 
 
-def _progress(enabled: bool) -> Progress:
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[terms]}"),
-        console=console,
-        disable=not (enabled and console.is_terminal),
-        transient=False,
-    )
-
-
 def train_logical(
     dataset: AnomalyDataset,
     cfg: NpgmfConfig,
@@ -184,12 +169,12 @@ def train_logical(
     images = ImageTensorDataset(dataset.train, cfg.image_size)
     n = len(images)
     batches_per_epoch = (n + tc.batch_size - 1) // tc.batch_size
-    with _progress(progress) as bar:
-        remaining = max(tc.epochs - start_epoch, 0)
-        task = bar.add_task("logical", total=remaining * batches_per_epoch, terms="")
+    remaining = max(tc.epochs - start_epoch, 0)
+    with Reporter("logical branch", remaining * batches_per_epoch, unit="steps", enabled=progress) as report:
         for epoch in range(start_epoch, tc.epochs):
-            history.append(_train_epoch(net, optimizer, images, cfg, epoch, bar, task, on_step))
-            log.info("logical epoch %d/%d: %s", epoch + 1, tc.epochs, history[-1]["loss"])
+            history.append(_train_epoch(net, optimizer, images, cfg, epoch, report, on_step))
+            terms = " ".join(f"{k} {v:.4f}" for k, v in history[-1]["loss"].items())
+            report.note(f"logical epoch {epoch + 1}/{tc.epochs}: {terms} ({history[-1]['seconds']:.1f} s)")
             tensors, opt_meta = optimizer_to_tensors(optimizer)
             tensors.update({f"{MODEL_PREFIX}{k}": v for k, v in net.state_dict().items()})
             meta = {"epoch": epoch + 1, "history": history, "optimizer": opt_meta, "config": cfg.to_dict()}
@@ -213,8 +198,7 @@ def _train_epoch(
     images: ImageTensorDataset,
     cfg: NpgmfConfig,
     epoch: int,
-    bar: Progress,
-    task: Any,
+    report: Reporter,
     on_step: StepCallback | None,
 ) -> dict[str, Any]:
     tc, lg = cfg.train, cfg.logical
@@ -242,7 +226,7 @@ def _train_epoch(
             sums[name] = sums.get(name, 0.0) + value * len(batch)
         latents = out.latents
         shown = " ".join(f"{k} {v:.4f}" for k, v in terms.items())
-        bar.update(task, advance=1, description=f"logical {epoch + 1}/{tc.epochs}", terms=shown)
+        report.advance(status=f"epoch {epoch + 1}/{tc.epochs} {shown}")
         if on_step is not None:
             on_step(epoch, step)
     usage = net.codebook_usage()

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from npgmf_edge.config import NpgmfConfig, StructuralConfig
 from npgmf_edge.data import AnomalyDataset, Sample
@@ -40,6 +39,7 @@ from npgmf_edge.models.structural.sampler import (
     RandomSampler,
 )
 from npgmf_edge.models.structural.torch_model import build_patch_extractor
+from npgmf_edge.progress import Reporter
 from npgmf_edge.rundir import CONFIG_FILE, CORESET_FAISS, CORESET_NPY, EXTRACTOR_FILE, SUMMARY_FILE
 from npgmf_edge.training.checkpoint import save_tensors
 from npgmf_edge.training.images import ImageTensorDataset
@@ -71,10 +71,12 @@ def extract_memory_bank(
     loader = DataLoader(ImageTensorDataset(samples, image_size), batch_size=batch_size, shuffle=False)
     chunks: list[torch.Tensor] = []
     grid = (0, 0)
-    for pixels in tqdm(loader, desc="patch features", unit="batch", disable=not progress):
-        features = extractor(pixels.to(device))
-        grid = (int(features.shape[-2]), int(features.shape[-1]))
-        chunks.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]))
+    with Reporter("patch features", len(loader), unit="batches", enabled=progress) as report:
+        for pixels in loader:
+            features = extractor(pixels.to(device))
+            grid = (int(features.shape[-2]), int(features.shape[-1]))
+            chunks.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]))
+            report.advance()
     return torch.cat(chunks), grid
 
 

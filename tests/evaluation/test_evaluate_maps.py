@@ -161,3 +161,21 @@ def test_results_table_has_a_row_per_branch_and_subset(tmp_path) -> None:
         ]
     )
     assert format_results_table({"structural": perfect, "logical": no_masks}) == expected
+
+
+def test_maps_are_scored_against_a_test_only_copy_of_the_dataset(
+    loco_dataset_dir: Path, tmp_path: Path
+) -> None:
+    """The official evaluation takes a folder with test/, ground_truth/ and defects_config.json only."""
+    import shutil
+
+    full = load_dataset(loco_dataset_dir)
+    copy = tmp_path / full.category
+    for name in ("test", "ground_truth", "defects_config.json"):
+        source = loco_dataset_dir / name
+        (shutil.copytree if source.is_dir() else shutil.copyfile)(source, copy / name)
+    test_only = load_dataset(copy)
+    assert (test_only.format, test_only.train, test_only.validation) == ("mvtec_loco", [], [])
+    assert [s.image_path.relative_to(copy) for s in test_only.test] == [
+        s.image_path.relative_to(loco_dataset_dir) for s in full.test
+    ]

@@ -37,9 +37,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from npgmf_edge.errors import ConfigError
+from npgmf_edge.progress import Reporter
 
 DEFAULT_CHUNK_SIZE = 16384  # rows per chunk in full-bank passes: 16384 x 128 float32 = 8 MiB
 DENSE_FRACTION = 2  # measure the whole bank when over half of it cannot be pruned
@@ -184,30 +184,29 @@ class GreedyCoresetSampler(BaseSampler):
         min_sq[first] = 0.0
 
         backoff, next_try = 1, 1  # after a pick with little to prune, skip the pruning test for a while
-        bar = tqdm(total=k, desc="coreset", unit="pick", disable=not self.progress, initial=1)
-        for i in range(1, k):
-            new = int(torch.argmax(min_sq))
-            picks[i] = new
-            centers[i] = points[new]
-            center_norms[i] = centers[i] @ centers[i]
-            maybe = None
-            if i >= next_try:
-                # x can only get closer to the new center c than to its owner a if d(a, c) < 2 d(x, a).
-                norms = center_norms[:i] + center_norms[i]
-                center_sq = shrink * norms - 2.0 * (centers[:i] @ centers[i])
-                maybe = center_sq[owner] < PRUNE_FACTOR * min_sq
-                if int(maybe.sum()) * DENSE_FRACTION >= n:
-                    maybe, backoff, next_try = None, min(2 * backoff, MAX_BACKOFF), i + backoff
+        with Reporter("coreset", k - 1, unit="picks", enabled=self.progress) as progress:
+            for i in range(1, k):
+                new = int(torch.argmax(min_sq))
+                picks[i] = new
+                centers[i] = points[new]
+                center_norms[i] = centers[i] @ centers[i]
+                maybe = None
+                if i >= next_try:
+                    # x can only get closer to the new center c than to its owner a if d(a, c) < 2 d(x, a).
+                    norms = center_norms[:i] + center_norms[i]
+                    center_sq = shrink * norms - 2.0 * (centers[:i] @ centers[i])
+                    maybe = center_sq[owner] < PRUNE_FACTOR * min_sq
+                    if int(maybe.sum()) * DENSE_FRACTION >= n:
+                        maybe, backoff, next_try = None, min(2 * backoff, MAX_BACKOFF), i + backoff
+                    else:
+                        backoff = 1
+                if maybe is None:  # little to prune: a plain chunked pass over the bank
+                    self._update_dense(points, centers[i], i, min_sq, owner)
                 else:
-                    backoff = 1
-            if maybe is None:  # little to prune: a plain chunked pass over the bank
-                self._update_dense(points, centers[i], i, min_sq, owner)
-            else:
-                self._update_points(points, centers[i], i, torch.nonzero(maybe).squeeze(1), min_sq, owner)
-            min_sq[new] = 0.0
-            owner[new] = i
-            bar.update(1)
-        bar.close()
+                    self._update_points(points, centers[i], i, torch.nonzero(maybe).squeeze(1), min_sq, owner)
+                min_sq[new] = 0.0
+                owner[new] = i
+                progress.advance()
         return picks
 
     def _update_dense(self, points, center, label, min_sq, owner) -> None:
@@ -237,7 +236,7 @@ class LoopGreedyCoresetSampler(GreedyCoresetSampler):
         picks = [first]
         min_sq = ((points - points[first]) ** 2).sum(dim=1)
         min_sq[first] = 0.0
-        for _ in tqdm(range(1, k), desc="coreset (loop)", disable=not self.progress):
+        for _ in range(1, k):
             new = int(torch.argmax(min_sq))
             picks.append(new)
             min_sq = torch.minimum(min_sq, ((points - points[new]) ** 2).sum(dim=1))
