@@ -388,7 +388,8 @@ def demo(
         return
     typer.echo(summary["table"])
     typer.echo(summary["verify_table"])
-    for key in ("data", "run", "report", "metrics", "predictions", "bundle"):
+    typer.echo(summary["bench_table"])
+    for key in ("data", "run", "report", "metrics", "predictions", "bundle", "bundle_predictions"):
         typer.echo(f"{key + ':':<13}{summary[key]}")
 
 

@@ -245,10 +245,13 @@ def run_demo(
     out: Path, seed: int = 0, epochs: int | None = None, log: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """Make synthetic data, train the tiny preset (random weights, chosen explicitly), evaluate, predict,
-    export an fp32 + int8 bundle and verify it against the run."""
+    export an fp32 + int8 bundle, verify it against the run, predict with it and bench it against torch."""
     from npgmf_edge.config import get_preset
+    from npgmf_edge.bench import BenchOptions, format_bench_table, run_bench
     from npgmf_edge.data import load_dataset
     from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
+    from npgmf_edge.export.bundle import ExportOptions, export_bundle
+    from npgmf_edge.export.verify import format_verify_table, verify_bundle
     from npgmf_edge.training.run import train_run
 
     out = Path(out)
@@ -270,15 +273,17 @@ def run_demo(
     ][:2]
     prediction = predict_images(run_dir, examples, out / "predictions")
 
-    from npgmf_edge.export.bundle import ExportOptions, export_bundle
-    from npgmf_edge.export.verify import format_verify_table, verify_bundle
-
     bundle = out / "bundle"
     export_bundle(run_dir, bundle, ExportOptions(precisions=("fp32", "int8")), log=log)
     verification = verify_bundle(bundle, run_dir, dataset)
+    bundle_prediction = predict_images(bundle, examples, out / "bundle_predictions")
+    bench = run_bench(bundle, BenchOptions(backends=("onnxruntime", "torch"), iters=10, run=run_dir), log=log)
+    save_json(bench, out / "bench.json")
     return {
         "table": evaluation["table"],
         "verify_table": format_verify_table(verification),
+        "bench_table": format_bench_table(bench),
+        "bundle_predictions": bundle_prediction["out"],
         "data": str(data_dir),
         "run": str(run_dir),
         "report": evaluation["report"],

@@ -99,3 +99,23 @@ def test_verify_of_a_damaged_bundle_names_the_file(
     assert code == 1
     assert err.startswith(f"error: {bundle / 'coreset.npy'} does not match the SHA-256")
     assert err.count("\n") == 1
+
+
+def test_predict_on_a_bundle_exits_1_when_an_image_has_no_verdict(
+    monkeypatch, capsys, faiss_bundle, tiny_run, tmp_path
+) -> None:
+    _, dataset = tiny_run
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for sample in dataset.test[:2]:
+        (folder / f"{sample.defect_type}_{sample.image_path.name}").write_bytes(
+            sample.image_path.read_bytes()
+        )
+    (folder / "zz_truncated.png").write_bytes(dataset.test[0].image_path.read_bytes()[:100])
+    code, out, _ = run_cli(
+        monkeypatch, capsys, "predict", str(faiss_bundle), str(folder), "--out", str(tmp_path / "p")
+    )
+    assert code == 1
+    lines = out.splitlines()
+    assert len(lines) == 4 and lines[2].startswith("error") and "zz_truncated.png" in lines[2]
+    assert " of 3 anomalous, 1 without a verdict; summary in " in lines[-1]

@@ -2,7 +2,8 @@
 
 `onnxruntime` and `onnxruntime-gpu` install the same module; which providers exist depends on which
 package is installed, so the choice is checked against `get_available_providers()` and an unavailable
-one is an error that lists the available ones (never a silent fall-back to the CPU).
+one is an error that lists the available ones (never a silent fall-back to the CPU). On a GPU the outputs
+are bound with IOBinding (not verified here: no onnxruntime-gpu on the development machines).
 """
 
 from __future__ import annotations
@@ -51,8 +52,16 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
 
     def _infer_impl(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self.session.run(self.output_names, {self.spec.input_name: pixels})
-        return dict(zip(self.output_names, outputs, strict=True))
+        if self.device == "cpu":  # the CPU provider's arena already reuses its buffers between calls
+            outputs = self.session.run(self.output_names, {self.spec.input_name: pixels})
+            return dict(zip(self.output_names, outputs, strict=True))
+        # On a GPU: outputs stay on the device until the one copy back after the run (IOBinding).
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.spec.input_name, pixels)
+        for name in self.output_names:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu(), strict=True))
 
     def close(self) -> None:
         self.session = None
