@@ -246,8 +246,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Make synthetic data, train the tiny preset (random weights, chosen explicitly), evaluate, predict,
     export an fp32 + int8 bundle, verify it against the run, predict with it and bench it against torch."""
-    from npgmf_edge.config import get_preset
     from npgmf_edge.bench import BenchOptions, format_bench_table, run_bench
+    from npgmf_edge.config import get_preset
     from npgmf_edge.data import load_dataset
     from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
     from npgmf_edge.export.bundle import ExportOptions, export_bundle
