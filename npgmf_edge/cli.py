@@ -400,10 +400,14 @@ def main() -> None:
     except TyperException as exc:  # usage errors: unknown option, missing path, bad value
         typer.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
-    except typer.Abort:
-        typer.echo("aborted", err=True)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted (training resumes from its last checkpoint with --resume)", err=True)
         sys.exit(130)
     except NpgmfError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:  # disk full, read-only folder, a file where a folder should be: name the path
+        where = f" ({exc.filename})" if exc.filename else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -119,3 +119,22 @@ def test_predict_on_a_bundle_exits_1_when_an_image_has_no_verdict(
     lines = out.splitlines()
     assert len(lines) == 4 and lines[2].startswith("error") and "zz_truncated.png" in lines[2]
     assert " of 3 anomalous, 1 without a verdict; summary in " in lines[-1]
+
+
+def test_an_os_error_is_one_line_naming_the_path(monkeypatch, capsys, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli(monkeypatch, capsys, "make-data", str(blocker / "data"), "--n-train", "2")
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("error: ") and str(blocker) in err
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(monkeypatch, capsys) -> None:
+    from npgmf_edge import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    code, _, err = run_cli(monkeypatch, capsys, "--help")
+    assert (code, err.splitlines()[0].split(" (")[0]) == (130, "interrupted")

@@ -39,6 +39,7 @@ CORESET_FAISS = "coreset.faiss"
 CORESET_NPY = "coreset.npy"
 TIMING_CACHE = "timing.cache"
 HASH_CHUNK = 1 << 20
+SELF_HASH_KEY = "manifest_sha256"
 
 # schema_version n -> function turning a version-n manifest dict into version n + 1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
@@ -79,12 +80,20 @@ class Manifest:
         return tuple(p for p in PRECISIONS if p in self.graphs)
 
 
+def _content_sha256(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's own content (canonical JSON, without this field): a changed byte in
+    manifest.json itself is caught too, not only in the files it lists."""
+    content = {k: v for k, v in manifest.items() if k != SELF_HASH_KEY}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Hash every file in `root` (except the manifest) into `files`, write the manifest last; returns it."""
     root = Path(root)
     files = sorted(p for p in root.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
-    manifest = {**manifest, "schema_version": SCHEMA_VERSION}
+    manifest = {"schema_version": SCHEMA_VERSION, **manifest}
     manifest["files"] = {p.name: sha256_file(p) for p in files}
+    manifest[SELF_HASH_KEY] = _content_sha256(manifest)
     save_json(manifest, root / MANIFEST_FILE)
     return manifest
 
@@ -143,6 +152,8 @@ def read_manifest(root: Path, *, check_files: bool = True) -> Manifest:
         raise BundleError(f"cannot read {path} ({exc}); re-export the bundle") from exc
     if not isinstance(data, dict):
         raise BundleError(f"{path} is not a JSON object; re-export the bundle")
+    if data.get(SELF_HASH_KEY) != _content_sha256(data):
+        raise BundleError(f"{path} was changed after export (its content hash does not match); re-export it")
     data = _migrate(data, path)
     try:
         if check_files:

@@ -13,6 +13,7 @@ from npgmf_edge.export import bundle as bundle_module
 from npgmf_edge.export.bundle import ExportOptions, export_bundle
 from npgmf_edge.export.tensorrt_ops import TENSORRT_OPS
 from npgmf_edge.export.verify import verify_bundle
+from npgmf_edge.runtime import manifest as manifest_module
 from npgmf_edge.runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION, read_manifest
 
 CLIP_WIDTH = 512  # ViT-B-32 text embedding width
@@ -140,10 +141,22 @@ def test_a_flipped_byte_or_a_missing_file_is_named_at_load(bundle_copy: Path, na
 
 
 def _edit_manifest(bundle: Path, edit) -> None:
+    """Change the manifest as another toolkit version would write it (its content hash made valid again)."""
     path = bundle / MANIFEST_FILE
     data = json.loads(path.read_text())
     edit(data)
+    data[manifest_module.SELF_HASH_KEY] = manifest_module._content_sha256(data)
     path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("marker", [b'"threshold": ', b'"dim": ', b"\n  "])
+def test_a_flipped_byte_in_the_manifest_itself_is_caught(bundle_copy: Path, marker: bytes) -> None:
+    path = bundle_copy / MANIFEST_FILE
+    data = bytearray(path.read_bytes())
+    data[data.index(marker) + len(marker)] ^= 0x01  # a digit becomes another digit, a quote becomes "#"
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"{path}.*re-export"):
+        read_manifest(bundle_copy)
 
 
 def test_a_newer_schema_is_refused_with_what_to_do(bundle_copy: Path) -> None:
