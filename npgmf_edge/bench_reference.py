@@ -52,6 +52,7 @@ class TorchPath:
     """Eager FP32 on the CPU: `InspectionNet`, FAISS search, numpy fusion (the bundle's calibration)."""
 
     def __init__(self, run_dir: Path, calibration: Calibration, threads: int | None = None) -> None:
+        self._threads_before = torch.get_num_threads()  # process-wide: restored by close()
         if threads is not None:
             torch.set_num_threads(threads)
         self.run = load_run(Path(run_dir))
@@ -79,6 +80,7 @@ class TorchPath:
 
     def close(self) -> None:
         self.run = None
+        torch.set_num_threads(self._threads_before)
 
 
 class _AutocastNetwork(torch.nn.Module):

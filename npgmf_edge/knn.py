@@ -148,8 +148,7 @@ class FaissNN(NearestNeighbourScorer):
 
         self._faiss = faiss
         self.on_gpu = (faiss.get_num_gpus() > 0) if on_gpu is None else on_gpu
-        if num_threads is not None:
-            faiss.omp_set_num_threads(num_threads)
+        self.num_threads = num_threads  # applied around each search only: OpenMP's setting is process-wide
         self.index = None
         self.bank: np.ndarray | None = None  # CPU copy of the vectors, for the exact distances
 
@@ -195,7 +194,14 @@ class FaissNN(NearestNeighbourScorer):
         return self
 
     def _search_sq(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.search(queries, k)
+        if self.num_threads is None:
+            return self.index.search(queries, k)
+        before = self._faiss.omp_get_max_threads()
+        self._faiss.omp_set_num_threads(self.num_threads)
+        try:
+            return self.index.search(queries, k)
+        finally:
+            self._faiss.omp_set_num_threads(before)
 
     def save(self, path: Path) -> Path:
         if self.index is None:
