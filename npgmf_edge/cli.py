@@ -390,7 +390,7 @@ def demo(
     typer.echo(summary["verify_table"])
     typer.echo(summary["bench_table"])
     for key in ("data", "run", "report", "metrics", "predictions", "bundle", "bundle_predictions"):
-        typer.echo(f"{key + ':':<13}{summary[key]}")
+        typer.echo(f"{key + ':':<20}{summary[key]}")
 
 
 def main() -> None:
