@@ -25,13 +25,14 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
+from npgmf_edge.data import IMAGE_EXTENSIONS
 from npgmf_edge.errors import ConfigError
 from npgmf_edge.inspection import Inspection
 from npgmf_edge.runtime.inspector import STAGES, Inspector
@@ -40,7 +41,6 @@ from npgmf_edge.runtime.manifest import read_manifest
 RUNTIME_BACKENDS = ("onnxruntime", "tensorrt")
 REFERENCE_PATHS = ("torch", "torch-cuda")
 SYNTHETIC_SOURCE_SIZE = (480, 640)  # a camera-like frame, decoded and resized like a real one
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "faiss-cpu",
              "faiss-gpu-cu12", "torch", "tensorrt", "cuda-python")  # fmt: skip
 Log = Callable[[str], None]
@@ -145,9 +145,9 @@ def default_paths(run: Path | None, device: str) -> tuple[str, ...]:
 def bench_images(bundle_size: int, count: int, folder: Path | None, work: Path) -> list[Path]:
     """`count` image files: from `folder` (cycled), or synthetic camera-like frames written as PNG."""
     if folder is not None:
-        found = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not found:
-            raise ConfigError(f"--images {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+            raise ConfigError(f"--images {folder} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
         return [found[i % len(found)] for i in range(count)]
     rng = np.random.default_rng(0)
     paths = []
@@ -204,15 +204,6 @@ def measure(path: InspectPath, images: list[Path], batch: int, iters: int, warmu
     }
 
 
-@dataclass
-class BenchReport:
-    machine: dict[str, Any]
-    bundle: str
-    precision: str
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    soak: dict[str, Any] | None = None
-
-
 def run_bench(bundle: Path, options: BenchOptions, log: Log | None = None) -> dict[str, Any]:
     """Measure every requested path and batch size on one set of images; see the module docstring."""
     options.validate()
@@ -220,7 +211,8 @@ def run_bench(bundle: Path, options: BenchOptions, log: Log | None = None) -> di
     manifest = read_manifest(bundle)
     precision = options.precision or manifest.precisions[0]
     paths = options.backends or default_paths(options.run, options.device)
-    report = BenchReport(describe_machine(), str(bundle), precision)
+    report: dict[str, Any] = {"machine": describe_machine(), "bundle": str(bundle), "precision": precision,
+                              "rows": [], "soak": None}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="npgmf-bench-") as work:
         count = max(max(options.batches) * 4, options.soak and 64)
         images = bench_images(manifest.image_size, count, options.images, Path(work))
@@ -237,14 +229,13 @@ def run_bench(bundle: Path, options: BenchOptions, log: Log | None = None) -> di
                     row["rss_mb"] = rss_mb()
                     row["peak_rss_mb"] = peak_rss_mb()
                     row.update(_gpu_memory(name))
-                    report.rows.append(row)
+                    report["rows"].append(row)
                 if options.soak and name == paths[0]:
-                    report.soak = soak(path, images, options.soak, log)
+                    report["soak"] = soak(path, images, options.soak, log)
             finally:
                 path.close()
-    _add_ratios(report.rows)
-    return {"machine": report.machine, "bundle": report.bundle, "precision": report.precision,
-            "rows": report.rows, "soak": report.soak}  # fmt: skip
+    _add_ratios(report["rows"])
+    return report
 
 
 def _gpu_memory(name: str) -> dict[str, float]:

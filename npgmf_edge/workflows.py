@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from npgmf_edge.data import AnomalyDataset, Sample, read_image
+from npgmf_edge.data import IMAGE_EXTENSIONS, AnomalyDataset, Sample, read_image
 from npgmf_edge.errors import DatasetError
 from npgmf_edge.fileio import save_json
 from npgmf_edge.inspection import Inspection
@@ -24,7 +24,6 @@ from npgmf_edge.preprocess import map_to_image_size, to_model_input
 from npgmf_edge.progress import Reporter
 from npgmf_edge.visualize import inspection_overlay, write_png
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 OVERLAYS_PER_TYPE = 6  # overlays written by `evaluate` for each test defect type
 
 
@@ -102,9 +101,11 @@ def expand_images(items: Sequence[str | Path]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            inside = sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            )
             if not inside:
-                raise DatasetError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise DatasetError(f"folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             found.extend(inside)
         elif path.exists():
             found.append(path)

@@ -96,9 +96,11 @@ def _load_pixels(paths: list[Path], size: int) -> np.ndarray:
     return np.stack([to_model_input(read_image(p), size) for p in paths]).astype(np.float32)
 
 
-def _calibration_paths(run_dir: Path, validation: list[Path], count: int, seed: int, log: Log) -> list[Path]:
+def _calibration_paths(
+    provenance: dict, validation: list[Path], count: int, seed: int, log: Log
+) -> list[Path]:
     """A seeded sample of the run's normal training images, for INT8 activation ranges."""
-    train = [Path(p) for p in read_provenance(run_dir).get("train_images", [])]
+    train = [Path(p) for p in provenance.get("train_images", [])]
     missing = [p for p in train if not p.is_file()]
     if not train or missing:
         reason = f"{missing[0]} is missing" if missing else "the run does not list them"
@@ -149,7 +151,6 @@ def _graph_entry(path: Path, spec: GraphSpec, outputs: dict[str, np.ndarray]) ->
         "precision": spec.precision,
         "input": {"name": spec.input_name, "shape": list(spec.input_shape), "dtype": "float32"},
         "outputs": {name: list(value.shape[1:]) for name, value in outputs.items()},
-        "sha256": sha256_file(path),
     }
 
 
@@ -241,13 +242,14 @@ def _engines_wanted(option: bool | None) -> bool:
 
 def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, Any]:
     run, options, log = ex.run, ex.options, ex.log
-    validation = [Path(p) for p in read_provenance(run.run_dir)["validation_images"]]
+    provenance = read_provenance(run.run_dir)
+    validation = [Path(p) for p in provenance["validation_images"]]
     if not validation:
         raise BundleError(f"{run.run_dir}: no validation images recorded in dataset.json; retrain the run")
     log(f"reading {len(validation)} validation images")
     val_pixels = _load_pixels(validation, ex.size)
     calib_paths = _calibration_paths(
-        run.run_dir, validation, options.calibration_images, run.cfg.train.seed, log
+        provenance, validation, options.calibration_images, run.cfg.train.seed, log
     )
     calib_pixels = _load_pixels(calib_paths, ex.size) if "int8" in options.precisions else val_pixels[:0]
 
@@ -296,7 +298,7 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
     manifest = {
         "toolkit_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "category": read_provenance(run.run_dir).get("category", ""),
+        "category": provenance.get("category", ""),
         "preset": run.cfg.preset,
         "input": {
             "name": INPUT_NAME,
@@ -343,7 +345,8 @@ def _build_engines(ex: _Exporter, graphs: dict, build: bool, out: Path) -> tuple
     engines = {}
     for precision, entry in graphs.items():
         ex.log(f"{precision}: building a TensorRT engine on {facts['gpu_name']}")
-        name = trt_backend.engine_file_name(precision, entry["sha256"], facts)
+        onnx_sha = sha256_file(ex.staging / entry["file"])  # the manifest hashes every file again, last
+        name = trt_backend.engine_file_name(precision, onnx_sha, facts)
         engines[precision] = trt_backend.build_engine(
             ex.staging / entry["file"],
             ex.staging / name,
@@ -351,7 +354,7 @@ def _build_engines(ex: _Exporter, graphs: dict, build: bool, out: Path) -> tuple
             input_shape=tuple(entry["input"]["shape"]),
             max_batch=ex.options.max_batch,
             precision=precision,
-            onnx_sha256=entry["sha256"],
+            onnx_sha256=onnx_sha,
             timing_cache_path=cache,
         )
     return engines, "built"
