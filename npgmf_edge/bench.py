@@ -169,7 +169,7 @@ def open_path(name: str, bundle: Path, options: BenchOptions, precision: str) ->
 
     manifest = read_manifest(bundle)
     if name == "torch":
-        return TorchPath(options.run, manifest.calibration[precision], threads=options.threads)
+        return TorchPath(options.run, manifest, precision, threads=options.threads)
     return TorchCudaPath(options.run, manifest, precision, max(options.batches))
 
 

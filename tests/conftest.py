@@ -27,8 +27,9 @@ def loco_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # A trained tiny run on the default `make-data` set and its bundles, shared by the export and runtime tests.
-# Two epochs with random weights (chosen explicitly): they pin the mechanics of export and runtime (parity
-# with torch, file contracts), not detection quality. Imports are local: collecting tests stays cheap.
+# Two epochs, the tiny preset's ImageNet EfficientNet-Lite0 and a random CLIP prior (chosen explicitly): they
+# pin the mechanics of export and runtime (parity with torch, precision costs on real features, file contracts),
+# not detection quality. Imports are local: collecting tests stays cheap.
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +40,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AnomalyDat
     generate_dataset(root / "data", SyntheticConfig(seed=0))
     dataset = load_dataset(root / "data")
     cfg = get_preset("tiny")
-    cfg.weights.pretrained = False
+    cfg.weights.random_clip = True  # the encoder is the preset's ImageNet EfficientNet-Lite0
     cfg.train.epochs = 2
     train_run(dataset, cfg, root / "run", branch="all")
     return root / "run", dataset
@@ -51,7 +52,9 @@ def faiss_bundle(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from npgmf_edge.export.bundle import ExportOptions, export_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "faiss"
-    export_bundle(tiny_run[0], out, ExportOptions(precisions=("fp32", "fp16", "int8"), tensorrt=False))
+    export_bundle(
+        tiny_run[0], out, ExportOptions(precisions=("fp32", "fp16", "int8"), knn="faiss", tensorrt=False)
+    )
     return out
 
 

@@ -67,7 +67,7 @@ Log = Callable[[str], None]
 @dataclass
 class ExportOptions:
     precisions: tuple[str, ...] = ("fp32",)
-    knn: str = "faiss"  # "faiss" (runtime searches coreset.faiss) | "graph" (kNN and fusion in the graph)
+    knn: str = "graph"  # "graph" (kNN and fusion in the graph) | "faiss" (runtime searches coreset.faiss)
     max_batch: int = DEFAULT_MAX_BATCH
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES  # normal training images for INT8 ranges
     tensorrt: bool | None = None  # None: build engines when TensorRT is importable

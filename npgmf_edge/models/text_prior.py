@@ -67,7 +67,7 @@ def compute_text_embedding(
         source, where = pretrained_tag, f"for tag {pretrained_tag!r}"
     else:
         log.warning(
-            "CLIP %s: random initialisation chosen explicitly (--no-pretrained); "
+            "CLIP %s: random initialisation chosen explicitly (--random-clip or --no-pretrained); "
             "the text prior carries no meaning",
             model_name,
         )
@@ -78,7 +78,7 @@ def compute_text_embedding(
         hint = (
             "check the file is an open_clip state dict for this model"
             if weights is not None
-            else "offline, pass --clip-weights PATH to a local checkpoint, or --no-pretrained"
+            else "offline, pass --clip-weights PATH to a local checkpoint, or --random-clip"
         )
         raise WeightsError(
             f"cannot load CLIP {model_name} weights {where} ({type(exc).__name__}: {exc}); {hint}"

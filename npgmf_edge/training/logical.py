@@ -119,12 +119,13 @@ def _build_fresh(cfg: NpgmfConfig) -> NpgmfLogicalNet:
             lg.prompt or "object",
             lg.clip_model,
             lg.clip_pretrained,
-            pretrained=cfg.weights.pretrained,
+            pretrained=cfg.weights.clip_pretrained,
             weights=cfg.weights.clip_weights,
             seed=cfg.train.seed,
         )
     torch.manual_seed(cfg.train.seed)
-    return NpgmfLogicalNet(lg, cfg.image_size, embedding, cfg.weights.pretrained, cfg.weights.weights)
+    weights = cfg.weights.encoder_weights()
+    return NpgmfLogicalNet(lg, cfg.image_size, embedding, cfg.weights.pretrained, weights)
 
 
 def train_logical(

@@ -41,7 +41,8 @@ def build_patch_extractor(cfg: NpgmfConfig, *, weights_follow: bool = False) -> 
     s = cfg.structural
     s.validate()
     if s.share_logical_encoder:
-        name, out_indices, weights = cfg.logical.encoder, tuple(cfg.logical.out_indices), cfg.weights.weights
+        name, out_indices = cfg.logical.encoder, tuple(cfg.logical.out_indices)
+        weights = cfg.weights.encoder_weights()
         missing = [i for i in STRUCTURAL_LEVELS if i not in out_indices]
         if missing:
             raise ConfigError(
@@ -49,7 +50,8 @@ def build_patch_extractor(cfg: NpgmfConfig, *, weights_follow: bool = False) -> 
                 f"logical.out_indices {out_indices}; add them or set share_logical_encoder to false"
             )
     else:
-        name, out_indices, weights = s.encoder, STRUCTURAL_LEVELS, cfg.weights.structural_weights
+        name, out_indices = s.encoder, STRUCTURAL_LEVELS
+        weights = cfg.weights.encoder_weights(structural=True)
     if weights_follow:
         encoder = FrozenEncoder(name, out_indices, pretrained=False, warn_random=False)
     else:
