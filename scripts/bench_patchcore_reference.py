@@ -4,8 +4,12 @@ anomalib 2.7's PatchCore (wide_resnet50_2, layers 2 + 3, 256 px, a 10,240 x 1,53
 357 ms per image in torch on this project's 2-core machine (the figure the runtime issue quotes). This script
 builds our structural path with the same encoder, input size and bank size (a random coreset of 10,240 rows:
 an exact flat search costs the same whatever the rows hold) and times, per image at batch 1, in one run:
-    runtime: the patch-feature graph in onnxruntime (fp32, and int8 when --int8), one FAISS search, the resize
-    torch:   the same extractor in eager torch, the same FAISS search
+    runtime, faiss: the patch-feature graph in onnxruntime (fp32, and int8 when --int8), one FAISS search,
+                    the resize (a `--knn faiss` bundle)
+    runtime, graph: one onnxruntime graph with the kNN (one GEMM, ArgMin, exact distance) and the resize
+                    appended (a `--knn graph` bundle; `export.graph_heads.KnnHead`)
+    torch:          the same extractor in eager torch with the same FAISS search, and the graph-kNN
+                    network in eager torch
 Speeds are not asserted anywhere; docs/BENCHMARKS.md records the output with the machine.
 
 Usage:
@@ -22,10 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from npgmf_edge.bench import describe_machine
 from npgmf_edge.config import get_preset
 from npgmf_edge.export import precision as precision_ops
+from npgmf_edge.export.graph_heads import KnnHead
 from npgmf_edge.export.onnx_graph import export_onnx
 from npgmf_edge.knn import FaissNN
 from npgmf_edge.models.inspection_net import INPUT_NAME, InspectionNet
@@ -36,6 +43,18 @@ from npgmf_edge.runtime.inspector import structural_maps
 
 SIZE, BANK, DIM = 256, 10_240, 1_536
 ANOMALIB_MS = 357.0
+
+
+class StructuralGraph(nn.Module):
+    """pixels -> structural map at the input size: the extractor, the in-graph kNN and the resize."""
+
+    def __init__(self, net: InspectionNet, coreset: np.ndarray, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.net, self.knn = net, KnnHead(coreset, grid)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        distances = self.knn(self.net(pixels)[0])[:, None]
+        return F.interpolate(distances, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
 
 
 def timed(fn, iters: int, warmup: int) -> dict[str, float]:
@@ -102,11 +121,24 @@ def main() -> None:
         results["knn search + resize"] = timed(
             lambda: structural_maps(features, knn, SIZE), args.iters, args.warmup
         )
+        whole = StructuralGraph(net, coreset, tuple(features.shape[-2:])).eval()
+        graph = precision_ops.simplify(
+            export_onnx(whole, torch.zeros(1, 3, SIZE, SIZE), Path(tmp) / "knn.onnx", INPUT_NAME, ["map"]),
+            Path(tmp) / "knn_fp32.onnx",
+        )
+        spec = GraphSpec(graph.name, "fp32", "graph", INPUT_NAME, (3, SIZE, SIZE), 1)
+        backend = OnnxRuntimeBackend(graph, spec, threads=args.threads)
+        results["runtime fp32, kNN in the graph: whole path"] = timed(
+            lambda: backend.infer(pixels), args.iters, args.warmup
+        )
         with torch.no_grad():
             tensor = torch.from_numpy(pixels)
             results["torch eager: graph"] = timed(lambda: net(tensor), args.iters, args.warmup)
             results["torch eager: whole path"] = timed(
                 lambda: structural_maps(net(tensor)[0].numpy(), knn, SIZE), args.iters, args.warmup
+            )
+            results["torch eager, kNN in the network: whole path"] = timed(
+                lambda: whole(tensor), args.iters, args.warmup
             )
     report = {
         "machine": describe_machine(),

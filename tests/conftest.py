@@ -27,9 +27,9 @@ def loco_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # A trained tiny run on the default `make-data` set and its bundles, shared by the export and runtime tests.
-# Two epochs, the tiny preset's ImageNet EfficientNet-Lite0 and a random CLIP prior (chosen explicitly): they
-# pin the mechanics of export and runtime (parity with torch, precision costs on real features, file contracts),
-# not detection quality. Imports are local: collecting tests stays cheap.
+# Two epochs, the tiny preset's ImageNet EfficientNet-Lite0 and a random CLIP prior (chosen explicitly):
+# they pin the mechanics of export and runtime (parity with torch, precision costs on real features, file
+# contracts), not detection quality. Imports are local: collecting tests stays cheap.
 
 
 @pytest.fixture(scope="session")

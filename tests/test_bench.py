@@ -2,11 +2,13 @@
 
 Speed itself is never asserted here (docs/BENCHMARKS.md holds measured numbers with their commands)."""
 
+import numpy as np
 import pytest
 
 from npgmf_edge.bench import BenchOptions, _add_ratios, format_bench_table, run_bench
 from npgmf_edge.errors import ConfigError
 from npgmf_edge.runtime import Inspector
+from npgmf_edge.runtime.manifest import read_manifest
 
 
 def test_bench_reports_every_path_and_batch_with_ratios_stages_and_a_soak(faiss_bundle, tiny_run) -> None:
@@ -46,15 +48,22 @@ def test_ratios_are_each_rows_median_over_the_first_paths_at_the_same_batch() ->
     assert [r["p50_ratio"] for r in rows] == [1.0, 1.0, 2.5, 0.5]
 
 
-def test_the_torch_path_scores_as_the_runtime_does(faiss_bundle, tiny_run, tmp_path) -> None:
+@pytest.mark.parametrize("bundle", ["faiss_bundle", "graph_bundle"])
+def test_the_torch_path_scores_as_the_runtime_does(bundle, request, tiny_run, tmp_path) -> None:
+    """For either kNN mode, the torch path computes what the bundle computes (FAISS + numpy, or the
+    network with kNN and fusion appended), so bench ratios compare backends, not methods."""
     from npgmf_edge.bench import bench_images
     from npgmf_edge.bench_reference import TorchPath
 
+    path = request.getfixturevalue(bundle)
     images = bench_images(128, 3, None, tmp_path)
-    with Inspector.open(faiss_bundle, precision="fp32") as inspector:
-        expected = [i.score for i in inspector.inspect(images)]
-        torch_path = TorchPath(tiny_run[0], inspector.calibration)
-    assert [i.score for i in torch_path.inspect(images)] == pytest.approx(expected, rel=1e-5)
+    with Inspector.open(path, precision="fp32") as inspector:
+        expected = [(i.score, i.anomaly_map) for i in inspector.inspect(images)]
+    torch_path = TorchPath(tiny_run[0], read_manifest(path), "fp32")
+    got = torch_path.inspect(images)
+    assert [i.score for i in got] == pytest.approx([score for score, _ in expected], rel=1e-5)
+    for inspection, (_, anomaly_map) in zip(got, expected, strict=True):
+        np.testing.assert_allclose(inspection.anomaly_map, anomaly_map, atol=1e-3)
 
 
 @pytest.mark.parametrize(

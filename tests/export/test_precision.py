@@ -48,6 +48,8 @@ class Graphs:
 def graphs(tmp_path_factory: pytest.TempPathFactory) -> Graphs:
     out = tmp_path_factory.mktemp("precision")
     cfg = get_preset("tiny")
+    # Random resnet18: graph mechanics; the preset's ImageNet Lite0 is costed on a trained run (test_bundle).
+    cfg.logical.encoder = "resnet18"
     torch.manual_seed(0)
     embedding = nn.functional.normalize(torch.randn(CLIP_DIM), dim=0)
     net = NpgmfLogicalNet(cfg.logical, SIZE, embedding, pretrained=False, weights=None, warn_random=False)
