@@ -1,14 +1,21 @@
 """Locally aware patch features for the structural branch (PatchCore, Roth et al. CVPR 2022, §3.1).
 
 `PatchFeatureAggregator` turns the encoder's level-2 and level-3 maps (strides 8 and 16) into one
-(B, D, h, w) map on the level-2 grid: a `patch_size` x `patch_size` local average of each level, level 3
-bilinearly upsampled to level 2's grid, each level adaptive-average-pooled over channels to
-`pretrain_embed_dim`, concatenated, and adaptive-average-pooled again to `embed_dim` (PatchCore's
-`Preprocessing` + `Aggregator`). All of it is linear and parameter-free, so it is computed in the cheapest
-equivalent order: the two channel poolings fold into one constant (D, C_k) matrix per level, applied as a
-1x1 convolution *before* the spatial averaging and the upsampling (both commute with a per-pixel channel
-map), so level 3 is upsampled with D channels instead of C_3. Same numbers, fewer FLOPs, and the exported
-graph is plain Conv / AveragePool / Resize.
+(B, D, h, w) map on the level-2 grid, exactly as PatchCore's reference code does
+(amazon-science/patchcore-inspection, `PatchMaker.patchify`, `PatchCore._embed`, `common.Preprocessing`,
+`MeanMapper`, `Aggregator`): each position's `patch_size` x `patch_size` neighbourhood is unfolded into a
+flat C*p*p vector (zero padding at the borders, zeros included), level 3's unfolded grid is upsampled
+bilinearly (`align_corners=False`) to level 2's grid, each level's vector is adaptive-average-pooled to
+`pretrain_embed_dim`, the levels are concatenated and pooled again to `embed_dim`. Pooling the whole
+neighbourhood vector is not the same as averaging each channel over p x p first: with
+`pretrain_embed_dim` > C the reference keeps which neighbour a value came from.
+
+Everything after the encoder is linear and parameter-free. Per level, unfold + both poolings are one
+constant (D, C, p, p) kernel, i.e. one zero-padded Conv2d; the upsampling commutes with it, so level 3 is
+convolved on its own grid and upsampled with D channels. The final pooling sends each level to a
+contiguous band of the D outputs (sharing at most one row with the next level), so each level's Conv
+computes only its band and the bands are concatenated. The exported graph is Conv / Resize / Slice /
+Add / Concat: no Unfold, no adaptive pooling with uneven bins, static shapes.
 
 `PatchFeatureExtractor` = `FrozenEncoder` + aggregator; it is what `structural.onnx` contains. It can also
 sit on the logical branch's encoder (`share_logical_encoder`): the encoder then returns levels 1-3 and the
@@ -71,25 +78,32 @@ class PatchFeatureAggregator(nn.Module):
         self.embed_dim = embed_dim
         self.patch_size = patch_size
         final = adaptive_pool_matrix(len(channels) * pretrain_embed_dim, embed_dim)
+        self.bands: list[tuple[int, int]] = []  # output rows [first, end) each level contributes to
         for level, c in enumerate(self.channels):
             block = final[:, level * pretrain_embed_dim : (level + 1) * pretrain_embed_dim]
-            weight = (block @ adaptive_pool_matrix(c, pretrain_embed_dim)).float()
+            # Columns in unfold order: channel-major, then the p x p offsets row by row.
+            weight = block @ adaptive_pool_matrix(c * patch_size * patch_size, pretrain_embed_dim)
+            used = weight.abs().sum(dim=1).nonzero().flatten()
+            first, end = int(used[0]), int(used[-1]) + 1
+            self.bands.append((first, end))
+            kernel = weight[first:end].reshape(end - first, c, patch_size, patch_size).float()
             # Constant, rebuilt from the config: not part of the saved weights.
-            self.register_buffer(f"proj{level}", weight[:, :, None, None], persistent=False)
-
-    def _local_average(self, x: torch.Tensor) -> torch.Tensor:
-        if self.patch_size == 1:
-            return x
-        pad = self.patch_size // 2
-        # Border patches average only real neighbours (no zeros pulled in from the padding).
-        return F.avg_pool2d(x, self.patch_size, stride=1, padding=pad, count_include_pad=False)
+            self.register_buffer(f"kernel{level}", kernel, persistent=False)
+        # Adaptive pooling bins are contiguous and at most one straddles the level boundary, so the bands
+        # are [0, end0) and [first1, D) with end0 - first1 in {0, 1}.
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         f2, f3 = features
-        z2 = self._local_average(F.conv2d(f2, self.proj0))
-        z3 = self._local_average(F.conv2d(f3, self.proj1))
+        pad = self.patch_size // 2
+        z2 = F.conv2d(f2, self.kernel0, padding=pad)
+        z3 = F.conv2d(f3, self.kernel1, padding=pad)
         z3 = F.interpolate(z3, size=z2.shape[-2:], mode="bilinear", align_corners=False)
-        return z2 + z3
+        shared = self.bands[0][1] - self.bands[1][0]  # 0 or 1 output row fed by both levels
+        if shared == 0:
+            return torch.cat([z2, z3], dim=1)
+        first1 = self.bands[1][0]
+        pieces = [z2[:, :first1], z2[:, first1:] + z3[:, :shared], z3[:, shared:]]
+        return torch.cat([p for p in pieces if p.shape[1] > 0], dim=1)
 
 
 class PatchFeatureExtractor(nn.Module):
