@@ -38,7 +38,7 @@ def measure(lite: int, seed: int, epochs: int, work: Path) -> dict:
     cfg.weights.random_clip = True
     cfg.train.seed, cfg.train.epochs = seed, epochs
     summary = train_run(dataset, cfg, work / "run", branch="all")
-    metrics = evaluate_run(work / "run", dataset, work / "evaluation")["metrics"]
+    metrics = evaluate_run(work / "run", dataset, work / "evaluation")["results"]
     export_bundle(work / "run", work / "bundle", ExportOptions(tensorrt=False))
     bench = run_bench(work / "bundle", BenchOptions(backends=("onnxruntime",), iters=20, warmup=3))
     (row,) = bench["rows"]
