@@ -201,11 +201,11 @@ def _tiny() -> NpgmfConfig:
 
 
 def _edge() -> NpgmfConfig:
-    """Default: one EfficientNet-Lite0 pass feeds both branches at 256 px (chosen by measurement among
-    lite0/1/2 and wide_resnet50_2: docs/DESIGN.md "Presets")."""
-    cfg = NpgmfConfig(preset="edge", image_size=256, weights=WeightsConfig(weights=LITE_WEIGHTS))
+    """Default: one EfficientNet-Lite2 pass feeds both branches at 256 px (chosen by measurement among
+    lite0/1/2: docs/DESIGN.md "Presets")."""
+    cfg = NpgmfConfig(preset="edge", image_size=256, weights=WeightsConfig(weights="efficientnet-lite2"))
     cfg.logical = LogicalConfig(
-        encoder="tf_efficientnet_lite0",
+        encoder="tf_efficientnet_lite2",
         lewin_depth=2,
         lewin_heads=4,
         window_size=8,
@@ -214,7 +214,7 @@ def _edge() -> NpgmfConfig:
         decoder_depth=1,
     )
     cfg.structural = StructuralConfig(
-        encoder="tf_efficientnet_lite0", share_logical_encoder=True, pretrain_embed_dim=256, embed_dim=256
+        encoder="tf_efficientnet_lite2", share_logical_encoder=True, pretrain_embed_dim=256, embed_dim=256
     )
     cfg.train = TrainConfig(epochs=50, batch_size=4, lr=5e-4)
     return cfg
