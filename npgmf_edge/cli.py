@@ -17,6 +17,7 @@ import typer
 from typer.exceptions import TyperException
 
 from npgmf_edge import __version__
+from npgmf_edge.data.image_io import DEFAULT_MAX_PIXELS
 from npgmf_edge.errors import NpgmfError
 
 app = typer.Typer(
@@ -346,18 +347,22 @@ def predict(
     model: Annotated[Path, typer.Argument(exists=True, help="Run directory from `train`, or a bundle.")],
     images: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
     out: Annotated[Path, typer.Option(help="Directory for overlays and the summary.")] = Path("predictions"),
+    max_pixels: Annotated[
+        int,
+        typer.Option(min=1, help="Images with more pixels are decoded reduced by 2, 4 or 8, or refused."),
+    ] = DEFAULT_MAX_PIXELS,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Inspect images: score, verdict, anomaly map and overlay picture for each (exit 1 if any failed)."""
     from npgmf_edge.workflows import expand_images, predict_images
 
-    summary = predict_images(model, expand_images(images), out)
+    summary = predict_images(model, expand_images(images), out, max_pixels=max_pixels, log=_stderr_log)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
         for row in summary["predictions"]:
-            shown = row["overlay"] or row["error"]
-            typer.echo(f"{row['verdict']:<9}  {row['score']:10.4f}  {row['image']}  ->  {shown}")
+            score = "-" if row["score"] is None else f"{row['score']:.4f}"
+            typer.echo(f"{row['verdict']:<9}  {score:>10}  {row['image']}  ->  {row['overlay'] or row['error']}")
         typer.echo(
             f"{summary['anomalous']} of {summary['images']} anomalous, {summary['errors']} without a "
             f"verdict; summary in {out}/predictions.csv"
