@@ -165,6 +165,7 @@ def train(
     cfg.logical.use_codebooks = not no_codebooks
     if coreset_ratio is not None:
         cfg.structural.coreset_ratio = coreset_ratio
+    cfg.validate()  # every number checked before the dataset is read
 
     dataset = load_dataset(data, category=category)
     summary = train_run(dataset, cfg, out, branch=branch.value, resume=resume)
@@ -362,7 +363,9 @@ def predict(
     else:
         for row in summary["predictions"]:
             score = "-" if row["score"] is None else f"{row['score']:.4f}"
-            typer.echo(f"{row['verdict']:<9}  {score:>10}  {row['image']}  ->  {row['overlay'] or row['error']}")
+            typer.echo(
+                f"{row['verdict']:<9}  {score:>10}  {row['image']}  ->  {row['overlay'] or row['error']}"
+            )
         typer.echo(
             f"{summary['anomalous']} of {summary['images']} anomalous, {summary['errors']} without a "
             f"verdict; summary in {out}/predictions.csv"

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
 from npgmf_edge.data import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -27,7 +28,6 @@ from npgmf_edge.data import (
     decode_inputs,
     read_image,
 )
-from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
 from npgmf_edge.errors import CheckpointError, DatasetError, OutputError
 from npgmf_edge.fileio import atomic_write, output_lock, save_json
 from npgmf_edge.inspection import Inspection
@@ -198,14 +198,19 @@ def predict_images(
         raise OutputError(f"--out {out} is a file, not a folder; choose a folder for the predictions")
     detector = open_detector(model, max_pixels)
     if detector.calibration is None:
-        raise CheckpointError(f"{model} is not calibrated ({CALIBRATION_FILE} missing): train with --branch all")
+        raise CheckpointError(
+            f"{model} is not calibrated ({CALIBRATION_FILE} missing): train with --branch all"
+        )
     threshold = detector.calibration.threshold
     reused = out.is_dir()
     rows: list[dict[str, Any]] = []
     with output_lock(out):
         removed = _clear_previous(out) if reused else 0
         if reused and log is not None:
-            log(f"writing into the existing folder {out}" + (f"; removed {removed} earlier overlays" if removed else ""))
+            log(
+                f"writing into the existing folder {out}"
+                + (f"; removed {removed} earlier overlays" if removed else "")
+            )
         names = overlay_names(images)
         with Reporter("inspecting", len(images), unit="images", enabled=True) as report:
             for start in range(0, len(images), PREDICT_CHUNK):

@@ -6,8 +6,9 @@ Every image becomes (H, W, 3) uint8 RGB, whatever it was on disk:
 - 16-bit pixels are scaled linearly from the full 0..65535 range (value / 257, rounded);
 - EXIF orientation is ignored, so an image stays pixel-aligned with its mask (masks carry no EXIF);
 - with `max_pixels`, an image with more pixels (read from its header first) is decoded reduced by 2, 4 or 8
-  (OpenCV's reduced decoding: JPEG scales while decoding, other formats are decoded then shrunk, so a
-  20000 x 20000 PNG peaks at about 3 bytes per pixel), and one that /8 cannot bring under it is refused.
+  (OpenCV's reduced decoding). JPEG scales while decoding (a 20000 x 20000 JPEG costs ~100 MB); other
+  formats are decoded in full and then shrunk (3 bytes per pixel), so they are refused above
+  FULL_DECODE_FACTOR x the limit, as is any image that 1/8 cannot bring under it.
 Masks keep their raw 8-bit values, because MVTec LOCO AD tells defect types apart by pixel value.
 OpenCV's own log lines (libpng warnings on a truncated file) are silenced: every failure is a DatasetError.
 
@@ -33,10 +34,18 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_THRESHOLD = 127  # binary masks (MVTec AD, BTAD, folder): defect where value > 127 (anti-aliased edges)
 UINT16_TO_UINT8 = 257.0  # 65535 / 255
 DEFAULT_MAX_PIXELS = 16_000_000  # inspection inputs above this are decoded reduced (the model sees <= 512 px)
-REDUCED_DECODING = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+REDUCED_DECODING = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 OPENCV_MAX_PIXELS = 1 << 30  # OpenCV refuses to decode more (its CV_IO_MAX_IMAGE_PIXELS default)
+FULL_DECODE_FACTOR = 16  # non-JPEG files above the limit: decoded in full (3 bytes/pixel) up to 16 x limit
+JPEG_MAGIC = b"\xff\xd8\xff"
 
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # decoding failures are reported as DatasetErrors, not libpng lines
+cv2.utils.logging.setLogLevel(
+    cv2.utils.logging.LOG_LEVEL_SILENT
+)  # decoding failures are reported as DatasetErrors, not libpng lines
 
 
 def is_image_file(path: Path) -> bool:
@@ -46,18 +55,24 @@ def is_image_file(path: Path) -> bool:
 
 def _reduction(path: Path, max_pixels: int | None) -> int:
     """1, or the smallest reduced-decoding factor bringing `path` under `max_pixels` (from its header);
-    DatasetError when even 1/8 is not enough or OpenCV would refuse the full size."""
+    DatasetError when decoding it would cost too much: more than 1/8 can bring under the limit, more than
+    OpenCV decodes at all, or (for formats OpenCV decodes in full before reducing: all but JPEG) more than
+    FULL_DECODE_FACTOR x the limit at full size."""
     width, height = imagesize.get(path)  # (-1, -1) when the header is unknown or damaged: OpenCV decides
     pixels = width * height
     if max_pixels is None or width < 0 or pixels <= max_pixels:
         return 1
     factor = next((f for f in REDUCED_DECODING if pixels <= max_pixels * f * f), None)
-    if factor is None or pixels > OPENCV_MAX_PIXELS:
-        raise DatasetError(
-            f"image {path} is {width}x{height} ({pixels / 1e6:.0f} MP), too large to decode even at 1/8 under "
-            f"the limit of {max_pixels / 1e6:.0f} MP; shrink it first, or raise the limit (--max-pixels)"
-        )
-    return factor
+    with path.open("rb") as handle:
+        scaled_while_decoding = handle.read(len(JPEG_MAGIC)) == JPEG_MAGIC
+    affordable = scaled_while_decoding or pixels <= FULL_DECODE_FACTOR * max_pixels
+    if affordable and factor is not None and pixels <= OPENCV_MAX_PIXELS:
+        return factor
+    raise DatasetError(
+        f"image {path} is {width}x{height} ({pixels / 1e6:.0f} MP), too large to decode under the limit of "
+        f"{max_pixels / 1e6:.0f} MP (only JPEG is reduced while decoding; other formats up to "
+        f"{FULL_DECODE_FACTOR * max_pixels / 1e6:.0f} MP); shrink it, save it as JPEG, or raise --max-pixels"
+    )
 
 
 def _decode(path: Path, what: str, max_pixels: int | None = None) -> np.ndarray:

@@ -207,7 +207,9 @@ class Inspector:
         stages["post"] += time.perf_counter() - tick
         return {"fused": fused, "score": scores, "logical": logical, "structural": structural}
 
-    def _load(self, batch: Sequence[ImageInput]) -> tuple[list[tuple[int, int] | str], np.ndarray | None, dict]:
+    def _load(
+        self, batch: Sequence[ImageInput]
+    ) -> tuple[list[tuple[int, int] | str], np.ndarray | None, dict]:
         """Decode and resize one batch: ((height, width) or error message per item, pixels of the good ones).
         Only the sizes are kept, so a batch of large images is not held while the next one decodes."""
         stages = dict.fromkeys(STAGES, 0.0)

@@ -115,17 +115,27 @@ def test_image_above_the_pixel_limit_is_decoded_reduced(tmp_path, writer) -> Non
     assert read_image(path, max_pixels=64 * 96 // 5).shape == (16, 24, 3)  # 1/2 is not enough: 1/4
 
 
-def test_image_that_1_8_cannot_bring_under_the_limit_is_refused(tmp_path, writer) -> None:
+def test_png_that_would_be_decoded_in_full_far_above_the_limit_is_refused(tmp_path, writer) -> None:
     path = writer(tmp_path / "huge.png", np.zeros((80, 80, 3), np.uint8))
-    with pytest.raises(DatasetError, match=r"is 80x80 \(0 MP\), too large to decode even at 1/8"):
-        read_image(path, max_pixels=80 * 80 // 65)
+    with pytest.raises(DatasetError, match=r"is 80x80 \(0 MP\), too large to decode under the limit"):
+        read_image(path, max_pixels=80 * 80 // 17)  # 1/8 would do, but OpenCV decodes PNG in full first
+
+
+def test_jpeg_far_above_the_limit_is_reduced_while_decoding(tmp_path) -> None:
+    path = tmp_path / "huge.jpg"
+    cv2.imwrite(str(path), np.full((80, 80, 3), 128, np.uint8))
+    assert read_image(path, max_pixels=80 * 80 // 60).shape == (10, 10, 3)
+    with pytest.raises(DatasetError, match="too large to decode"):
+        read_image(path, max_pixels=80 * 80 // 65)  # not even 1/8 is enough
 
 
 def test_each_input_decodes_alone_a_bad_one_becomes_its_reason(tmp_path, writer) -> None:
     good = writer(tmp_path / "good.png", np.zeros((3, 4, 3), np.uint8))
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    decoded = decode_inputs([good, empty, tmp_path, np.zeros((2, 2), np.uint8), np.zeros((2, 2, 3), np.uint8)])
+    decoded = decode_inputs(
+        [good, empty, tmp_path, np.zeros((2, 2), np.uint8), np.zeros((2, 2, 3), np.uint8)]
+    )
     assert [item.shape if isinstance(item, np.ndarray) else None for item in decoded] == [
         (3, 4, 3), None, None, None, (2, 2, 3)
     ]  # fmt: skip
