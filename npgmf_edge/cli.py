@@ -168,7 +168,17 @@ def train(
     cfg.validate()  # every number checked before the dataset is read
 
     dataset = load_dataset(data, category=category)
-    summary = train_run(dataset, cfg, out, branch=branch.value, resume=resume)
+    try:
+        summary = train_run(dataset, cfg, out, branch=branch.value, resume=resume)
+    except KeyboardInterrupt:
+        from npgmf_edge.rundir import CHECKPOINT_FILE, LOGICAL_DIR
+
+        typer.echo(
+            f"interrupted: the last checkpoint is {out / LOGICAL_DIR / CHECKPOINT_FILE}; continue with the "
+            f"same command and --resume",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     _emit(summary, as_json)
 
 

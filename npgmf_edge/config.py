@@ -192,8 +192,8 @@ class NpgmfConfig:
 def _check_type(where: str, default: Any, value: Any) -> None:
     """A JSON value must have its field's type (ints for int fields, numbers for floats, lists for tuples),
     so a damaged config.json fails here instead of deep inside training or inference."""
-    if default is None or value is None:
-        return  # optional fields (paths, prompt) may be null
+    if default is None:
+        return  # optional fields (paths, prompt): null or a string
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
