@@ -388,3 +388,46 @@ def test_ctrl_c_during_training_says_where_the_checkpoint_is(
         f"interrupted: the last checkpoint is {tmp_path / 'run' / 'logical' / 'checkpoint.safetensors'}; "
         "continue with the same command and --resume\n"
     )
+
+
+# --- memory on an enormous input (slow: writing the 20000 x 20000 files takes ~15 s each) ---------------
+
+WRITE_SQUARE = """
+import sys, cv2, numpy as np
+side = 20000
+image = np.zeros((side, side, 3), np.uint8)
+image[:, :, 0] = (np.arange(side) % 256).astype(np.uint8)
+image[side // 3 : side // 2, side // 3 : side // 2] = 20
+cv2.imwrite(sys.argv[1], image)
+"""
+MAX_RSS_BYTES = 2 * 2**30
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("suffix", "code", "verdicts"), [(".jpg", 0, {"anomalous", "good"}), (".png", 1, {"error"})]
+)
+def test_predict_on_a_20000_x_20000_image_stays_under_2_gb(
+    tiny_run, tmp_path: Path, suffix: str, code: int, verdicts: set[str]
+) -> None:
+    """JPEG: decoded at 1/8 while decoding. PNG: OpenCV would decode 1.2 GB in full first, so it is refused
+    (docs/RELIABILITY.md has the measured numbers)."""
+    image = tmp_path / f"square{suffix}"
+    subprocess.run([sys.executable, "-c", WRITE_SQUARE, str(image)], check=True)
+    with (tmp_path / "log").open("w") as log:
+        command = [
+            sys.executable,
+            "-m",
+            "npgmf_edge",
+            "predict",
+            str(tiny_run[0]),
+            str(image),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+        process = subprocess.Popen(command, stdout=log, stderr=log)
+        _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == code, (tmp_path / "log").read_text()
+    (row,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"]
+    assert row["verdict"] in verdicts
+    assert usage.ru_maxrss * 1024 < MAX_RSS_BYTES  # ru_maxrss is in KiB on Linux
