@@ -58,10 +58,12 @@ class BundleDetector:
     """A bundle behind the run detector's interface (`inspect`, `maps_and_sizes`, `scored_maps`), so
     `predict` and `evaluate` take either; it runs the torch-free `runtime.Inspector`."""
 
-    def __init__(self, bundle: Path, threads: int | None = None) -> None:
+    def __init__(
+        self, bundle: Path, threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    ) -> None:
         from npgmf_edge.runtime import Inspector
 
-        self.inspector = Inspector.open(Path(bundle), threads=threads)
+        self.inspector = Inspector.open(Path(bundle), threads=threads, max_pixels=max_pixels)
         self.calibration = self.inspector.calibration
 
     def inspect(self, image_paths: Sequence[Path | np.ndarray], progress: bool = False) -> list[Inspection]:
@@ -104,9 +106,7 @@ def open_detector(model: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS):
 
     model = Path(model)
     if (model / MANIFEST_FILE).is_file():
-        detector = BundleDetector(model)
-        detector.inspector.max_pixels = max_pixels
-        return detector
+        return BundleDetector(model, max_pixels=max_pixels)
     from npgmf_edge.detector import RunDetector
 
     return RunDetector(model, max_pixels=max_pixels)

@@ -247,8 +247,11 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_and_released(tmp_path: Pa
     (tmp_path / LOCK_FILE).write_text(gone.stdout.strip())
     with output_lock(tmp_path) as lock:
         assert lock.read_text() == str(os.getpid())
-        with pytest.raises(OutputError, match="is being written by another npgmf-edge process"):
-            output_lock(tmp_path).__enter__()
+        with (
+            pytest.raises(OutputError, match="is being written by another npgmf-edge process"),
+            output_lock(tmp_path),
+        ):
+            pass
     assert not lock.exists()
 
 
@@ -431,3 +434,10 @@ def test_predict_on_a_20000_x_20000_image_stays_under_2_gb(
     (row,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"]
     assert row["verdict"] in verdicts
     assert usage.ru_maxrss * 1024 < MAX_RSS_BYTES  # ru_maxrss is in KiB on Linux
+
+
+def test_a_pixel_limit_below_one_is_a_usage_error(cli, tiny_run, good_image: Path, tmp_path: Path) -> None:
+    code, _, err = cli("predict", tiny_run[0], good_image, "--out", tmp_path / "out", "--max-pixels", "0")
+    assert code == 2
+    assert_one_line(err, "Invalid value for '--max-pixels': 0 is not in the range x>=1.")
+    assert not (tmp_path / "out").exists()
