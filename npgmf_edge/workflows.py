@@ -155,7 +155,7 @@ def _clear_previous(out: Path) -> int:
     try:
         previous = json.loads((out / PREDICTIONS_JSON).read_text())
         listed = [Path(row["overlay"]) for row in previous["predictions"] if row.get("overlay")]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # not our summary: leave the folder be
         return 0
     removed = 0
     for path in listed:
