@@ -17,6 +17,7 @@ import typer
 from typer.exceptions import TyperException
 
 from npgmf_edge import __version__
+from npgmf_edge.data.image_io import DEFAULT_MAX_PIXELS
 from npgmf_edge.errors import NpgmfError
 
 app = typer.Typer(
@@ -174,9 +175,20 @@ def train(
     cfg.logical.use_codebooks = not no_codebooks
     if coreset_ratio is not None:
         cfg.structural.coreset_ratio = coreset_ratio
+    cfg.validate()  # every number checked before the dataset is read
 
     dataset = load_dataset(data, category=category)
-    summary = train_run(dataset, cfg, out, branch=branch.value, resume=resume)
+    try:
+        summary = train_run(dataset, cfg, out, branch=branch.value, resume=resume)
+    except KeyboardInterrupt:
+        from npgmf_edge.rundir import CHECKPOINT_FILE, LOGICAL_DIR
+
+        typer.echo(
+            f"interrupted: the last checkpoint is {out / LOGICAL_DIR / CHECKPOINT_FILE}; continue with the "
+            f"same command and --resume",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     _emit(summary, as_json)
 
 
@@ -359,18 +371,24 @@ def predict(
     model: Annotated[Path, typer.Argument(exists=True, help="Run directory from `train`, or a bundle.")],
     images: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
     out: Annotated[Path, typer.Option(help="Directory for overlays and the summary.")] = Path("predictions"),
+    max_pixels: Annotated[
+        int,
+        typer.Option(min=1, help="Images with more pixels are decoded reduced by 2, 4 or 8, or refused."),
+    ] = DEFAULT_MAX_PIXELS,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Inspect images: score, verdict, anomaly map and overlay picture for each (exit 1 if any failed)."""
     from npgmf_edge.workflows import expand_images, predict_images
 
-    summary = predict_images(model, expand_images(images), out)
+    summary = predict_images(model, expand_images(images), out, max_pixels=max_pixels, log=_stderr_log)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
         for row in summary["predictions"]:
-            shown = row["overlay"] or row["error"]
-            typer.echo(f"{row['verdict']:<9}  {row['score']:10.4f}  {row['image']}  ->  {shown}")
+            score = "-" if row["score"] is None else f"{row['score']:.4f}"
+            typer.echo(
+                f"{row['verdict']:<9}  {score:>10}  {row['image']}  ->  {row['overlay'] or row['error']}"
+            )
         typer.echo(
             f"{summary['anomalous']} of {summary['images']} anomalous, {summary['errors']} without a "
             f"verdict; summary in {out}/predictions.csv"

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -145,6 +146,37 @@ class NpgmfConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
+    def image_multiple(self) -> int:
+        """What image_size must be a multiple of: twice the logical encoder's coarsest stride (the OCE
+        embedding) and that stride times the window size (every decoder stage's grid holds whole windows)."""
+        coarsest = 2 ** (max(self.logical.out_indices) + 1)  # timm levels 1, 2, 3 have strides 4, 8, 16
+        return math.lcm(2 * coarsest, coarsest * self.logical.window_size)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first out-of-range value, before any data is read or trained on."""
+        multiple = self.image_multiple()
+        if self.image_size < 1 or self.image_size % multiple:
+            raise ConfigError(
+                f"image size must be a positive multiple of {multiple} for the {self.preset} preset "
+                f"(window size {self.logical.window_size}), got {self.image_size}"
+            )
+        t = self.train
+        for name, value in (("epochs", t.epochs), ("batch size", t.batch_size)):
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if not (math.isfinite(t.lr) and t.lr > 0):
+            raise ConfigError(f"learning rate must be a finite number > 0, got {t.lr}")
+        if not 0.0 < t.validation_fraction < 1.0:
+            raise ConfigError(f"train.validation_fraction must be in (0, 1), got {t.validation_fraction}")
+        f = self.fusion
+        for name in ("weight_structural", "weight_logical", "gaussian_sigma"):
+            value = getattr(f, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"fusion.{name} must be a finite number >= 0, got {value}")
+        if not 0.0 <= f.false_alarm_rate < 1.0:
+            raise ConfigError(f"fusion.false_alarm_rate must be in [0, 1), got {f.false_alarm_rate}")
+        self.structural.validate()
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -157,16 +189,41 @@ class NpgmfConfig:
 
     @classmethod
     def load(cls, path: Path) -> NpgmfConfig:
+        """A saved config, type- and range-checked; ConfigError naming the file when it is damaged."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        return cls.from_dict(data)
+            cfg = cls.from_dict(json.loads(path.read_text()))
+            cfg.validate()
+        except (OSError, UnicodeDecodeError, ValueError, ConfigError) as exc:  # JSONDecodeError: ValueError
+            raise ConfigError(
+                f"cannot use config {path}: {exc}; retrain the run or restore the file"
+            ) from exc
+        return cfg
+
+
+def _check_type(where: str, default: Any, value: Any) -> None:
+    """A JSON value must have its field's type (ints for int fields, numbers for floats, lists for tuples),
+    so a damaged config.json fails here instead of deep inside training or inference."""
+    if default is None:
+        return  # optional fields (paths, prompt): null or a string
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"{where} must be {type(default).__name__}, got {value!r}")
 
 
 def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     """Rebuild a (nested) dataclass from JSON, rejecting unknown keys so typos do not pass silently."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     unknown = set(data) - set(known)
     if unknown:
@@ -177,10 +234,9 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
         current = getattr(defaults, name)
         if is_dataclass(current):
             kwargs[name] = _from_dict(type(current), value, f"{where}.{name}")
-        elif isinstance(current, tuple) and isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
+            continue
+        _check_type(f"{where}.{name}", current, value)
+        kwargs[name] = tuple(value) if isinstance(current, tuple) else value
     return cls(**kwargs)
 
 

@@ -11,14 +11,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
-from npgmf_edge.data import read_image
+from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs, read_image
 from npgmf_edge.errors import CheckpointError
 from npgmf_edge.inspection import Inspection
 from npgmf_edge.models.structural.torch_model import scores_to_map
@@ -31,6 +32,13 @@ BRANCH_NAMES = ("structural", "logical")
 DEFAULT_BATCH = 8
 
 BranchMapFn = Callable[[torch.Tensor], dict[str, np.ndarray]]
+ImageInput = Path | str | np.ndarray
+
+
+def _batches(images: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    iterator = iter(images)
+    while batch := list(islice(iterator, size)):
+        yield batch
 
 
 def branch_map_fn(run: TrainedRun) -> BranchMapFn:
@@ -57,8 +65,9 @@ def branch_map_fn(run: TrainedRun) -> BranchMapFn:
 class RunDetector:
     """Loads whichever branches a run has; fuses them when the run is calibrated."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         run = load_run(Path(run_dir))
+        self.max_pixels = max_pixels
         self.run_dir = run.run_dir
         self.cfg = run.cfg
         self.calibration = run.calibration
@@ -75,18 +84,23 @@ class RunDetector:
     def maps_and_sizes(
         self, image_paths: Sequence[Path], batch_size: int = DEFAULT_BATCH, progress: bool = False
     ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
-        """`branch_maps` plus each image's original (height, width), from one decode per image."""
+        """`branch_maps` plus each image's original (height, width), from one decode per image; an
+        unreadable image is a DatasetError (a dataset must be whole to be measured)."""
+        return self._maps((read_image(p) for p in image_paths), len(image_paths), batch_size, progress)
+
+    def _maps(
+        self, images: Iterable[np.ndarray], total: int, batch_size: int, progress: bool
+    ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
         size = self.cfg.image_size
         out: dict[str, list[np.ndarray]] = {}
         sizes: list[tuple[int, int]] = []
-        with Reporter("anomaly maps", len(image_paths), unit="images", enabled=progress) as report:
-            for start in range(0, len(image_paths), batch_size):
-                images = [read_image(p) for p in image_paths[start : start + batch_size]]
-                sizes.extend(image.shape[:2] for image in images)
-                pixels = torch.from_numpy(np.stack([to_model_input(image, size) for image in images]))
+        with Reporter("anomaly maps", total, unit="images", enabled=progress) as report:
+            for batch in _batches(images, batch_size):
+                sizes.extend(image.shape[:2] for image in batch)
+                pixels = torch.from_numpy(np.stack([to_model_input(image, size) for image in batch]))
                 for name, maps in self.branch_fn(pixels).items():
                     out.setdefault(name, []).append(maps)
-                report.advance(len(images))
+                report.advance(len(batch))
         return {name: np.concatenate(maps) for name, maps in out.items()}, sizes
 
     def scored_maps(self, branch_maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -96,22 +110,27 @@ class RunDetector:
             scored["fused"] = self.calibration.fuse(branch_maps["structural"], branch_maps["logical"])
         return scored
 
-    def inspect(self, image_paths: Sequence[Path], progress: bool = False) -> list[Inspection]:
-        """Fused score, verdict and original-resolution map for each image (needs a calibrated run)."""
+    def inspect(self, images: Sequence[ImageInput], progress: bool = False) -> list[Inspection]:
+        """Fused score, verdict and original-resolution map for each image (paths or RGB uint8 arrays;
+        needs a calibrated run). An image that cannot be read gets an `Inspection` with its `error` and no
+        verdict; the others are inspected as usual."""
         if self.calibration is None:
             raise CheckpointError(
                 f"{self.run_dir} is not calibrated ({CALIBRATION_FILE} missing): train with --branch all"
             )
-        maps, sizes = self.maps_and_sizes(image_paths, progress=progress)
+        threshold = self.calibration.threshold
+        decoded = decode_inputs(images, self.max_pixels)
+        good = [image for image in decoded if not isinstance(image, str)]
+        if not good:
+            return [Inspection.failed(threshold, reason) for reason in decoded]
+        maps, sizes = self._maps(good, len(good), DEFAULT_BATCH, progress)
         fused = self.scored_maps(maps)["fused"]
-        scores = image_scores(fused)
+        inspected = iter(zip(fused, image_scores(fused), sizes, strict=True))
         results = []
-        for anomaly_map, score, (height, width) in zip(fused, scores, sizes, strict=True):
-            results.append(
-                Inspection(
-                    score=float(score),
-                    threshold=self.calibration.threshold,
-                    anomaly_map=map_to_image_size(anomaly_map, height, width),
-                )
-            )
+        for item in decoded:
+            if isinstance(item, str):
+                results.append(Inspection.failed(threshold, item))
+                continue
+            anomaly_map, score, (height, width) = next(inspected)
+            results.append(Inspection(float(score), threshold, map_to_image_size(anomaly_map, height, width)))
         return results

@@ -24,3 +24,7 @@ class CheckpointError(NpgmfError):
 
 class BundleError(NpgmfError):
     """A deployable bundle is missing, incomplete, tampered with or incompatible."""
+
+
+class OutputError(NpgmfError):
+    """An output folder cannot be written: it is a file, or another process is writing into it."""

@@ -1,4 +1,5 @@
-"""Atomic file writes: a run killed at any moment leaves either the old file or the new one, never half.
+"""Atomic file writes (a run killed at any moment leaves either the old file or the new one, never half)
+and the lock that keeps two processes from writing into one output folder.
 
 Every writer of results (checkpoints, configs, summaries, ONNX graphs, FAISS indexes) goes through
 `atomic_write`: the content is written to a temporary file in the target's folder, flushed to disk, given
@@ -8,13 +9,17 @@ the runtime can use it too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from npgmf_edge.errors import OutputError
+
+LOCK_FILE = ".npgmf-edge.lock"
 FILE_MODE = 0o644  # mkstemp creates 0600; results are meant to be shared like any other file
 
 
@@ -42,3 +47,49 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 def save_json(obj: Any, path: Path) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def _lock_holder_gone(lock: Path) -> bool:
+    """True when the lock names a process that no longer runs (POSIX only: elsewhere a lock stays put)."""
+    try:
+        pid = int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def output_lock(folder: Path) -> Iterator[Path]:
+    """Hold `folder`/.npgmf-edge.lock while writing into `folder`; a second writer is refused (OutputError
+    naming the holder), a lock left by a killed process is taken over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+            break
+        except FileExistsError:
+            if not _lock_holder_gone(lock):
+                holder = lock.read_text().strip() if lock.is_file() else "?"
+                raise OutputError(
+                    f"{folder} is being written by another npgmf-edge process (pid {holder}, lock {lock}); "
+                    "wait for it to finish or choose another --out (delete the lock if no such process runs)"
+                ) from None
+            lock.unlink(missing_ok=True)
+    else:
+        raise OutputError(f"cannot take the lock {lock}; choose another --out")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)

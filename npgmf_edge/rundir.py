@@ -7,9 +7,12 @@ Training writes through these names; the detector, calibration and export read t
     logical/                 config.json, checkpoint.safetensors (resumable), model.safetensors, summary.json
     structural/              config.json, extractor.safetensors, coreset.npy, coreset.faiss, summary.json
     calibration.json         branch statistics and verdict threshold (only with --branch all)
+    run_manifest.json        SHA-256 of every config, weight, coreset and calibration file (RUN_FILES)
 
-Nothing is pickled and nothing is downloaded at load: encoder weights and the text embedding are in the
-safetensors files.
+`load_run` checks every file against run_manifest.json first, so a flipped byte in a weight file is a
+CheckpointError naming it, not a detector that scores NaN; a run written before the manifest existed loads
+with one warning. Nothing is pickled and nothing is downloaded at load: encoder weights and the text
+embedding are in the safetensors files.
 
 Example:
     >>> run = load_run(Path("runs/tray"))
@@ -19,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +34,16 @@ from npgmf_edge.calibration import Calibration, load_calibration
 from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.errors import CheckpointError
+from npgmf_edge.fileio import save_json
 from npgmf_edge.knn import BruteForceNN, NearestNeighbourScorer, create_scorer
 from npgmf_edge.models.inspection_net import InspectionNet
 from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
 from npgmf_edge.models.structural.features import PatchFeatureExtractor
 from npgmf_edge.models.structural.torch_model import StructuralDetector, build_patch_extractor
+from npgmf_edge.runtime.manifest import sha256_file
 from npgmf_edge.training.checkpoint import load_json, load_tensors
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"
@@ -50,8 +58,55 @@ TEXT_EMBEDDING_KEY = "text_prior.embedding"
 EXTRACTOR_FILE = "extractor.safetensors"
 CORESET_NPY = "coreset.npy"
 CORESET_FAISS = "coreset.faiss"
+RUN_MANIFEST = "run_manifest.json"
+# What a trained run is made of, relative to the run directory (not the resumable checkpoint or summaries).
+RUN_FILES = (
+    CONFIG_FILE,
+    CALIBRATION_FILE,
+    f"{LOGICAL_DIR}/{CONFIG_FILE}",
+    f"{LOGICAL_DIR}/{MODEL_FILE}",
+    f"{STRUCTURAL_DIR}/{CONFIG_FILE}",
+    f"{STRUCTURAL_DIR}/{EXTRACTOR_FILE}",
+    f"{STRUCTURAL_DIR}/{CORESET_NPY}",
+    f"{STRUCTURAL_DIR}/{CORESET_FAISS}",
+)
+_warned_unchecked: set[Path] = set()
 
 __all__ = ["CALIBRATION_FILE", "TrainedRun", "load_run"]
+
+
+def write_run_manifest(run_dir: Path) -> Path:
+    """Record the SHA-256 of every run file present; training calls this whenever it has changed them."""
+    run_dir = Path(run_dir)
+    files = {name: sha256_file(run_dir / name) for name in RUN_FILES if (run_dir / name).is_file()}
+    return save_json({"files": files}, run_dir / RUN_MANIFEST)
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Every file recorded in run_manifest.json is present and unchanged, else CheckpointError naming it.
+    A run without a manifest (trained by an older version) is loaded after one warning."""
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_MANIFEST
+    if not path.is_file():
+        if run_dir not in _warned_unchecked:
+            _warned_unchecked.add(run_dir)
+            log.warning(
+                "%s has no %s (an older run): its files cannot be checked for damage", run_dir, RUN_MANIFEST
+            )
+        return
+    recorded = load_json(path)
+    files = recorded.get("files") if isinstance(recorded, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise CheckpointError(f"{path} is damaged (no file list); retrain the run with `npgmf-edge train`")
+    for name, expected in files.items():
+        file = run_dir / name
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing from the run; retrain it with `npgmf-edge train`")
+        if sha256_file(file) != expected:
+            raise CheckpointError(
+                f"{file} does not match the SHA-256 recorded in {path} (damaged or changed after training); "
+                "retrain the run with `npgmf-edge train`"
+            )
 
 
 def build_logical_from_state(
@@ -82,7 +137,7 @@ def load_logical(branch_dir: Path) -> NpgmfLogicalNet:
             f"{branch_dir} holds no trained logical branch ({CONFIG_FILE} and {MODEL_FILE} are needed); "
             "train it with `npgmf-edge train --branch logical`, or resume an interrupted run with --resume"
         )
-    cfg = NpgmfConfig.from_dict(load_json(config_path))
+    cfg = NpgmfConfig.load(config_path)
     state, _ = load_tensors(model_path)
     return build_logical_from_state(cfg, state, model_path).eval()
 
@@ -167,6 +222,7 @@ def load_run(run_dir: Path, *, knn_backend: str | None = None) -> TrainedRun:
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory: {config_path} is missing")
+    check_run_files(run_dir)
     cfg = NpgmfConfig.load(config_path)
     logical_dir, structural_dir = run_dir / LOGICAL_DIR, run_dir / STRUCTURAL_DIR
     logical = load_logical(logical_dir) if logical_dir.is_dir() else None

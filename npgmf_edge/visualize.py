@@ -16,17 +16,18 @@ def heat_overlay(image: np.ndarray, anomaly_map: np.ndarray, low: float, high: f
     """Blend a JET heat map of `anomaly_map` (clipped to [low, high]) over an RGB uint8 image.
 
     The blend weight grows with the score, so normal regions keep their true colours and only
-    suspicious ones are tinted.
+    suspicious ones are tinted. Only single-channel float planes are made (no float copy of the picture),
+    so a large image costs a few bytes per pixel.
     """
     if anomaly_map.shape != image.shape[:2]:
         raise ValueError(f"map {anomaly_map.shape} does not match image {image.shape[:2]}")
-    span = max(high - low, 1e-12)
-    scaled = np.clip((anomaly_map - low) / span, 0.0, 1.0).astype(np.float32)
+    scaled = np.subtract(anomaly_map, low, dtype=np.float32)
+    scaled /= max(high - low, 1e-12)
+    np.clip(scaled, 0.0, 1.0, out=scaled)
     heat_bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    heat_rgb = cv2.cvtColor(heat_bgr, cv2.COLOR_BGR2RGB).astype(np.float32)
-    alpha = (MAX_OVERLAY_ALPHA * scaled)[..., None]
-    blended = image.astype(np.float32) * (1.0 - alpha) + heat_rgb * alpha
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    heat_rgb = cv2.cvtColor(heat_bgr, cv2.COLOR_BGR2RGB)
+    alpha = scaled * np.float32(MAX_OVERLAY_ALPHA)
+    return cv2.blendLinear(image, heat_rgb, 1.0 - alpha, alpha)
 
 
 def inspection_overlay(image: np.ndarray, inspection: Inspection, low: float, high: float) -> np.ndarray:

@@ -1,23 +1,35 @@
 """What the CLI verbs do, as library functions a user can also call from Python.
 
 `predict_images` and `evaluate_run` take a run directory (the torch-side `RunDetector`) or a bundle (the
-torch-free runtime, `BundleDetector`), detected from the folder; both write their summaries last, so an
-interrupted call never leaves a summary pointing at missing files.
+torch-free runtime, `BundleDetector`), detected from the folder; both write their summaries last (and
+atomically), so an interrupted call never leaves a summary pointing at missing files. `predict_images`
+checks its inputs before it creates its output folder, holds a lock in it while writing, and works through
+the images a chunk at a time, so memory does not grow with their number.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from npgmf_edge.data import IMAGE_EXTENSIONS, AnomalyDataset, Sample, read_image
-from npgmf_edge.errors import DatasetError
-from npgmf_edge.fileio import save_json
+from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
+from npgmf_edge.data import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    AnomalyDataset,
+    Sample,
+    decode_inputs,
+    read_image,
+)
+from npgmf_edge.errors import CheckpointError, DatasetError, OutputError
+from npgmf_edge.fileio import atomic_write, output_lock, save_json
 from npgmf_edge.inspection import Inspection
 from npgmf_edge.postprocess import image_scores, smooth
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
@@ -25,6 +37,9 @@ from npgmf_edge.progress import Reporter
 from npgmf_edge.visualize import inspection_overlay, write_png
 
 OVERLAYS_PER_TYPE = 6  # overlays written by `evaluate` for each test defect type
+PREDICT_CHUNK = 8  # images decoded, inspected and drawn together by `predict`
+PREDICTIONS_CSV, PREDICTIONS_JSON = "predictions.csv", "predictions.json"
+CSV_FIELDS = ("image", "score", "threshold", "verdict", "overlay", "error")
 
 
 def heat_range(threshold: float) -> tuple[float, float]:
@@ -33,9 +48,9 @@ def heat_range(threshold: float) -> tuple[float, float]:
     return threshold - 0.5 * span, threshold + 0.5 * span
 
 
-def _overlay(path: Path, image_path: Path, inspection: Inspection) -> Path:
+def _overlay(path: Path, image: np.ndarray, inspection: Inspection) -> Path:
     low, high = heat_range(inspection.threshold)
-    write_png(path, inspection_overlay(read_image(image_path), inspection, low, high))
+    write_png(path, inspection_overlay(image, inspection, low, high))
     return path
 
 
@@ -43,13 +58,15 @@ class BundleDetector:
     """A bundle behind the run detector's interface (`inspect`, `maps_and_sizes`, `scored_maps`), so
     `predict` and `evaluate` take either; it runs the torch-free `runtime.Inspector`."""
 
-    def __init__(self, bundle: Path, threads: int | None = None) -> None:
+    def __init__(
+        self, bundle: Path, threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    ) -> None:
         from npgmf_edge.runtime import Inspector
 
-        self.inspector = Inspector.open(Path(bundle), threads=threads)
+        self.inspector = Inspector.open(Path(bundle), threads=threads, max_pixels=max_pixels)
         self.calibration = self.inspector.calibration
 
-    def inspect(self, image_paths: Sequence[Path], progress: bool = False) -> list[Inspection]:
+    def inspect(self, image_paths: Sequence[Path | np.ndarray], progress: bool = False) -> list[Inspection]:
         step = self.inspector.manifest.max_batch
         results: list[Inspection] = []
         with Reporter("inspecting", len(image_paths), unit="images", enabled=progress) as report:
@@ -83,16 +100,16 @@ class BundleDetector:
                 "fused": maps["fused"]}  # fmt: skip
 
 
-def open_detector(model: Path):
+def open_detector(model: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """A bundle (a folder with manifest.json: the runtime, no torch) or a run directory (torch)."""
     from npgmf_edge.runtime.manifest import MANIFEST_FILE
 
     model = Path(model)
     if (model / MANIFEST_FILE).is_file():
-        return BundleDetector(model)
+        return BundleDetector(model, max_pixels=max_pixels)
     from npgmf_edge.detector import RunDetector
 
-    return RunDetector(model)
+    return RunDetector(model, max_pixels=max_pixels)
 
 
 def expand_images(items: Sequence[str | Path]) -> list[Path]:
@@ -119,45 +136,120 @@ def expand_images(items: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def predict_images(model: Path, images: Sequence[Path], out: Path) -> dict[str, Any]:
+def overlay_names(images: Sequence[Path]) -> list[str]:
+    """One overlay file name per input, from its path below the inputs' common folder (a/x.png and
+    b/x.png give a__x_overlay.png and b__x_overlay.png); a name taken twice gets the input's index."""
+    paths = [Path(p).absolute() for p in images]
+    common = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
+    names: list[str] = []
+    for index, path in enumerate(paths):
+        stem = "__".join(path.relative_to(common).with_suffix("").parts)
+        name = f"{stem}_overlay.png"
+        names.append(f"{stem}_{index}_overlay.png" if name in names else name)
+    return names
+
+
+def _clear_previous(out: Path) -> int:
+    """Remove the files a previous `predict` listed in `out` (so no overlay is left that the new summary
+    does not list); returns how many overlays went."""
+    try:
+        previous = json.loads((out / PREDICTIONS_JSON).read_text())
+        listed = [Path(row["overlay"]) for row in previous["predictions"] if row.get("overlay")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # not our summary: leave the folder be
+        return 0
+    removed = 0
+    for path in listed:
+        if path.parent.absolute() == out.absolute() and path.is_file():
+            path.unlink()
+            removed += 1
+    for name in (PREDICTIONS_CSV, PREDICTIONS_JSON):
+        (out / name).unlink(missing_ok=True)
+    return removed
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def predict_images(
+    model: Path,
+    images: Sequence[Path],
+    out: Path,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Score, verdict and overlay PNG per image, plus `predictions.csv` and `predictions.json` in `out`.
 
-    `model` is a run directory or a bundle. An image without a verdict (unreadable, or a score that is not
-    a finite number) gets a row with verdict "error" and the reason, and no overlay."""
-    detector = open_detector(model)
-    images = list(images)
+    `model` is a run directory or a bundle. An image without a verdict (unreadable, too large, or a score
+    that is not a finite number) gets a row with verdict "error" and the reason, and no overlay. `out` is
+    created only once the model opened; when it already holds an earlier prediction, that one's overlays
+    are removed first (and `log` says so)."""
+    images = [Path(p) for p in images]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    inspections = detector.inspect(images, progress=True)
-    rows = []
-    for index, (image_path, inspection) in enumerate(zip(images, inspections, strict=True)):
-        overlay = ""
-        if inspection.problem is None:
-            name = f"{index:04d}_{Path(image_path).stem}_overlay.png"
-            overlay = str(_overlay(out / name, image_path, inspection))
-        rows.append(
-            {
-                "image": str(image_path),
-                "score": round(inspection.score, 6),
-                "threshold": round(inspection.threshold, 6),
-                "verdict": inspection.verdict,
-                "overlay": overlay,
-                "error": inspection.problem or "",
-            }
+    if not images:
+        raise DatasetError("no images to inspect")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder; choose a folder for the predictions")
+    detector = open_detector(model, max_pixels)
+    if detector.calibration is None:
+        raise CheckpointError(
+            f"{model} is not calibrated ({CALIBRATION_FILE} missing): train with --branch all"
         )
-    with (out / "predictions.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    summary = {
-        "images": len(rows),
-        "anomalous": sum(r["verdict"] == "anomalous" for r in rows),
-        "errors": sum(r["verdict"] == "error" for r in rows),
-        "out": str(out),
-        "predictions": rows,
-    }
-    save_json(summary, out / "predictions.json")
+    threshold = detector.calibration.threshold
+    reused = out.is_dir()
+    rows: list[dict[str, Any]] = []
+    with output_lock(out):
+        removed = _clear_previous(out) if reused else 0
+        if reused and log is not None:
+            log(
+                f"writing into the existing folder {out}"
+                + (f"; removed {removed} earlier overlays" if removed else "")
+            )
+        names = overlay_names(images)
+        with Reporter("inspecting", len(images), unit="images", enabled=True) as report:
+            for start in range(0, len(images), PREDICT_CHUNK):
+                chunk = images[start : start + PREDICT_CHUNK]
+                decoded = decode_inputs(chunk, max_pixels)
+                good = [image for image in decoded if not isinstance(image, str)]
+                inspected = iter(zip(good, detector.inspect(good) if good else [], strict=True))
+                for offset, (path, item) in enumerate(zip(chunk, decoded, strict=True)):
+                    if isinstance(item, str):
+                        rows.append(_row(path, Inspection.failed(threshold, item), ""))
+                        continue
+                    image, inspection = next(inspected)
+                    overlay = ""
+                    if inspection.problem is None:
+                        overlay = str(_overlay(out / names[start + offset], image, inspection))
+                    rows.append(_row(path, inspection, overlay))
+                report.advance(len(chunk))
+        _write_csv(rows, out / PREDICTIONS_CSV)
+        summary = {
+            "images": len(rows),
+            "anomalous": sum(r["verdict"] == "anomalous" for r in rows),
+            "errors": sum(r["verdict"] == "error" for r in rows),
+            "out": str(out),
+            "reused_out": reused,
+            "predictions": rows,
+        }
+        save_json(summary, out / PREDICTIONS_JSON)
     return summary
+
+
+def _row(image: Path, inspection: Inspection, overlay: str) -> dict[str, Any]:
+    return {
+        "image": str(image),
+        "score": round(inspection.score, 6) if inspection.problem is None else None,
+        "threshold": round(inspection.threshold, 6),
+        "verdict": inspection.verdict,
+        "overlay": overlay,
+        "error": inspection.problem or "",
+    }
 
 
 def evaluate_run(
@@ -238,7 +330,7 @@ def _evaluation_overlays(
         per_type[sample.defect_type] = per_type.get(sample.defect_type, 0) + 1
         inspection = Inspection(float(score), cut, map_to_image_size(anomaly_map, h, w))
         name = f"{sample.defect_type}_{sample.image_id}.png"
-        paths.append(_overlay(out / name, sample.image_path, inspection))
+        paths.append(_overlay(out / name, read_image(sample.image_path), inspection))
     return paths
 
 

@@ -66,3 +66,20 @@ def graph_bundle(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "graph"
     export_bundle(tiny_run[0], out, ExportOptions(precisions=("fp32", "int8"), knn="graph", tensorrt=False))
     return out
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """Run the console entry point in-process: cli("predict", ...) -> (exit code, stdout, stderr)."""
+    import sys
+
+    from npgmf_edge.cli import main
+
+    def run(*args: object) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["npgmf-edge", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        captured = capsys.readouterr()
+        return int(exit_info.value.code or 0), captured.out, captured.err
+
+    return run

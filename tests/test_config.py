@@ -1,5 +1,6 @@
 """Configs: presets are complete, survive a JSON round trip, and reject typos."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,5 +31,59 @@ def test_unknown_config_key_is_rejected_with_its_path() -> None:
 def test_unreadable_config_file_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "config.json"
     bad.write_text("{not json")
-    with pytest.raises(ConfigError, match=f"cannot read config {bad}"):
+    with pytest.raises(ConfigError, match=f"^cannot use config {bad}: Expecting property name"):
         NpgmfConfig.load(bad)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"image_size": "128"}, r"config.image_size must be int, got '128'"),
+        ({"train": {"epochs": 2.5}}, r"config.train.epochs must be int, got 2.5"),
+        ({"fusion": {"weight_logical": None}}, r"config.fusion.weight_logical must be float, got None"),
+        ({"train": []}, r"config.train must be a JSON object, got list"),
+        ({"image_size": 100}, r"image size must be a positive multiple of 64 for the tiny preset"),
+    ],
+)
+def test_damaged_config_file_is_one_error_naming_the_file_and_the_key(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    data = get_preset("tiny").to_dict()
+    for key, value in change.items():
+        if isinstance(value, dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=f"^cannot use config {path}: .*{message}"):
+        NpgmfConfig.load(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "value", "message"),
+    [
+        ("train", "epochs", 0, "epochs must be >= 1, got 0"),
+        ("train", "epochs", -1, "epochs must be >= 1, got -1"),
+        ("train", "batch_size", 0, "batch size must be >= 1, got 0"),
+        ("train", "lr", float("nan"), "learning rate must be a finite number > 0, got nan"),
+        ("train", "validation_fraction", 1.0, r"train.validation_fraction must be in \(0, 1\), got 1.0"),
+        ("structural", "coreset_ratio", 0.0, r"coreset ratio must be in \(0, 1\], got 0.0"),
+        ("fusion", "false_alarm_rate", 1.0, r"fusion.false_alarm_rate must be in \[0, 1\), got 1.0"),
+        ("fusion", "weight_logical", float("inf"), "fusion.weight_logical must be a finite number >= 0"),
+        (None, "image_size", 0, "image size must be a positive multiple of 64 for the tiny preset"),
+        (None, "image_size", 96, "image size must be a positive multiple of 64"),
+    ],
+)
+def test_every_out_of_range_number_is_refused_by_validate(section, name: str, value, message: str) -> None:
+    cfg = get_preset("tiny")
+    setattr(getattr(cfg, section) if section else cfg, name, value)
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        cfg.validate()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_valid_and_its_image_size_a_multiple_of_what_it_needs(name: str) -> None:
+    cfg = get_preset(name)
+    cfg.validate()
+    assert cfg.image_multiple() == {"tiny": 64, "edge": 128, "paper": 128}[name]

@@ -127,3 +127,18 @@ def test_heat_overlay_keeps_normal_pixels_and_tints_anomalous_ones() -> None:
     picture = heat_overlay(image, anomaly_map, low=0.0, high=1.0)
     assert (picture[:5] == 100).all()
     assert picture[5:, :, 0].min() > 100  # JET at the top of the scale is red
+
+
+def test_a_score_that_is_not_finite_is_an_error_never_a_verdict(
+    fake_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def nan_maps(run: TrainedRun):
+        return lambda pixels: {
+            n: np.full((len(pixels), SIZE, SIZE), np.nan, np.float32) for n in ("structural", "logical")
+        }
+
+    monkeypatch.setattr(detector_module, "branch_map_fn", nan_maps)
+    summary = predict_images(fake_run, [write_image(tmp_path / "ok.png", False)], tmp_path / "pred")
+    (row,) = summary["predictions"]
+    assert (row["verdict"], row["score"], row["overlay"], summary["errors"]) == ("error", None, "", 1)
+    assert row["error"] == "the anomaly score is not a finite number (nan); the model files may be damaged"

@@ -6,7 +6,8 @@ Writes `calibration.json` into the run directory; export copies it into the bund
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,32 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        """Inverse of `to_dict` (KeyError/TypeError on a malformed dict: callers name the file)."""
-        data = dict(data)
-        data["structural"] = BranchStats(**data["structural"])
-        data["logical"] = BranchStats(**data["logical"])
-        return cls(**data)
+        """Inverse of `to_dict`; ValueError naming the key when one is missing, unknown, or not a finite
+        number (a string threshold must not reach a comparison). Callers name the file."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            missing, unknown = sorted(names - set(data)), sorted(set(data) - names)
+            raise ValueError(f"missing keys {missing}, unknown keys {unknown}")
+        values = dict(data)
+        for branch in ("structural", "logical"):
+            stats = data[branch]
+            if not isinstance(stats, dict) or set(stats) != {"mean", "std"}:
+                raise ValueError(f"{branch} must hold exactly mean and std, got {stats!r}")
+            values[branch] = BranchStats(
+                _finite(f"{branch}.mean", stats["mean"]), _finite(f"{branch}.std", stats["std"])
+            )
+        for name in names - {"structural", "logical"}:
+            values[name] = _finite(name, data[name])
+        values["n_validation_images"] = int(values["n_validation_images"])
+        return cls(**values)
+
+
+def _finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def branch_stats(maps: np.ndarray) -> BranchStats:
@@ -101,7 +123,13 @@ def calibrate(
 
 
 def load_calibration(run_dir: Path) -> Calibration:
+    """The run's calibration; CheckpointError naming the file when it is missing or damaged."""
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: train with --branch all to calibrate the fused detector")
-    return Calibration.from_dict(json.loads(path.read_text()))
+    try:
+        return Calibration.from_dict(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise CheckpointError(
+            f"{path} is damaged ({exc}); retrain the run with `npgmf-edge train --branch all`"
+        ) from exc

@@ -8,9 +8,11 @@ Example:
 
 from npgmf_edge.data.dataset import AnomalyDataset, DefectSpec, Sample
 from npgmf_edge.data.image_io import (
+    DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     MASK_THRESHOLD,
     DefectRegion,
+    decode_inputs,
     read_defect_regions,
     read_ground_truth,
     read_image,
@@ -20,6 +22,7 @@ from npgmf_edge.data.image_io import (
 from npgmf_edge.data.loader import FORMATS, detect_format, load_dataset
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "FORMATS",
     "IMAGE_EXTENSIONS",
     "MASK_THRESHOLD",
@@ -27,6 +30,7 @@ __all__ = [
     "DefectRegion",
     "DefectSpec",
     "Sample",
+    "decode_inputs",
     "detect_format",
     "load_dataset",
     "read_defect_regions",

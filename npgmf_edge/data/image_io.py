@@ -1,11 +1,16 @@
 """Image and mask decoding with explicit normalisation rules (OpenCV only, so the runtime can use it).
 
 Every image becomes (H, W, 3) uint8 RGB, whatever it was on disk:
-- greyscale is replicated to three channels;
+- greyscale is replicated to three channels (a 2-channel grey + alpha file decodes as grey);
 - an alpha channel is dropped (colour kept as stored, not composited over a guessed background);
 - 16-bit pixels are scaled linearly from the full 0..65535 range (value / 257, rounded);
-- EXIF orientation is ignored, so an image stays pixel-aligned with its mask (masks carry no EXIF).
+- EXIF orientation is ignored, so an image stays pixel-aligned with its mask (masks carry no EXIF);
+- with `max_pixels`, an image with more pixels (read from its header first) is decoded reduced by 2, 4 or 8
+  (OpenCV's reduced decoding). JPEG scales while decoding (a 20000 x 20000 JPEG costs ~100 MB); other
+  formats are decoded in full and then shrunk (3 bytes per pixel), so they are refused above
+  FULL_DECODE_FACTOR x the limit, as is any image that 1/8 cannot bring under it.
 Masks keep their raw 8-bit values, because MVTec LOCO AD tells defect types apart by pixel value.
+OpenCV's own log lines (libpng warnings on a truncated file) are silenced: every failure is a DatasetError.
 
 Example:
     >>> image = read_image(Path("test/crack/000.png"))          # (H, W, 3) uint8 RGB
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import imagesize
 import numpy as np
 
 from npgmf_edge.data.dataset import DefectSpec, Sample
@@ -27,6 +33,19 @@ from npgmf_edge.errors import DatasetError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_THRESHOLD = 127  # binary masks (MVTec AD, BTAD, folder): defect where value > 127 (anti-aliased edges)
 UINT16_TO_UINT8 = 257.0  # 65535 / 255
+DEFAULT_MAX_PIXELS = 16_000_000  # inspection inputs above this are decoded reduced (the model sees <= 512 px)
+REDUCED_DECODING = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+OPENCV_MAX_PIXELS = 1 << 30  # OpenCV refuses to decode more (its CV_IO_MAX_IMAGE_PIXELS default)
+FULL_DECODE_FACTOR = 16  # non-JPEG files above the limit: decoded in full (3 bytes/pixel) up to 16 x limit
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+cv2.utils.logging.setLogLevel(
+    cv2.utils.logging.LOG_LEVEL_SILENT
+)  # decoding failures are reported as DatasetErrors, not libpng lines
 
 
 def is_image_file(path: Path) -> bool:
@@ -34,23 +53,51 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _decode(path: Path, what: str) -> np.ndarray:
-    """Raw pixels as stored (any depth or channel count); a missing or undecodable file is a DatasetError."""
+def _reduction(path: Path, max_pixels: int | None) -> int:
+    """1, or the smallest reduced-decoding factor bringing `path` under `max_pixels` (from its header);
+    DatasetError when decoding it would cost too much: more than 1/8 can bring under the limit, more than
+    OpenCV decodes at all, or (for formats OpenCV decodes in full before reducing: all but JPEG) more than
+    FULL_DECODE_FACTOR x the limit at full size."""
+    width, height = imagesize.get(path)  # (-1, -1) when the header is unknown or damaged: OpenCV decides
+    pixels = width * height
+    if max_pixels is None or width < 0 or pixels <= max_pixels:
+        return 1
+    factor = next((f for f in REDUCED_DECODING if pixels <= max_pixels * f * f), None)
+    with path.open("rb") as handle:
+        scaled_while_decoding = handle.read(len(JPEG_MAGIC)) == JPEG_MAGIC
+    affordable = scaled_while_decoding or pixels <= FULL_DECODE_FACTOR * max_pixels
+    if affordable and factor is not None and pixels <= OPENCV_MAX_PIXELS:
+        return factor
+    raise DatasetError(
+        f"image {path} is {width}x{height} ({pixels / 1e6:.0f} MP), too large to decode under the limit of "
+        f"{max_pixels / 1e6:.0f} MP (only JPEG is reduced while decoding; other formats up to "
+        f"{FULL_DECODE_FACTOR * max_pixels / 1e6:.0f} MP); shrink it, save it as JPEG, or raise --max-pixels"
+    )
+
+
+def _decode(path: Path, what: str, max_pixels: int | None = None) -> np.ndarray:
+    """Raw pixels as stored (any depth or channel count; 8-bit BGR when reduced); a missing or undecodable
+    file is a DatasetError."""
+    if path.is_dir():
+        raise DatasetError(f"{what} {path} is a directory, not an image file")
     if not path.is_file():
         raise DatasetError(f"{what} {path} does not exist")
-    # imdecode over a byte buffer instead of imread: imread only warns on stderr and cannot read non-ASCII
-    # paths on Windows; here every failure becomes one of our errors.
+    factor = _reduction(path, max_pixels)
+    flags = REDUCED_DECODING[factor] | cv2.IMREAD_IGNORE_ORIENTATION if factor > 1 else cv2.IMREAD_UNCHANGED
+    # imdecode over a byte buffer instead of imread: imread cannot read non-ASCII paths on Windows.
     data = np.fromfile(path, dtype=np.uint8)
-    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    pixels = cv2.imdecode(data, flags) if data.size else None
     if pixels is None:
-        raise DatasetError(f"cannot read {what} {path}: OpenCV cannot decode it (corrupt or not an image)")
+        reason = "the file is empty" if not data.size else "corrupt, truncated or not an image"
+        raise DatasetError(f"cannot read {what} {path}: OpenCV cannot decode it ({reason})")
     return pixels
 
 
-def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from any supported file (greyscale, RGB, RGBA, 8 or 16 bit, any size)."""
+def read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from any supported file (greyscale, RGB, RGBA, 8 or 16 bit), reduced at decode
+    when it has more than `max_pixels` pixels (None: any size OpenCV decodes)."""
     path = Path(path)
-    pixels = _decode(path, "image")
+    pixels = _decode(path, "image", max_pixels)
     if pixels.dtype == np.uint16:
         pixels = np.round(pixels / UINT16_TO_UINT8).astype(np.uint8)
     elif pixels.dtype != np.uint8:
@@ -62,6 +109,29 @@ def read_image(path: Path) -> np.ndarray:
     if pixels.shape[2] == 4:
         return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+
+def decode_inputs(
+    items: Sequence[Path | str | np.ndarray], max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> list[np.ndarray | str]:
+    """Each inspection input as an RGB uint8 image, or the reason it cannot be one: a bad image costs its
+    own result, never the batch. Paths are decoded (`read_image`); arrays must be (H, W, 3) uint8."""
+    decoded: list[np.ndarray | str] = []
+    for item in items:
+        try:
+            decoded.append(_as_rgb(item, max_pixels))
+        except (DatasetError, OSError, cv2.error, MemoryError) as exc:
+            decoded.append(f"{exc}" if isinstance(exc, DatasetError) else f"cannot read image {item}: {exc}")
+    return decoded
+
+
+def _as_rgb(item: Path | str | np.ndarray, max_pixels: int | None) -> np.ndarray:
+    if isinstance(item, str | Path):
+        return read_image(Path(item), max_pixels)
+    array = np.asarray(item)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8 or min(array.shape[:2]) < 1:
+        raise DatasetError(f"an image array must be RGB uint8 (H, W, 3), got {array.dtype} {array.shape}")
+    return array
 
 
 def read_mask(

@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 
 from npgmf_edge.calibration import Calibration
-from npgmf_edge.data import read_image
-from npgmf_edge.errors import BundleError, NpgmfError
+from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs
+from npgmf_edge.errors import BundleError
 from npgmf_edge.inspection import Inspection
 from npgmf_edge.knn import FaissNN, NearestNeighbourScorer
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
@@ -46,16 +46,6 @@ BACKENDS = {
 }
 ImageInput = Path | str | np.ndarray
 STAGES = ("decode", "preprocess", "graph", "knn", "post")  # seconds per stage, as `bench` reports them
-
-
-def _as_image(item: ImageInput) -> np.ndarray:
-    """A path is decoded (DatasetError naming it when unreadable); an array must be RGB uint8 (H, W, 3)."""
-    if isinstance(item, str | Path):
-        return read_image(Path(item))
-    array = np.asarray(item)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8 or min(array.shape[:2]) < 1:
-        raise ValueError(f"an image array must be RGB uint8 (H, W, 3), got {array.dtype} {array.shape}")
-    return array
 
 
 def _backend_class(name: str) -> type[Backend]:
@@ -148,8 +138,16 @@ def structural_maps(patch_features: np.ndarray, knn: NearestNeighbourScorer, ima
 class Inspector:
     """Runs one precision of a bundle; see the module docstring."""
 
-    def __init__(self, manifest: Manifest, precision: str, backend: Backend, knn: FaissNN | None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        precision: str,
+        backend: Backend,
+        knn: FaissNN | None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.manifest = manifest
+        self.max_pixels = max_pixels
         self.precision = precision
         self.backend = backend
         self.knn = knn
@@ -166,8 +164,10 @@ class Inspector:
         device: str = "cpu",
         precision: str | None = None,
         threads: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> Inspector:
-        """Read and check `bundle`, then open `precision` (default: the first of fp32, fp16, int8 it has)."""
+        """Read and check `bundle`, then open `precision` (default: the first of fp32, fp16, int8 it has);
+        images above `max_pixels` are decoded reduced (`data.read_image`)."""
         manifest = read_manifest(Path(bundle))
         precision = precision or manifest.precisions[0]
         if precision not in manifest.graphs:
@@ -179,7 +179,7 @@ class Inspector:
         knn = None
         if manifest.knn == "faiss":
             knn = FaissNN.load(manifest.root / CORESET_FAISS, on_gpu=device == "cuda", num_threads=threads)
-        return cls(manifest, precision, runner, knn)
+        return cls(manifest, precision, runner, knn, max_pixels)
 
     def run(self, pixels: np.ndarray, stages: dict[str, float] | None = None) -> dict[str, np.ndarray]:
         """(B, 3, S, S) float32 pixels -> fused (B, S, S), score (B,), logical and structural (B, S, S).
@@ -207,22 +207,21 @@ class Inspector:
         stages["post"] += time.perf_counter() - tick
         return {"fused": fused, "score": scores, "logical": logical, "structural": structural}
 
-    def _load(self, batch: Sequence[ImageInput]) -> tuple[list[np.ndarray | str], np.ndarray | None, dict]:
-        """Decode and resize one batch: (image or error message per item, pixels of the good ones)."""
+    def _load(
+        self, batch: Sequence[ImageInput]
+    ) -> tuple[list[tuple[int, int] | str], np.ndarray | None, dict]:
+        """Decode and resize one batch: ((height, width) or error message per item, pixels of the good ones).
+        Only the sizes are kept, so a batch of large images is not held while the next one decodes."""
         stages = dict.fromkeys(STAGES, 0.0)
-        images: list[np.ndarray | str] = []
         tick = time.perf_counter()
-        for item in batch:
-            try:
-                images.append(_as_image(item))
-            except (NpgmfError, ValueError, OSError, cv2.error) as exc:
-                images.append(str(exc))
+        images = decode_inputs(batch, self.max_pixels)
         stages["decode"] = time.perf_counter() - tick
         tick = time.perf_counter()
         good = [image for image in images if not isinstance(image, str)]
         pixels = np.stack([to_model_input(image, self.image_size) for image in good]) if good else None
         stages["preprocess"] = time.perf_counter() - tick
-        return images, pixels, stages
+        sizes = [image if isinstance(image, str) else image.shape[:2] for image in images]
+        return sizes, pixels, stages
 
     def inspect(
         self, images: Sequence[ImageInput] | ImageInput, *, branch_maps: bool = False
@@ -258,11 +257,11 @@ class Inspector:
         out = self.run(pixels, stages) if pixels is not None else None
         results, row = [], 0
         tick = time.perf_counter()
-        for image in loaded:
-            if isinstance(image, str):
-                results.append(Inspection.failed(threshold, image))
+        for size in loaded:
+            if isinstance(size, str):
+                results.append(Inspection.failed(threshold, size))
                 continue
-            height, width = image.shape[:2]
+            height, width = size
             fused_map = map_to_image_size(out["fused"][row], height, width)
             maps = (
                 {"logical": out["logical"][row], "structural": out["structural"][row]} if branch_maps else {}

@@ -31,7 +31,7 @@ OPTIMIZER_PREFIX = "optimizer.state."
 def load_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from exc
 
 

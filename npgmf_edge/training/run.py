@@ -9,6 +9,7 @@ Where a dataset has no validation split (MVTec AD, BTAD, plain folders), a seede
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,62 @@ from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.data import AnomalyDataset
 from npgmf_edge.errors import ConfigError, DatasetError
 from npgmf_edge.fileio import save_json
-from npgmf_edge.rundir import CONFIG_FILE, DATASET_FILE, LOGICAL_DIR, STRUCTURAL_DIR
+from npgmf_edge.rundir import (
+    CONFIG_FILE,
+    DATASET_FILE,
+    LOGICAL_DIR,
+    RUN_MANIFEST,
+    STRUCTURAL_DIR,
+    write_run_manifest,
+)
 
 BRANCHES = ("logical", "structural", "all")
+STRUCTURAL_STRIDE = 8  # the memory bank's patch grid: the finer of the structural levels (strides 8, 16)
+MEMORY_HEADROOM = 0.8  # refuse work whose estimate exceeds this share of the memory available now
+
+
+def available_memory() -> int:
+    """Bytes the kernel says are available now (MemAvailable, counting reclaimable cache; else free pages)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_dataset_size(dataset: AnomalyDataset, branch: str) -> None:
+    """Every branch to train has the images it needs, checked before the first branch starts."""
+    from npgmf_edge.training.structural import MIN_TRAIN_IMAGES
+
+    for name, needed in (("logical", 1), ("structural", MIN_TRAIN_IMAGES)):
+        if branch in (name, "all") and len(dataset.train) < needed:
+            raise DatasetError(
+                f"the {name} branch needs at least {needed} good training images, got {len(dataset.train)} "
+                f"in {dataset.root} ({dataset.category}); add good images to the training set"
+            )
+    if branch == "all" and not dataset.validation:
+        raise DatasetError(f"{dataset.root} has no validation images to calibrate the verdict threshold on")
+
+
+def check_memory(cfg: NpgmfConfig, dataset: AnomalyDataset, branch: str) -> None:
+    """Refuse a structural branch whose memory bank (every training patch, D float32 values each, plus its
+    projection for the coreset search) would not fit in the memory available, before any work starts."""
+    if branch not in ("structural", "all"):
+        return
+    grid = cfg.image_size // STRUCTURAL_STRIDE
+    patches = len(dataset.train) * grid * grid
+    needed = patches * (cfg.structural.embed_dim + cfg.structural.coreset_projection_dim) * 4
+    available = available_memory()
+    if needed > MEMORY_HEADROOM * available:
+        raise ConfigError(
+            f"the structural memory bank needs about {needed / 2**30:.1f} GiB ({len(dataset.train)} images x "
+            f"{grid}x{grid} patches x ({cfg.structural.embed_dim} + {cfg.structural.coreset_projection_dim}) "
+            f"float32) but {available / 2**30:.1f} GiB of memory is available; train on fewer images or a "
+            "smaller --image-size"
+        )
 
 
 def with_validation_split(dataset: AnomalyDataset, fraction: float, seed: int) -> AnomalyDataset:
@@ -48,13 +102,15 @@ def train_run(
     """Train the chosen branch(es) of `cfg` on `dataset.train` into `out`; returns a summary."""
     if branch not in BRANCHES:
         raise ConfigError(f"unknown branch {branch!r}; choose one of: {', '.join(BRANCHES)}")
-    if branch in ("structural", "all"):
-        cfg.structural.validate()  # fail before hours of logical training, not after
+    cfg.validate()  # every option and the dataset checked before hours of logical training, not after
+    dataset = with_validation_split(dataset, cfg.train.validation_fraction, cfg.train.seed)
+    check_dataset_size(dataset, branch)
+    check_memory(cfg, dataset, branch)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_MANIFEST).unlink(missing_ok=True)  # the run is changing: rewritten when it is whole again
     if cfg.logical.prompt is None:
         cfg.logical.prompt = dataset.category.replace("_", " ")
-    dataset = with_validation_split(dataset, cfg.train.validation_fraction, cfg.train.seed)
     cfg.save(out / CONFIG_FILE)
     provenance = {
         "root": str(dataset.root),
@@ -74,8 +130,10 @@ def train_run(
         from npgmf_edge.training.structural import train_structural
 
         summary["structural"] = train_structural(dataset, cfg, out / STRUCTURAL_DIR)
+    write_run_manifest(out)
     if branch == "all":
         summary["calibration"] = calibrate_run(out, dataset)
+        write_run_manifest(out)
     return summary
 
 

@@ -1,5 +1,7 @@
 """Image and mask decoding: explicit normalisation rules, raw mask values, and one error per failure."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,6 +12,7 @@ import tifffile
 from npgmf_edge.data import (
     DefectSpec,
     Sample,
+    decode_inputs,
     read_defect_regions,
     read_ground_truth,
     read_image,
@@ -75,13 +78,79 @@ def test_missing_image_names_the_file(tmp_path) -> None:
     assert str(error.value) == f"image {path} does not exist"
 
 
-@pytest.mark.parametrize("content", [b"", b"not an image at all"])
-def test_undecodable_image_names_the_file(tmp_path, content: bytes) -> None:
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", "the file is empty"), (b"not an image at all", "corrupt, truncated or not an image")],
+)
+def test_undecodable_image_names_the_file(tmp_path, content: bytes, reason: str) -> None:
     path = tmp_path / "broken.png"
     path.write_bytes(content)
     with pytest.raises(DatasetError) as error:
         read_image(path)
-    assert str(error.value) == f"cannot read image {path}: OpenCV cannot decode it (corrupt or not an image)"
+    assert str(error.value) == f"cannot read image {path}: OpenCV cannot decode it ({reason})"
+
+
+def test_a_folder_given_as_an_image_is_a_directory_not_missing(tmp_path) -> None:
+    with pytest.raises(DatasetError, match=f"^image {tmp_path} is a directory, not an image file$"):
+        read_image(tmp_path)
+
+
+def test_two_channel_grey_and_alpha_image_reads_as_its_grey(tmp_path) -> None:
+    pixels = np.zeros((4, 5, 2), np.uint8)
+    pixels[..., 0], pixels[..., 1] = 90, 255
+    path = tmp_path / "two.tiff"
+    tifffile.imwrite(path, pixels, photometric="minisblack", planarconfig="contig")
+    image = read_image(path)
+    assert image.shape == (4, 5, 3) and (image == 90).all()
+
+
+def test_image_above_the_pixel_limit_is_decoded_reduced(tmp_path, writer) -> None:
+    bgr = np.zeros((64, 96, 3), np.uint8)
+    bgr[:, :48] = (0, 0, 255)  # left half red
+    path = writer(tmp_path / "big.png", bgr)
+    assert read_image(path, max_pixels=64 * 96).shape == (64, 96, 3)
+    reduced = read_image(path, max_pixels=64 * 96 // 4)  # needs 1/2 per side
+    assert reduced.shape == (32, 48, 3)
+    assert tuple(reduced[0, 0]) == (255, 0, 0) and tuple(reduced[0, -1]) == (0, 0, 0)
+    assert read_image(path, max_pixels=64 * 96 // 5).shape == (16, 24, 3)  # 1/2 is not enough: 1/4
+
+
+def test_png_that_would_be_decoded_in_full_far_above_the_limit_is_refused(tmp_path, writer) -> None:
+    path = writer(tmp_path / "huge.png", np.zeros((80, 80, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r"is 80x80 \(0 MP\), too large to decode under the limit"):
+        read_image(path, max_pixels=80 * 80 // 17)  # 1/8 would do, but OpenCV decodes PNG in full first
+
+
+def test_jpeg_far_above_the_limit_is_reduced_while_decoding(tmp_path) -> None:
+    path = tmp_path / "huge.jpg"
+    cv2.imwrite(str(path), np.full((80, 80, 3), 128, np.uint8))
+    assert read_image(path, max_pixels=80 * 80 // 60).shape == (10, 10, 3)
+    with pytest.raises(DatasetError, match="too large to decode"):
+        read_image(path, max_pixels=80 * 80 // 65)  # not even 1/8 is enough
+
+
+def test_each_input_decodes_alone_a_bad_one_becomes_its_reason(tmp_path, writer) -> None:
+    good = writer(tmp_path / "good.png", np.zeros((3, 4, 3), np.uint8))
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    decoded = decode_inputs(
+        [good, empty, tmp_path, np.zeros((2, 2), np.uint8), np.zeros((2, 2, 3), np.uint8)]
+    )
+    assert [item.shape if isinstance(item, np.ndarray) else None for item in decoded] == [
+        (3, 4, 3), None, None, None, (2, 2, 3)
+    ]  # fmt: skip
+    assert decoded[1].endswith("(the file is empty)") and "is a directory" in decoded[2]
+    assert decoded[3] == "an image array must be RGB uint8 (H, W, 3), got uint8 (2, 2)"
+
+
+def test_opencv_prints_nothing_on_a_truncated_png(tmp_path) -> None:
+    path = tmp_path / "cut.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:400])
+    code = f"from npgmf_edge.data import decode_inputs; print(decode_inputs([{str(path)!r}])[0])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr == ""
+    assert done.stdout.startswith(f"cannot read image {path}: OpenCV cannot decode it")
 
 
 def test_mask_keeps_raw_pixel_values(tmp_path, writer) -> None:

@@ -13,6 +13,7 @@ from npgmf_edge.export import bundle as bundle_module
 from npgmf_edge.export.bundle import ExportOptions, export_bundle
 from npgmf_edge.export.tensorrt_ops import TENSORRT_OPS
 from npgmf_edge.export.verify import verify_bundle
+from npgmf_edge.rundir import write_run_manifest
 from npgmf_edge.runtime import manifest as manifest_module
 from npgmf_edge.runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION, read_manifest
 
@@ -217,6 +218,7 @@ def test_int8_whose_verdicts_disagree_too_often_is_refused(tiny_run, tmp_path: P
 def test_an_uncalibrated_run_is_not_exported(tiny_run, tmp_path: Path) -> None:
     run = Path(shutil.copytree(tiny_run[0], tmp_path / "run"))
     (run / "calibration.json").unlink()
+    write_run_manifest(run)  # as a run trained without --branch all records it
     with pytest.raises(BundleError, match="is not a complete, calibrated run"):
         export_bundle(run, tmp_path / "b", ExportOptions(tensorrt=False))
 

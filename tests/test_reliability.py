@@ -1,0 +1,443 @@
+"""Reliability as a user meets it (issue 11): damaged files, bad images and options, unsafe outputs, each
+ending in one line or a per-image error and a non-zero exit code, never a traceback or a silent verdict.
+
+docs/RELIABILITY.md lists every case with the test here (or elsewhere) that proves it.
+"""
+
+import csv
+import errno
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from npgmf_edge.detector import RunDetector
+from npgmf_edge.errors import OutputError
+from npgmf_edge.fileio import LOCK_FILE, output_lock
+from npgmf_edge.rundir import RUN_MANIFEST, write_run_manifest
+from npgmf_edge.workflows import overlay_names
+
+MAX_PIXELS = 256 * 256  # lets the 256 px test images through; the "enormous" inputs are above it
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path: Path) -> Path:
+    """A copy of the trained tiny run that a test may damage (without the resumable checkpoint)."""
+    return Path(shutil.copytree(tiny_run[0], tmp_path / "run", ignore=shutil.ignore_patterns("checkpoint.*")))
+
+
+@pytest.fixture
+def good_image(tiny_run) -> Path:
+    return tiny_run[1].test[0].image_path
+
+
+def assert_one_line(err: str, expected: str) -> None:
+    assert err == f"error: {expected}\n"
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+# --- damaged run files --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["predict", "evaluate"])
+def test_a_flipped_bit_in_the_logical_weights_is_one_line_naming_the_file(
+    cli, run_copy: Path, tiny_run, good_image: Path, tmp_path: Path, verb: str
+) -> None:
+    weights = run_copy / "logical" / "model.safetensors"
+    flip_byte(weights, weights.stat().st_size // 2)
+    out = tmp_path / "out"
+    args = [good_image, "--out", out] if verb == "predict" else ["--data", tiny_run[1].root, "--out", out]
+    code, stdout, err = cli(verb, run_copy, *args)
+    assert (code, stdout) == (1, "")
+    assert_one_line(
+        err,
+        f"{weights} does not match the SHA-256 recorded in {run_copy / RUN_MANIFEST} (damaged or changed "
+        "after training); retrain the run with `npgmf-edge train`",
+    )
+    assert not out.exists()
+
+
+def test_a_run_without_a_manifest_loads_after_one_warning(run_copy: Path, good_image: Path, caplog) -> None:
+    (run_copy / RUN_MANIFEST).unlink()
+    RunDetector(run_copy)
+    (inspection,) = RunDetector(run_copy).inspect([good_image])
+    assert inspection.verdict in ("good", "anomalous")
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and RUN_MANIFEST in r.message
+    ]
+    assert warnings == [
+        f"{run_copy} has no {RUN_MANIFEST} (an older run): its files cannot be checked for damage"
+    ]
+
+
+def _truncate(text: str) -> str:
+    return text[: len(text) // 2]
+
+
+def _drop_threshold(text: str) -> str:
+    data = json.loads(text)
+    del data["threshold"]
+    return json.dumps(data)
+
+
+def _string_threshold(text: str) -> str:
+    data = json.loads(text)
+    data["threshold"] = str(data["threshold"])
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (_truncate, "Unterminated string|Expecting"),
+        (_drop_threshold, r"missing keys \['threshold'\], unknown keys \[\]"),
+        (_string_threshold, "threshold must be a finite number, got '"),
+    ],
+)
+def test_a_damaged_calibration_file_is_one_line_naming_it(
+    cli, run_copy: Path, good_image: Path, tmp_path: Path, damage, reason: str
+) -> None:
+    path = run_copy / "calibration.json"
+    path.write_text(damage(path.read_text()))
+    write_run_manifest(run_copy)  # damaged consistently: the parse itself must catch it
+    code, _, err = cli("predict", run_copy, good_image, "--out", tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(f"error: {path} is damaged (")
+    assert err.endswith("; retrain the run with `npgmf-edge train --branch all`\n")
+    assert re.search(reason, err)
+
+
+def test_a_damaged_config_file_is_one_line_naming_it(cli, run_copy: Path, good_image: Path, tmp_path) -> None:
+    path = run_copy / "config.json"
+    data = json.loads(path.read_text())
+    data["image_size"] = "128"
+    path.write_text(json.dumps(data))
+    write_run_manifest(run_copy)
+    code, _, err = cli("predict", run_copy, good_image, "--out", tmp_path / "out")
+    assert code == 1
+    assert_one_line(
+        err,
+        f"cannot use config {path}: config.image_size must be int, got '128'; retrain the run or restore "
+        "the file",
+    )
+
+
+# --- per-image isolation ------------------------------------------------------------------------------
+
+
+def write_bad_inputs(folder: Path, good: Path) -> dict[str, str | None]:
+    """Awkward inputs beside one good image, each with its expected error (None: it gets a verdict)."""
+    folder.mkdir()
+    shutil.copy(good, folder / "good.png")
+    bgr = cv2.imread(str(good))
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "truncated.png").write_bytes(good.read_bytes()[:300])
+    (folder / "text.jpg").write_bytes(b"not an image " * 20)
+    tifffile.imwrite(folder / "two_channels.tiff", bgr[..., :2].copy(), photometric="minisblack")
+    cv2.imwrite(str(folder / "rgba.png"), cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(folder / "sixteen_bit.png"), bgr.astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "one_pixel.png"), bgr[:1, :1])
+    cv2.imwrite(str(folder / "huge.png"), np.zeros((1100, 1100, 3), np.uint8))  # > 16 x the limit: refused
+    cv2.imwrite(str(folder / "huge.jpg"), cv2.resize(bgr, (1024, 1024)))  # reduced by 4 while decoding
+    decode_failure = "OpenCV cannot decode it"
+    return {
+        "good.png": None,
+        "empty.png": "(the file is empty)",
+        "truncated.png": decode_failure,
+        "text.jpg": decode_failure,
+        "two_channels.tiff": None,
+        "rgba.png": None,
+        "sixteen_bit.png": None,
+        "one_pixel.png": None,
+        "huge.png": "is 1100x1100 (1 MP), too large to decode under the limit of 0 MP",
+        "huge.jpg": None,
+    }
+
+
+@pytest.mark.parametrize("model", ["run", "bundle"])
+def test_predict_gives_each_good_image_a_verdict_and_each_bad_one_its_error(
+    cli, tiny_run, faiss_bundle: Path, good_image: Path, tmp_path: Path, model: str
+) -> None:
+    expected = write_bad_inputs(tmp_path / "images", good_image)
+    out = tmp_path / "out"
+    path = tiny_run[0] if model == "run" else faiss_bundle
+    code, stdout, err = cli("predict", path, tmp_path / "images", "--out", out, "--max-pixels", MAX_PIXELS)
+    assert code == 1 and "Traceback" not in err
+    rows = {
+        Path(row["image"]).name: row
+        for row in json.loads((out / "predictions.json").read_text())["predictions"]
+    }
+    assert set(rows) == set(expected)
+    for name, error in expected.items():
+        row = rows[name]
+        if error is None:
+            assert row["verdict"] in ("good", "anomalous") and Path(row["overlay"]).is_file(), name
+        else:
+            assert (row["verdict"], row["score"], row["overlay"]) == ("error", None, ""), name
+            assert str(tmp_path / "images" / name) in row["error"] and error in row["error"], name
+    assert cv2.imread(rows["huge.jpg"]["overlay"]).shape == (256, 256, 3)  # decoded at 1/4
+    with (out / "predictions.csv").open() as handle:
+        assert sum(row["verdict"] == "error" for row in csv.DictReader(handle)) == 4
+    assert stdout.splitlines()[-1].endswith(f"4 without a verdict; summary in {out}/predictions.csv")
+
+
+def test_the_run_detector_isolates_bad_inputs_and_stays_usable(tiny_run, good_image: Path, tmp_path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    detector = RunDetector(tiny_run[0])
+    first, broken, wrong_array, from_array = detector.inspect(
+        [good_image, empty, np.zeros((4, 4), np.uint8), cv2.imread(str(good_image))[..., ::-1].copy()]
+    )
+    assert (broken.verdict, wrong_array.verdict) == ("error", "error")
+    assert broken.problem == f"cannot read image {empty}: OpenCV cannot decode it (the file is empty)"
+    assert wrong_array.problem == "an image array must be RGB uint8 (H, W, 3), got uint8 (4, 4)"
+    assert from_array.score == pytest.approx(first.score, rel=1e-5)
+    (again,) = detector.inspect([good_image])
+    assert again.score == pytest.approx(first.score, rel=1e-5)
+
+
+# --- output safety ------------------------------------------------------------------------------------
+
+
+def test_overlay_names_keep_enough_of_the_path_to_stay_unique(tmp_path: Path) -> None:
+    images = [
+        tmp_path / "a" / "x.png",
+        tmp_path / "b" / "x.png",
+        tmp_path / "b" / "x.jpg",
+        tmp_path / "a" / "x.png",
+    ]
+    assert overlay_names(images) == [
+        "a__x_overlay.png",
+        "b__x_overlay.png",
+        "b__x_2_overlay.png",
+        "a__x_3_overlay.png",
+    ]
+
+
+def test_a_second_writer_into_the_same_out_is_refused(cli, tiny_run, good_image: Path, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_FILE).write_text(str(os.getpid()))  # a writer that is alive
+    code, _, err = cli("predict", tiny_run[0], good_image, "--out", out)
+    assert code == 1
+    assert_one_line(
+        err,
+        f"{out} is being written by another npgmf-edge process (pid {os.getpid()}, lock {out / LOCK_FILE}); "
+        "wait for it to finish or choose another --out (delete the lock if no such process runs)",
+    )
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over_and_released(tmp_path: Path) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (tmp_path / LOCK_FILE).write_text(gone.stdout.strip())
+    with output_lock(tmp_path) as lock:
+        assert lock.read_text() == str(os.getpid())
+        with (
+            pytest.raises(OutputError, match="is being written by another npgmf-edge process"),
+            output_lock(tmp_path),
+        ):
+            pass
+    assert not lock.exists()
+
+
+def test_reusing_an_out_removes_the_previous_overlays_and_says_so(cli, tiny_run, tmp_path) -> None:
+    a, b = (s.image_path for s in tiny_run[1].test[:2])
+    out = tmp_path / "out"
+    assert cli("predict", tiny_run[0], a, b, "--out", out)[0] == 0
+    code, _, err = cli("predict", tiny_run[0], a, "--out", out)
+    assert code == 0
+    assert f"[npgmf-edge] writing into the existing folder {out}; removed 2 earlier overlays\n" in err
+    listed = {row["overlay"] for row in json.loads((out / "predictions.json").read_text())["predictions"]}
+    assert {str(p) for p in out.glob("*.png")} == listed and len(listed) == 1
+
+
+def test_predict_checks_its_inputs_before_creating_out(cli, tiny_run, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, _, err = cli("predict", tiny_run[0], tmp_path / "missing.png", "--out", out)
+    assert code == 1
+    assert_one_line(err, f"image {tmp_path / 'missing.png'} does not exist")
+    assert not out.exists()
+
+
+def test_out_naming_a_file_is_one_line(cli, tiny_run, good_image: Path, tmp_path: Path) -> None:
+    out = tmp_path / "predictions.csv"
+    out.write_text("")
+    code, _, err = cli("predict", tiny_run[0], good_image, "--out", out)
+    assert code == 1
+    assert_one_line(err, f"--out {out} is a file, not a folder; choose a folder for the predictions")
+
+
+def test_an_out_below_a_file_is_one_line_naming_the_path(cli, tiny_run, good_image: Path, tmp_path) -> None:
+    (tmp_path / "file").write_text("")
+    code, _, err = cli("predict", tiny_run[0], good_image, "--out", tmp_path / "file" / "out")
+    assert code == 1
+    assert_one_line(err, f"Not a directory ({tmp_path / 'file' / 'out'})")
+
+
+@pytest.mark.parametrize(
+    ("number", "text"), [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")]
+)
+def test_a_full_disk_or_read_only_folder_is_one_line(
+    cli, tiny_run, good_image: Path, tmp_path: Path, monkeypatch, number: int, text: str
+) -> None:
+    from npgmf_edge import workflows
+
+    def refuse(path: Path, write) -> Path:
+        raise OSError(number, os.strerror(number), str(path))
+
+    monkeypatch.setattr(workflows, "atomic_write", refuse)
+    code, _, err = cli("predict", tiny_run[0], good_image, "--out", tmp_path / "out")
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines()[-1] == f"error: {text} ({tmp_path / 'out' / 'predictions.csv'})"
+    assert not (tmp_path / "out" / LOCK_FILE).exists()
+
+
+# --- training options, dataset size and memory, checked before any work --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--epochs", "-1", "epochs must be >= 1, got -1"),
+        ("--epochs", "0", "epochs must be >= 1, got 0"),
+        (
+            "--image-size",
+            "0",
+            "image size must be a positive multiple of 64 for the tiny preset (window size 4), got 0",
+        ),
+        (
+            "--image-size",
+            "100",
+            "image size must be a positive multiple of 64 for the tiny preset (window size 4), got 100",
+        ),
+        ("--batch-size", "0", "batch size must be >= 1, got 0"),
+        ("--lr", "nan", "learning rate must be a finite number > 0, got nan"),
+        ("--coreset-ratio", "1.5", "coreset ratio must be in (0, 1], got 1.5"),
+    ],
+)
+def test_out_of_range_training_options_are_refused_before_any_work(
+    cli, tmp_path: Path, option: str, value: str, message: str
+) -> None:
+    code, _, err = cli("train", tmp_path, "--preset", "tiny", option, value, "--out", tmp_path / "run")
+    assert code == 1
+    assert_one_line(err, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_one_image_dataset_fails_before_the_logical_branch_trains(
+    cli, loco_dataset_dir: Path, tmp_path
+) -> None:
+    data = Path(shutil.copytree(loco_dataset_dir.parent, tmp_path / "data")) / loco_dataset_dir.name
+    for extra in sorted((data / "train" / "good").iterdir())[1:]:
+        extra.unlink()
+    code, _, err = cli("train", data, "--preset", "tiny", "--no-pretrained", "--out", tmp_path / "run")
+    assert code == 1
+    assert_one_line(
+        err,
+        f"the structural branch needs at least 2 good training images, got 1 in {data} ({data.name}); "
+        "add good images to the training set",
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_memory_bank_that_would_not_fit_is_refused_before_any_work(
+    cli, loco_dataset_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from npgmf_edge.training import run
+
+    monkeypatch.setattr(run, "available_memory", lambda: 2**20)
+    code, _, err = cli(
+        "train", loco_dataset_dir, "--preset", "tiny", "--no-pretrained", "--out", tmp_path / "run"
+    )
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(
+        "error: the structural memory bank needs about 0.0 GiB (10 images x 16x16 patches x "
+    )
+    assert err.endswith(
+        "but 0.0 GiB of memory is available; train on fewer images or a smaller --image-size\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_during_training_says_where_the_checkpoint_is(
+    cli, loco_dataset_dir: Path, tmp_path, monkeypatch
+) -> None:
+    from npgmf_edge.training import run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "train_run", interrupted)
+    code, _, err = cli(
+        "train", loco_dataset_dir, "--preset", "tiny", "--no-pretrained", "--out", tmp_path / "run"
+    )
+    assert code == 130
+    assert err == (
+        f"interrupted: the last checkpoint is {tmp_path / 'run' / 'logical' / 'checkpoint.safetensors'}; "
+        "continue with the same command and --resume\n"
+    )
+
+
+# --- memory on an enormous input (slow: writing the 20000 x 20000 files takes ~15 s each) ---------------
+
+WRITE_SQUARE = """
+import sys, cv2, numpy as np
+side = 20000
+image = np.zeros((side, side, 3), np.uint8)
+image[:, :, 0] = (np.arange(side) % 256).astype(np.uint8)
+image[side // 3 : side // 2, side // 3 : side // 2] = 20
+cv2.imwrite(sys.argv[1], image)
+"""
+MAX_RSS_BYTES = 2 * 2**30
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("suffix", "code", "verdicts"), [(".jpg", 0, {"anomalous", "good"}), (".png", 1, {"error"})]
+)
+def test_predict_on_a_20000_x_20000_image_stays_under_2_gb(
+    tiny_run, tmp_path: Path, suffix: str, code: int, verdicts: set[str]
+) -> None:
+    """JPEG: decoded at 1/8 while decoding. PNG: OpenCV would decode 1.2 GB in full first, so it is refused
+    (docs/RELIABILITY.md has the measured numbers)."""
+    image = tmp_path / f"square{suffix}"
+    subprocess.run([sys.executable, "-c", WRITE_SQUARE, str(image)], check=True)
+    with (tmp_path / "log").open("w") as log:
+        command = [
+            sys.executable,
+            "-m",
+            "npgmf_edge",
+            "predict",
+            str(tiny_run[0]),
+            str(image),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+        process = subprocess.Popen(command, stdout=log, stderr=log)
+        _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == code, (tmp_path / "log").read_text()
+    (row,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"]
+    assert row["verdict"] in verdicts
+    assert usage.ru_maxrss * 1024 < MAX_RSS_BYTES  # ru_maxrss is in KiB on Linux
+
+
+def test_a_pixel_limit_below_one_is_a_usage_error(cli, tmp_path: Path) -> None:
+    code, _, err = cli("predict", tmp_path, tmp_path, "--out", tmp_path / "out", "--max-pixels", "0")
+    assert code == 2
+    assert_one_line(err, "Invalid value for '--max-pixels': Input should be greater than or equal to 1")
+    assert not (tmp_path / "out").exists()
