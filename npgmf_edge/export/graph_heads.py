@@ -37,14 +37,15 @@ class KnnHead(nn.Module):
         super().__init__()
         bank = torch.from_numpy(np.ascontiguousarray(coreset, dtype=np.float32))
         self.register_buffer("bank", bank)  # (M, D)
-        self.register_buffer("bank_t", bank.t().contiguous())  # (D, M)
+        # -2 B^T: scaling by a power of two is exact, and it saves one pass over the (B, h*w, M) scores.
+        self.register_buffer("bank_t_neg2", (-2.0 * bank).t().contiguous())  # (D, M)
         self.register_buffer("bank_sq", (bank * bank).sum(dim=1))  # (M,)
         self.grid = grid
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         queries = features.flatten(2).transpose(1, 2)  # (B, h*w, D)
         # |q|^2 is the same for every bank row: the nearest row is the argmin of -2 q.b + |b|^2.
-        nearest = (self.bank_sq - 2.0 * (queries @ self.bank_t)).argmin(dim=-1)  # (B, h*w)
+        nearest = (queries @ self.bank_t_neg2 + self.bank_sq).argmin(dim=-1)  # (B, h*w)
         # The distance itself exactly, as ||q - b|| (the expansion loses precision near 0; see knn.py).
         distances = torch.linalg.vector_norm(queries - self.bank[nearest], dim=-1)
         return distances.reshape(-1, *self.grid)
