@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from npgmf_edge.data import IMAGE_EXTENSIONS, AnomalyDataset, Sample, read_image
-from npgmf_edge.errors import DatasetError
+from npgmf_edge.errors import ConfigError, DatasetError
 from npgmf_edge.fileio import save_json
 from npgmf_edge.inspection import Inspection
 from npgmf_edge.postprocess import image_scores, smooth
@@ -43,10 +43,10 @@ class BundleDetector:
     """A bundle behind the run detector's interface (`inspect`, `maps_and_sizes`, `scored_maps`), so
     `predict` and `evaluate` take either; it runs the torch-free `runtime.Inspector`."""
 
-    def __init__(self, bundle: Path, threads: int | None = None) -> None:
+    def __init__(self, bundle: Path, threads: int | None = None, device: str = "cpu") -> None:
         from npgmf_edge.runtime import Inspector
 
-        self.inspector = Inspector.open(Path(bundle), threads=threads)
+        self.inspector = Inspector.open(Path(bundle), device=device, threads=threads)
         self.calibration = self.inspector.calibration
 
     def inspect(self, image_paths: Sequence[Path], progress: bool = False) -> list[Inspection]:
@@ -83,16 +83,33 @@ class BundleDetector:
                 "fused": maps["fused"]}  # fmt: skip
 
 
-def open_detector(model: Path):
-    """A bundle (a folder with manifest.json: the runtime, no torch) or a run directory (torch)."""
+def _bundle_device(device: str) -> str:
+    """The torch-free runtime's device: cuda needs onnxruntime's CUDA provider (onnxruntime-gpu); `auto`
+    takes cuda when it is there, else cpu."""
+    if device == "cpu":
+        return device
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not has_cuda:
+        raise ConfigError(
+            "--device cuda: onnxruntime here has no CUDA provider (install onnxruntime-gpu); "
+            "use --device cpu or auto"
+        )
+    return "cuda" if has_cuda else "cpu"
+
+
+def open_detector(model: Path, device: str = "cpu"):
+    """A bundle (a folder with manifest.json: the runtime, no torch) or a run directory (torch), run on
+    `device` ("auto", "cpu" or "cuda")."""
     from npgmf_edge.runtime.manifest import MANIFEST_FILE
 
     model = Path(model)
     if (model / MANIFEST_FILE).is_file():
-        return BundleDetector(model)
+        return BundleDetector(model, device=_bundle_device(device))
     from npgmf_edge.detector import RunDetector
 
-    return RunDetector(model)
+    return RunDetector(model, device=device)
 
 
 def expand_images(items: Sequence[str | Path]) -> list[Path]:
@@ -119,12 +136,12 @@ def expand_images(items: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def predict_images(model: Path, images: Sequence[Path], out: Path) -> dict[str, Any]:
+def predict_images(model: Path, images: Sequence[Path], out: Path, device: str = "cpu") -> dict[str, Any]:
     """Score, verdict and overlay PNG per image, plus `predictions.csv` and `predictions.json` in `out`.
 
-    `model` is a run directory or a bundle. An image without a verdict (unreadable, or a score that is not
-    a finite number) gets a row with verdict "error" and the reason, and no overlay."""
-    detector = open_detector(model)
+    `model` is a run directory or a bundle, run on `device`. An image without a verdict (unreadable, or a
+    score that is not a finite number) gets a row with verdict "error" and the reason, and no overlay."""
+    detector = open_detector(model, device)
     images = list(images)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,9 +178,10 @@ def predict_images(model: Path, images: Sequence[Path], out: Path) -> dict[str, 
 
 
 def evaluate_run(
-    run_dir: Path, dataset: AnomalyDataset, out: Path, maps_dir: Path | None = None
+    run_dir: Path, dataset: AnomalyDataset, out: Path, maps_dir: Path | None = None, device: str = "cpu"
 ) -> dict[str, Any]:
-    """Per-branch metrics on `dataset.test`, metrics JSON, an HTML report and overlays in `out`.
+    """Per-branch metrics on `dataset.test` (maps computed on `device`), metrics JSON, an HTML report and
+    overlays in `out`.
 
     With `maps_dir`, also writes each scored map (fused, or the only branch) as TIFF at original
     resolution in the official MVTec LOCO layout so other tools can cross-check.
@@ -171,7 +189,7 @@ def evaluate_run(
     from npgmf_edge.evaluation import evaluate_maps, format_results_table, write_maps_tiff
     from npgmf_edge.report import plot_roc_curves, plot_score_histogram, write_html_report
 
-    detector = open_detector(run_dir)
+    detector = open_detector(run_dir, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     samples = dataset.test
