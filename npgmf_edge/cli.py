@@ -36,6 +36,18 @@ class Branch(str, Enum):
     all = "all"
 
 
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DeviceOption = Annotated[
+    Device,
+    typer.Option(help="Where torch runs: auto (cuda when available), cpu or cuda. Train and query alike."),
+]
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"npgmf-edge {__version__}")
@@ -146,13 +158,16 @@ def train(
     ] = False,
     coreset_ratio: Annotated[float | None, typer.Option(help="Coreset fraction in (0, 1].")] = None,
     resume: Annotated[bool, typer.Option(help="Resume an interrupted run in OUT.")] = False,
+    device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Fit a detector from good images only (logical branch, structural branch, or both)."""
     from npgmf_edge.config import get_preset
     from npgmf_edge.data import load_dataset
+    from npgmf_edge.device import resolve_device
     from npgmf_edge.training.run import train_run
 
+    torch_device = resolve_device(device.value)  # fail now, not after reading the dataset
     cfg = get_preset(preset)
     if image_size is not None:
         cfg.image_size = image_size
@@ -180,7 +195,7 @@ def train(
 
     dataset = load_dataset(data, category=category)
     try:
-        summary = train_run(dataset, cfg, out, branch=branch.value, resume=resume)
+        summary = train_run(dataset, cfg, out, branch=branch.value, resume=resume, device=torch_device)
     except KeyboardInterrupt:
         from npgmf_edge.rundir import CHECKPOINT_FILE, LOGICAL_DIR
 
@@ -209,6 +224,7 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option(help="Where to write metrics.json, report.html, overlays.")
     ] = None,
+    device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ) -> None:
     """Measure a run (or another tool's score maps) with image/pixel AUROC, AUPRO and sPRO."""
@@ -227,7 +243,7 @@ def evaluate(
         return
     from npgmf_edge.workflows import evaluate_run
 
-    summary = evaluate_run(run, dataset, out or run / "evaluation", maps_dir=maps)
+    summary = evaluate_run(run, dataset, out or run / "evaluation", maps_dir=maps, device=device.value)
     if as_json:
         typer.echo(json.dumps(summary["results"], indent=2))
     else:
@@ -376,12 +392,15 @@ def predict(
         int,
         typer.Option(min=1, help="Images with more pixels are decoded reduced by 2, 4 or 8, or refused."),
     ] = DEFAULT_MAX_PIXELS,
+    device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Inspect images: score, verdict, anomaly map and overlay picture for each (exit 1 if any failed)."""
     from npgmf_edge.workflows import expand_images, predict_images
 
-    summary = predict_images(model, expand_images(images), out, max_pixels=max_pixels, log=_stderr_log)
+    summary = predict_images(
+        model, expand_images(images), out, max_pixels=max_pixels, device=device.value, log=_stderr_log
+    )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:

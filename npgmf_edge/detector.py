@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -20,13 +21,16 @@ import torch
 
 from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
 from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs, read_image
+from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import CheckpointError
 from npgmf_edge.inspection import Inspection
 from npgmf_edge.models.structural.torch_model import scores_to_map
 from npgmf_edge.postprocess import gaussian_sigma_for, image_scores, smooth
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
 from npgmf_edge.progress import Reporter
-from npgmf_edge.rundir import TrainedRun, load_run
+from npgmf_edge.rundir import TrainedRun, bank_built_on, load_run
+
+log = logging.getLogger(__name__)
 
 BRANCH_NAMES = ("structural", "logical")
 DEFAULT_BATCH = 8
@@ -41,13 +45,16 @@ def _batches(images: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarra
         yield batch
 
 
-def branch_map_fn(run: TrainedRun) -> BranchMapFn:
-    """pixels (B, 3, S, S) -> {branch: raw (B, S, S) float32 map} for the branches the run has."""
-    net, scorer = run.net, run.scorer
+def branch_map_fn(run: TrainedRun, device: torch.device) -> BranchMapFn:
+    """pixels (B, 3, S, S) -> {branch: raw (B, S, S) float32 map} for the branches the run has; the network
+    runs on `device`, the kNN search on the CPU."""
+    net, scorer = run.net.to(device), run.scorer
 
     @torch.no_grad()
     def maps(pixels: torch.Tensor) -> dict[str, np.ndarray]:
-        outputs = dict(zip(net.output_names, net(pixels), strict=True))
+        outputs = {
+            name: out.cpu() for name, out in zip(net.output_names, net(pixels.to(device)), strict=True)
+        }
         result: dict[str, np.ndarray] = {}
         if "patch_features" in outputs:
             features = outputs["patch_features"]
@@ -63,15 +70,29 @@ def branch_map_fn(run: TrainedRun) -> BranchMapFn:
 
 
 class RunDetector:
-    """Loads whichever branches a run has; fuses them when the run is calibrated."""
+    """Loads whichever branches a run has; fuses them when the run is calibrated. The network runs on
+    `device` ("auto", "cpu", "cuda"); a warning says when that is not where the memory bank was built."""
 
-    def __init__(self, run_dir: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self, run_dir: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, device: str | torch.device = "cpu"
+    ) -> None:
+        self.device = resolve_device(device)  # before loading: a bad --device fails at once
         run = load_run(Path(run_dir))
         self.max_pixels = max_pixels
         self.run_dir = run.run_dir
         self.cfg = run.cfg
         self.calibration = run.calibration
-        self.branch_fn = branch_map_fn(run)
+        bank_device = bank_built_on(self.run_dir)
+        if bank_device not in (None, self.device.type):
+            log.warning(
+                "%s: the memory bank was built on %s, queries run on %s; patch features differ between "
+                "devices by float rounding, so pass --device %s for the run's own numbers",
+                self.run_dir,
+                bank_device,
+                self.device.type,
+                bank_device,
+            )
+        self.branch_fn = branch_map_fn(run, self.device)
         self.sigma = gaussian_sigma_for(self.cfg.image_size, self.cfg.fusion.gaussian_sigma)
 
     def branch_maps(

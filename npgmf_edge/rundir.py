@@ -194,6 +194,12 @@ def load_coreset(run_dir: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
+def bank_built_on(run_dir: Path) -> str | None:
+    """The device type ("cpu", "cuda") the run's memory bank was built on; None without one."""
+    path = Path(run_dir) / STRUCTURAL_DIR / SUMMARY_FILE
+    return str(load_json(path)["device"]).split(":")[0] if path.is_file() else None
+
+
 def read_provenance(run_dir: Path) -> dict[str, Any]:
     """dataset.json: the data root, format, category and the validation images of the run."""
     return load_json(Path(run_dir) / DATASET_FILE)

@@ -28,7 +28,7 @@ from npgmf_edge.data import (
     decode_inputs,
     read_image,
 )
-from npgmf_edge.errors import CheckpointError, DatasetError, OutputError
+from npgmf_edge.errors import CheckpointError, ConfigError, DatasetError, OutputError
 from npgmf_edge.fileio import atomic_write, output_lock, save_json
 from npgmf_edge.inspection import Inspection
 from npgmf_edge.postprocess import image_scores, smooth
@@ -59,11 +59,15 @@ class BundleDetector:
     `predict` and `evaluate` take either; it runs the torch-free `runtime.Inspector`."""
 
     def __init__(
-        self, bundle: Path, threads: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+        self,
+        bundle: Path,
+        threads: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        device: str = "cpu",
     ) -> None:
         from npgmf_edge.runtime import Inspector
 
-        self.inspector = Inspector.open(Path(bundle), threads=threads, max_pixels=max_pixels)
+        self.inspector = Inspector.open(Path(bundle), device=device, threads=threads, max_pixels=max_pixels)
         self.calibration = self.inspector.calibration
 
     def inspect(self, image_paths: Sequence[Path | np.ndarray], progress: bool = False) -> list[Inspection]:
@@ -100,16 +104,33 @@ class BundleDetector:
                 "fused": maps["fused"]}  # fmt: skip
 
 
-def open_detector(model: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS):
-    """A bundle (a folder with manifest.json: the runtime, no torch) or a run directory (torch)."""
+def _bundle_device(device: str) -> str:
+    """The torch-free runtime's device: cuda needs onnxruntime's CUDA provider (onnxruntime-gpu); `auto`
+    takes cuda when it is there, else cpu."""
+    if device == "cpu":
+        return device
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not has_cuda:
+        raise ConfigError(
+            "--device cuda: onnxruntime here has no CUDA provider (install onnxruntime-gpu); "
+            "use --device cpu or auto"
+        )
+    return "cuda" if has_cuda else "cpu"
+
+
+def open_detector(model: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, device: str = "cpu"):
+    """A bundle (a folder with manifest.json: the runtime, no torch) or a run directory (torch), run on
+    `device` ("auto", "cpu" or "cuda")."""
     from npgmf_edge.runtime.manifest import MANIFEST_FILE
 
     model = Path(model)
     if (model / MANIFEST_FILE).is_file():
-        return BundleDetector(model, max_pixels=max_pixels)
+        return BundleDetector(model, max_pixels=max_pixels, device=_bundle_device(device))
     from npgmf_edge.detector import RunDetector
 
-    return RunDetector(model, max_pixels=max_pixels)
+    return RunDetector(model, max_pixels=max_pixels, device=device)
 
 
 def expand_images(items: Sequence[str | Path]) -> list[Path]:
@@ -182,21 +203,22 @@ def predict_images(
     images: Sequence[Path],
     out: Path,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    device: str = "cpu",
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score, verdict and overlay PNG per image, plus `predictions.csv` and `predictions.json` in `out`.
 
-    `model` is a run directory or a bundle. An image without a verdict (unreadable, too large, or a score
-    that is not a finite number) gets a row with verdict "error" and the reason, and no overlay. `out` is
-    created only once the model opened; when it already holds an earlier prediction, that one's overlays
-    are removed first (and `log` says so)."""
+    `model` is a run directory or a bundle, run on `device`. An image without a verdict (unreadable, too
+    large, or a score that is not a finite number) gets a row with verdict "error" and the reason, and no
+    overlay. `out` is created only once the model opened; when it already holds an earlier prediction,
+    that one's overlays are removed first (and `log` says so)."""
     images = [Path(p) for p in images]
     out = Path(out)
     if not images:
         raise DatasetError("no images to inspect")
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder; choose a folder for the predictions")
-    detector = open_detector(model, max_pixels)
+    detector = open_detector(model, max_pixels=max_pixels, device=device)
     if detector.calibration is None:
         raise CheckpointError(
             f"{model} is not calibrated ({CALIBRATION_FILE} missing): train with --branch all"
@@ -253,9 +275,10 @@ def _row(image: Path, inspection: Inspection, overlay: str) -> dict[str, Any]:
 
 
 def evaluate_run(
-    run_dir: Path, dataset: AnomalyDataset, out: Path, maps_dir: Path | None = None
+    run_dir: Path, dataset: AnomalyDataset, out: Path, maps_dir: Path | None = None, device: str = "cpu"
 ) -> dict[str, Any]:
-    """Per-branch metrics on `dataset.test`, metrics JSON, an HTML report and overlays in `out`.
+    """Per-branch metrics on `dataset.test` (maps computed on `device`), metrics JSON, an HTML report and
+    overlays in `out`.
 
     With `maps_dir`, also writes each scored map (fused, or the only branch) as TIFF at original
     resolution in the official MVTec LOCO layout so other tools can cross-check.
@@ -263,7 +286,7 @@ def evaluate_run(
     from npgmf_edge.evaluation import evaluate_maps, format_results_table, write_maps_tiff
     from npgmf_edge.report import plot_roc_curves, plot_score_histogram, write_html_report
 
-    detector = open_detector(run_dir)
+    detector = open_detector(run_dir, device=device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     samples = dataset.test

@@ -45,7 +45,7 @@ def fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         calibrated = (run_dir / "calibration.json").is_file()
         return TrainedRun(run_dir, cfg, None, None, load_calibration(run_dir) if calibrated else None)
 
-    def stand_in_maps(run: TrainedRun):
+    def stand_in_maps(run: TrainedRun, device: torch.device):
         return lambda pixels: {name: darkness(pixels)[:, 0].numpy() for name in ("structural", "logical")}
 
     monkeypatch.setattr(detector_module, "load_run", stand_in_run)

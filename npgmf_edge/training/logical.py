@@ -7,7 +7,8 @@ Run folder (`out_dir`, normally `<run>/logical/`):
     model.safetensors        final weights, incl. the frozen encoder and the text embedding
     summary.json             epochs, final loss terms, seconds per epoch, codebook usage
 
-Nothing is pickled. Training is seeded and deterministic on CPU: the batch order of epoch e comes from
+Nothing is pickled. Training runs on `device` (a run trained on CUDA loads anywhere: the files hold CPU
+tensors). It is seeded and deterministic on CPU: the batch order of epoch e comes from
 its own generator seeded with (seed, e), and so do codebook (re)initialisations, so a run killed
 mid-epoch and resumed from the last checkpoint ends with the same weights as an uninterrupted one.
 `npgmf_edge.rundir.load_logical` rebuilds the network from config.json + model.safetensors without
@@ -30,6 +31,7 @@ import torch
 
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.data import AnomalyDataset
+from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import CheckpointError, ConfigError, DatasetError
 from npgmf_edge.fileio import save_json
 from npgmf_edge.models.logical.loss import logical_loss
@@ -136,8 +138,10 @@ def train_logical(
     resume: bool = False,
     progress: bool = True,
     on_step: StepCallback | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Train on `dataset.train` into `out_dir`; returns a JSON-able summary (also in summary.json).
+    """Train on `dataset.train` into `out_dir` on `device`; returns a JSON-able summary (also in
+    summary.json).
 
     `resume=True` continues from `out_dir/checkpoint.safetensors` when there is one (the config must be
     the same except for the number of epochs); otherwise training starts from scratch.
@@ -147,6 +151,7 @@ def train_logical(
     if not dataset.train:
         raise DatasetError(f"{dataset.root}: no training images for category {dataset.category!r}")
     tc = cfg.train
+    device = resolve_device(device)
     epoch_lr(cfg, 0)  # reject an unknown schedule before any work
     ckpt_path = out_dir / CHECKPOINT_FILE
 
@@ -155,15 +160,15 @@ def train_logical(
         tensors, meta = load_tensors(ckpt_path)
         _check_resumable(meta.get("config", {}), cfg, ckpt_path)
         model_state = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-        net = build_logical_from_state(cfg, model_state, ckpt_path)
-        optimizer = _adam(net, cfg)
+        net = build_logical_from_state(cfg, model_state, ckpt_path).to(device)
+        optimizer = _adam(net, cfg)  # after .to(device): the restored Adam state follows the parameters
         optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
         start_epoch, history = int(meta["epoch"]), list(meta["history"])
         log.info("resuming %s after epoch %d", out_dir, start_epoch)
     else:
         if resume:
             log.warning("no checkpoint in %s to resume from; training from scratch", out_dir)
-        net = _build_fresh(cfg)
+        net = _build_fresh(cfg).to(device)
         optimizer = _adam(net, cfg)
     save_json(cfg.to_dict(), out_dir / CONFIG_FILE)
 
@@ -183,14 +188,14 @@ def train_logical(
 
     net.eval()
     save_tensors(net.state_dict(), out_dir / MODEL_FILE, {"config": cfg.to_dict()})
-    summary = _summary(net, history, out_dir, start_epoch)
+    summary = {**_summary(net, history, out_dir, start_epoch), "device": device.type}
     save_json(summary, out_dir / SUMMARY_FILE)
     return summary
 
 
-def _stack(images: ImageTensorDataset, indices: list[int]) -> torch.Tensor:
-    """The cached images at `indices` as one (B, 3, S, S) batch."""
-    return torch.stack([images[i] for i in indices])
+def _stack(images: ImageTensorDataset, indices: list[int], device: torch.device) -> torch.Tensor:
+    """The cached images at `indices` as one (B, 3, S, S) batch on `device`."""
+    return torch.stack([images[i] for i in indices]).to(device)
 
 
 def _train_epoch(
@@ -203,6 +208,7 @@ def _train_epoch(
     on_step: StepCallback | None,
 ) -> dict[str, Any]:
     tc, lg = cfg.train, cfg.logical
+    device = next(net.parameters()).device
     start = time.perf_counter()
     net.train()
     lr = epoch_lr(cfg, epoch)
@@ -211,13 +217,13 @@ def _train_epoch(
     order = torch.randperm(len(images), generator=_epoch_generator(tc.seed, epoch, 0)).tolist()
     batches = [order[i : i + tc.batch_size] for i in range(0, len(order), tc.batch_size)]
     if epoch == 0 and net.quantizers is not None:
-        net.init_codebooks(_stack(images, batches[0]), _epoch_generator(tc.seed, 0, 1))
+        net.init_codebooks(_stack(images, batches[0], device), _epoch_generator(tc.seed, 0, 1))
     for vq in net.quantizers or []:
         vq.reset_usage()
     sums: dict[str, float] = {}
     latents: list[torch.Tensor] = []
     for step, batch in enumerate(batches):
-        out = net.forward_train(_stack(images, batch))
+        out = net.forward_train(_stack(images, batch, device))
         loss = logical_loss(out, lg)
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.data import AnomalyDataset
+from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import ConfigError, DatasetError
 from npgmf_edge.fileio import save_json
 from npgmf_edge.rundir import (
@@ -97,11 +99,19 @@ def with_validation_split(dataset: AnomalyDataset, fraction: float, seed: int) -
 
 
 def train_run(
-    dataset: AnomalyDataset, cfg: NpgmfConfig, out: Path, *, branch: str = "all", resume: bool = False
+    dataset: AnomalyDataset,
+    cfg: NpgmfConfig,
+    out: Path,
+    *,
+    branch: str = "all",
+    resume: bool = False,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Train the chosen branch(es) of `cfg` on `dataset.train` into `out`; returns a summary."""
+    """Train the chosen branch(es) of `cfg` on `dataset.train` into `out` on `device` (both branches and
+    the calibration, so the validation queries match the memory bank); returns a summary."""
     if branch not in BRANCHES:
         raise ConfigError(f"unknown branch {branch!r}; choose one of: {', '.join(BRANCHES)}")
+    device = resolve_device(device)
     cfg.validate()  # every option and the dataset checked before hours of logical training, not after
     dataset = with_validation_split(dataset, cfg.train.validation_fraction, cfg.train.seed)
     check_dataset_size(dataset, branch)
@@ -125,24 +135,27 @@ def train_run(
     if branch in ("logical", "all"):
         from npgmf_edge.training.logical import train_logical
 
-        summary["logical"] = train_logical(dataset, cfg, out / LOGICAL_DIR, resume=resume)
+        summary["logical"] = train_logical(dataset, cfg, out / LOGICAL_DIR, resume=resume, device=device)
     if branch in ("structural", "all"):
         from npgmf_edge.training.structural import train_structural
 
-        summary["structural"] = train_structural(dataset, cfg, out / STRUCTURAL_DIR)
+        summary["structural"] = train_structural(dataset, cfg, out / STRUCTURAL_DIR, device=device)
     write_run_manifest(out)
     if branch == "all":
-        summary["calibration"] = calibrate_run(out, dataset)
+        summary["calibration"] = calibrate_run(out, dataset, device)
         write_run_manifest(out)
     return summary
 
 
-def calibrate_run(run_dir: Path, dataset: AnomalyDataset) -> dict[str, Any]:
-    """Branch statistics and threshold from the validation images; saved as calibration.json."""
+def calibrate_run(
+    run_dir: Path, dataset: AnomalyDataset, device: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Branch statistics and threshold from the validation images (maps computed on `device`); saved as
+    calibration.json."""
     from npgmf_edge.calibration import calibrate
     from npgmf_edge.detector import RunDetector
 
-    detector = RunDetector(run_dir)
+    detector = RunDetector(run_dir, device=device)
     maps = detector.branch_maps([s.image_path for s in dataset.validation], progress=True)
     calibration = calibrate(maps["structural"], maps["logical"], detector.cfg.fusion, detector.sigma)
     calibration.save(run_dir)

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from npgmf_edge.config import NpgmfConfig, StructuralConfig
 from npgmf_edge.data import AnomalyDataset, Sample
+from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import DatasetError
 from npgmf_edge.fileio import save_json
 from npgmf_edge.knn import BruteForceNN, FaissNN, create_scorer
@@ -81,9 +82,15 @@ def extract_memory_bank(
 
 
 def train_structural(
-    dataset: AnomalyDataset, cfg: NpgmfConfig, out_dir: Path, *, progress: bool = True
+    dataset: AnomalyDataset,
+    cfg: NpgmfConfig,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Build the memory bank from `dataset.train`, select the coreset, write `out_dir`; returns a summary."""
+    """Build the memory bank from `dataset.train` on `device`, select the coreset there, write `out_dir`;
+    returns a summary. Query the run on the same device: features differ across devices by rounding."""
     started = time.perf_counter()
     cfg.structural.validate()
     samples = list(dataset.train)
@@ -94,7 +101,7 @@ def train_structural(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     torch.manual_seed(cfg.train.seed)
 
     extractor = build_patch_extractor(cfg).to(device)
@@ -126,7 +133,7 @@ def train_structural(
         "coreset_ratio": cfg.structural.coreset_ratio,
         "knn_backend": backend,
         "shared_encoder": cfg.structural.share_logical_encoder,
-        "device": str(device),
+        "device": device.type,
         "seconds_features": round(seconds_features, 3),
         "seconds_coreset": round(seconds_coreset, 3),
         "seconds": round(time.perf_counter() - started, 3),
