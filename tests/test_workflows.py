@@ -132,7 +132,7 @@ def test_heat_overlay_keeps_normal_pixels_and_tints_anomalous_ones() -> None:
 def test_a_score_that_is_not_finite_is_an_error_never_a_verdict(
     fake_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def nan_maps(run: TrainedRun):
+    def nan_maps(run: TrainedRun, device: torch.device):
         return lambda pixels: {
             n: np.full((len(pixels), SIZE, SIZE), np.nan, np.float32) for n in ("structural", "logical")
         }
