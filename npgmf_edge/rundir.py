@@ -40,7 +40,7 @@ from npgmf_edge.models.inspection_net import InspectionNet
 from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
 from npgmf_edge.models.structural.features import PatchFeatureExtractor
 from npgmf_edge.models.structural.torch_model import StructuralDetector, build_patch_extractor
-from npgmf_edge.runtime.manifest import sha256_file
+from npgmf_edge.runtime.manifest import first_mismatch, sha256_file
 from npgmf_edge.training.checkpoint import load_json, load_tensors
 
 log = logging.getLogger(__name__)
@@ -98,15 +98,16 @@ def check_run_files(run_dir: Path) -> None:
     files = recorded.get("files") if isinstance(recorded, dict) else None
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise CheckpointError(f"{path} is damaged (no file list); retrain the run with `npgmf-edge train`")
-    for name, expected in files.items():
-        file = run_dir / name
-        if not file.is_file():
-            raise CheckpointError(f"{file} is missing from the run; retrain it with `npgmf-edge train`")
-        if sha256_file(file) != expected:
-            raise CheckpointError(
-                f"{file} does not match the SHA-256 recorded in {path} (damaged or changed after training); "
-                "retrain the run with `npgmf-edge train`"
-            )
+    mismatch = first_mismatch(run_dir, files)
+    if mismatch is None:
+        return
+    file, kind = mismatch
+    if kind == "missing":
+        raise CheckpointError(f"{file} is missing from the run; retrain it with `npgmf-edge train`")
+    raise CheckpointError(
+        f"{file} does not match the SHA-256 recorded in {path} (damaged or changed after training); "
+        "retrain the run with `npgmf-edge train`"
+    )
 
 
 def build_logical_from_state(

@@ -113,17 +113,30 @@ def _migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
     return data
 
 
-def verify_files(root: Path, files: dict[str, str]) -> None:
-    """Every listed file is present and has its recorded SHA-256, else BundleError naming it."""
+def first_mismatch(root: Path, files: dict[str, str]) -> tuple[Path, str] | None:
+    """The first listed file that is missing or whose SHA-256 differs from the recorded one, as
+    (path, "missing" | "changed"); None when all match. Bundles and run directories both check this way."""
     for name, expected in files.items():
         path = root / name
         if not path.is_file():
-            raise BundleError(f"{path} is missing from the bundle; re-export it with `npgmf-edge export`")
+            return path, "missing"
         if sha256_file(path) != expected:
-            raise BundleError(
-                f"{path} does not match the SHA-256 recorded in {root / MANIFEST_FILE} (damaged or "
-                "changed after export); re-export the bundle with `npgmf-edge export`"
-            )
+            return path, "changed"
+    return None
+
+
+def verify_files(root: Path, files: dict[str, str]) -> None:
+    """Every listed file is present and has its recorded SHA-256, else BundleError naming it."""
+    mismatch = first_mismatch(root, files)
+    if mismatch is None:
+        return
+    path, kind = mismatch
+    if kind == "missing":
+        raise BundleError(f"{path} is missing from the bundle; re-export it with `npgmf-edge export`")
+    raise BundleError(
+        f"{path} does not match the SHA-256 recorded in {root / MANIFEST_FILE} (damaged or "
+        "changed after export); re-export the bundle with `npgmf-edge export`"
+    )
 
 
 def _graph_spec(precision: str, entry: dict[str, Any], knn: str, max_batch: int) -> GraphSpec:
