@@ -7,7 +7,9 @@ an exact flat search costs the same whatever the rows hold) and times, per image
     runtime, faiss: the patch-feature graph in onnxruntime (fp32, and int8 when --int8), one FAISS search,
                     the resize (a `--knn faiss` bundle)
     runtime, graph: one onnxruntime graph with the kNN (one GEMM, ArgMin, exact distance) and the resize
-                    appended (a `--knn graph` bundle; `export.graph_heads.KnnHead`)
+                    appended (a `--knn graph` bundle; `export.graph_heads.KnnHead`), with the GEMM in FP32
+                    (`--knn-search exact`) or in INT8 with an exact re-rank of 4 candidates (`--knn-search
+                    int8`; its accuracy on pretrained features: scripts/int8_search_accuracy.py)
     torch:          the same extractor in eager torch with the same FAISS search, and the graph-kNN
                     network in eager torch
 Speeds are not asserted anywhere; docs/BENCHMARKS.md records the output with the machine.
@@ -48,9 +50,9 @@ ANOMALIB_MS = 357.0
 class StructuralGraph(nn.Module):
     """pixels -> structural map at the input size: the extractor, the in-graph kNN and the resize."""
 
-    def __init__(self, net: InspectionNet, coreset: np.ndarray, grid: tuple[int, int]) -> None:
+    def __init__(self, net: InspectionNet, coreset: np.ndarray, grid: tuple[int, int], search: str) -> None:
         super().__init__()
-        self.net, self.knn = net, KnnHead(coreset, grid)
+        self.net, self.knn = net, KnnHead(coreset, grid, search)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         distances = self.knn(self.net(pixels)[0])[:, None]
@@ -121,16 +123,18 @@ def main() -> None:
         results["knn search + resize"] = timed(
             lambda: structural_maps(features, knn, SIZE), args.iters, args.warmup
         )
-        whole = StructuralGraph(net, coreset, tuple(features.shape[-2:])).eval()
-        graph = precision_ops.simplify(
-            export_onnx(whole, torch.zeros(1, 3, SIZE, SIZE), Path(tmp) / "knn.onnx", INPUT_NAME, ["map"]),
-            Path(tmp) / "knn_fp32.onnx",
-        )
-        spec = GraphSpec(graph.name, "fp32", "graph", INPUT_NAME, (3, SIZE, SIZE), 1)
-        backend = OnnxRuntimeBackend(graph, spec, threads=args.threads)
-        results["runtime fp32, kNN in the graph: whole path"] = timed(
-            lambda: backend.infer(pixels), args.iters, args.warmup
-        )
+        grid = tuple(features.shape[-2:])
+        for search in ("exact", "int8"):
+            module = StructuralGraph(net, coreset, grid, search).eval()
+            example = torch.zeros(1, 3, SIZE, SIZE)
+            raw = export_onnx(module, example, Path(tmp) / f"{search}.onnx", INPUT_NAME, ["map"])
+            graph = precision_ops.simplify(raw, Path(tmp) / f"{search}_fp32.onnx")
+            spec = GraphSpec(graph.name, "fp32", "graph", INPUT_NAME, (3, SIZE, SIZE), 1)
+            backend = OnnxRuntimeBackend(graph, spec, threads=args.threads)
+            results[f"runtime fp32, kNN in the graph, {search} search: whole path"] = timed(
+                lambda b=backend: b.infer(pixels), args.iters, args.warmup
+            )
+        whole = StructuralGraph(net, coreset, grid, "exact").eval()
         with torch.no_grad():
             tensor = torch.from_numpy(pixels)
             results["torch eager: graph"] = timed(lambda: net(tensor), args.iters, args.warmup)

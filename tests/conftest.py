@@ -68,6 +68,16 @@ def graph_bundle(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def int8_search_bundle(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fp32 single graph whose kNN runs its coreset GEMM in INT8 and re-ranks candidates exactly."""
+    from npgmf_edge.export.bundle import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "int8_search"
+    export_bundle(tiny_run[0], out, ExportOptions(knn="graph", knn_search="int8", tensorrt=False))
+    return out
+
+
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     """Run the console entry point in-process: cli("predict", ...) -> (exit code, stdout, stderr)."""

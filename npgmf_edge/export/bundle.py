@@ -4,6 +4,7 @@
       per precision: fp32 | fp16 (FP32 islands) | int8 (Q/DQ, calibrated on normal training images)
         -> maps of that graph on the validation images -> its own calibration (Eq. 11 stats, threshold)
         -> knn "graph": the same network with kNN + fusion + smoothing appended, at that precision
+           (knn search "exact": one FP32 GEMM; "int8": an INT8 GEMM and an exact re-rank, onnxruntime only)
       coreset.faiss + coreset.npy (knn "faiss"), TensorRT engines (where TensorRT is importable)
       -> manifest.json (runtime.manifest writes it, last, with the SHA-256 of every file)
 
@@ -37,7 +38,14 @@ from npgmf_edge.calibration import Calibration, calibrate
 from npgmf_edge.data import read_image
 from npgmf_edge.errors import BundleError, ConfigError
 from npgmf_edge.export import precision as precision_ops
-from npgmf_edge.export.graph_heads import GRAPH_OUTPUT_NAMES, GraphInspectionNet
+from npgmf_edge.export.graph_heads import (
+    DEFAULT_CANDIDATES,
+    GRAPH_OUTPUT_NAMES,
+    KNN_SEARCHES,
+    GraphInspectionNet,
+    HeadSearch,
+    KnnHead,
+)
 from npgmf_edge.export.onnx_graph import export_onnx
 from npgmf_edge.knn import BruteForceNN, FaissNN
 from npgmf_edge.models.inspection_net import INPUT_NAME, OUTPUT_NAMES
@@ -68,6 +76,7 @@ Log = Callable[[str], None]
 class ExportOptions:
     precisions: tuple[str, ...] = ("fp32",)
     knn: str = "graph"  # "graph" (kNN and fusion in the graph) | "faiss" (runtime searches coreset.faiss)
+    knn_search: str = "exact"  # knn "graph": "exact" FP32 GEMM | "int8" GEMM + exact re-rank (KnnHead)
     max_batch: int = DEFAULT_MAX_BATCH
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES  # normal training images for INT8 ranges
     tensorrt: bool | None = None  # None: build engines when TensorRT is importable
@@ -82,6 +91,17 @@ class ExportOptions:
             )
         if self.knn not in KNN_MODES:
             raise ConfigError(f"--knn must be one of {', '.join(KNN_MODES)}, got {self.knn!r}")
+        if self.knn_search not in KNN_SEARCHES:
+            raise ConfigError(
+                f"--knn-search must be one of {', '.join(KNN_SEARCHES)}, got {self.knn_search!r}"
+            )
+        if self.knn_search == "int8" and self.knn != "graph":
+            raise ConfigError("--knn-search int8 runs inside the graph: use it with --knn graph")
+        if self.knn_search == "int8" and self.tensorrt:
+            raise ConfigError(
+                "--knn-search int8 uses MatMulInteger, which TensorRT does not run; export with "
+                "--no-tensorrt (it is for onnxruntime on the CPU) or with --knn-search exact"
+            )
         if self.max_batch < 1:
             raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
         if self.calibration_images < 1:
@@ -120,7 +140,9 @@ def _run_graph(path: Path, spec: GraphSpec, pixels: np.ndarray, threads: int | N
     return {name: np.concatenate(values) for name, values in chunks.items()}
 
 
-def _branch_maps(outputs: dict[str, np.ndarray], knn: FaissNN, size: int) -> dict[str, np.ndarray]:
+def _branch_maps(
+    outputs: dict[str, np.ndarray], knn: FaissNN | HeadSearch, size: int
+) -> dict[str, np.ndarray]:
     structural = structural_maps(outputs["patch_features"], knn, size)
     return {"logical": outputs["logical_map"][:, 0], "structural": structural}
 
@@ -165,6 +187,10 @@ class _Exporter:
         with torch.no_grad():
             _, features = run.net(torch.zeros(1, 3, self.size, self.size))
         self.grid = (int(features.shape[-2]), int(features.shape[-1]))
+        # Calibration sees the distances the bundle will compute: FAISS's exact ones, or the int8 head's.
+        self.search = self.knn
+        if options.knn_search == "int8":
+            self.search = HeadSearch(KnnHead(self.coreset, self.grid, "int8"))
         self.sigma = gaussian_sigma_for(self.size, run.cfg.fusion.gaussian_sigma)
 
     def spec(self, precision: str, knn: str) -> GraphSpec:
@@ -223,6 +249,7 @@ def export_bundle(
         "bundle": str(out),
         "precisions": list(options.precisions),
         "knn": options.knn,
+        "knn_search": options.knn_search if options.knn == "graph" else None,
         "files": manifest["files"],
         "quality": manifest["quality"],
         "engines": manifest["engines"],
@@ -263,7 +290,7 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
         log(f"{precision}: graph and calibration on {len(validation)} validation images")
         base = ex.to_precision(base_fp32, precision, calib_pixels, ex.work / f"inspection.{precision}.onnx")
         maps = _branch_maps(
-            _run_graph(base, ex.spec(precision, "faiss"), val_pixels, options.threads), ex.knn, ex.size
+            _run_graph(base, ex.spec(precision, "faiss"), val_pixels, options.threads), ex.search, ex.size
         )
         calibration = ex.calibrate(maps)
         if reference is None:
@@ -275,7 +302,9 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
             _check_int8(precision, quality[precision], options)
         target = ex.staging / graph_file(precision)
         if options.knn == "graph":
-            module = GraphInspectionNet(run.net, ex.coreset, calibration, ex.size, ex.grid)
+            module = GraphInspectionNet(
+                run.net, ex.coreset, calibration, ex.size, ex.grid, options.knn_search
+            )
             full_fp32 = ex.export_fp32(module, GRAPH_OUTPUT_NAMES, f"graph.{precision}")
             ex.to_precision(full_fp32, precision, calib_pixels, target)
         else:
@@ -290,6 +319,10 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
         "metric": "l2",
         "grid": list(ex.grid),
     }
+    if options.knn == "graph":
+        coreset["search"] = options.knn_search
+        if options.knn_search == "int8":
+            coreset["candidates"] = DEFAULT_CANDIDATES
     if options.knn == "faiss":
         ex.knn.save(ex.staging / CORESET_FAISS)
         BruteForceNN().fit(ex.coreset).save(ex.staging / CORESET_NPY)
@@ -338,6 +371,8 @@ def _build_engines(ex: _Exporter, graphs: dict, build: bool, out: Path) -> tuple
 
     if not build:
         return {}, trt_backend.tensorrt_unavailable_reason() or "not requested (--no-tensorrt)"
+    if ex.options.knn_search == "int8":
+        return {}, "not built: TensorRT does not run the int8 kNN search (MatMulInteger)"
     cache = ex.staging / TIMING_CACHE
     if (out / TIMING_CACHE).is_file():
         shutil.copyfile(out / TIMING_CACHE, cache)

@@ -22,7 +22,7 @@ TEXT_DIM = 32  # the tiny preset's adapted text prior: FC(text) is folded into a
 MAX_GRAPH_BYTES = 100 * 2**20  # tiny fp32 measures 55 MB; CLIP ViT-B-32's text tower alone is ~250 MB
 
 
-@pytest.fixture(scope="module", params=["faiss", "graph"])
+@pytest.fixture(scope="module", params=["faiss", "graph", "int8_search"])
 def verified(request, tiny_run) -> dict:
     bundle = request.getfixturevalue(f"{request.param}_bundle")
     run, dataset = tiny_run
