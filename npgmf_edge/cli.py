@@ -224,15 +224,20 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option(help="Where to write metrics.json, report.html, overlays.")
     ] = None,
+    max_pixels: Annotated[
+        int, typer.Option(min=1, help="Refuse test images with more pixels (maps stay at full size).")
+    ] = DEFAULT_MAX_PIXELS,
     device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ) -> None:
     """Measure a run (or another tool's score maps) with image/pixel AUROC, AUPRO and sPRO."""
     from npgmf_edge.data import load_dataset
+    from npgmf_edge.data.image_io import check_pixel_limit
 
     if data is None:
         raise NpgmfError("--data is required: the labelled dataset to evaluate on")
     dataset = load_dataset(data, category=category)
+    check_pixel_limit([s.image_path for s in dataset.test], max_pixels)  # before any model is opened
     if run is None:
         if maps is None:
             raise NpgmfError("give a RUN directory to evaluate, or --maps MAPS to score existing maps")

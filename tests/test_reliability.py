@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from npgmf_edge.config import get_preset
 from npgmf_edge.detector import RunDetector
 from npgmf_edge.errors import OutputError
 from npgmf_edge.fileio import LOCK_FILE, output_lock
@@ -372,6 +373,60 @@ def test_a_memory_bank_that_would_not_fit_is_refused_before_any_work(
         "but 0.0 GiB of memory is available; train on fewer images or a smaller --image-size\n"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_a_training_batch_that_would_not_fit_is_refused_before_any_work(
+    cli, loco_dataset_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """--batch-size beyond the training set is capped at it (10 images here); the estimate of that step
+    (tiny at 128 px: ~0.03 GiB fixed + ~0.02 GiB per image) is above the 0.1 GiB made available."""
+    from npgmf_edge.training import run
+
+    monkeypatch.setattr(run, "available_memory", lambda: 100 * 2**20)
+    code, _, err = cli(
+        "train", loco_dataset_dir, "--preset", "tiny", "--no-pretrained", "--branch", "logical",
+        "--batch-size", 10**6, "--out", tmp_path / "run",
+    )  # fmt: skip
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: logical training needs about 0.")
+    assert "in RAM (a batch of 10 images at 128 px:" in err
+    assert err.endswith(
+        "but 0.10 GiB is available; lower --batch-size or --image-size, or train on fewer images\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_training_memory_estimate_follows_the_network_sizes() -> None:
+    """Independent of the probe: the fixed part is 4 copies of the trainable parameters of the network
+    training really builds, and the activations per image grow with the pixels (x4 from 128 to 256 px)."""
+    from npgmf_edge.training.logical import _build_fresh
+    from npgmf_edge.training.run import logical_training_bytes
+
+    cfg = get_preset("tiny")
+    cfg.weights.pretrained, cfg.weights.random_clip = False, True
+    trainable = sum(p.numel() * 4 for p in _build_fresh(cfg).parameters() if p.requires_grad)
+    fixed, per_image = logical_training_bytes(cfg)
+    assert fixed == 4 * trainable
+    cfg.image_size = 256
+    assert logical_training_bytes(cfg)[1] == pytest.approx(4 * per_image, rel=0.02)
+
+
+@pytest.mark.parametrize("model", ["run", "maps only"])
+def test_evaluate_refuses_a_test_image_above_the_pixel_limit_before_any_work(
+    cli, loco_dataset_dir: Path, tmp_path: Path, model: str
+) -> None:
+    """Evaluation scores maps at the original size, so it cannot decode reduced: a test image above
+    --max-pixels (64 x 64 images, the limit 4,096 pixels, one image doubled) is one line naming it."""
+    data = Path(shutil.copytree(loco_dataset_dir, tmp_path / "data"))
+    big = sorted((data / "test" / "good").glob("*.png"))[1]
+    cv2.imwrite(str(big), cv2.resize(cv2.imread(str(big)), (128, 128)))
+    out = tmp_path / "eval"
+    args = [tmp_path] if model == "run" else ["--maps", tmp_path]  # never opened: refused before
+    code, _, err = cli("evaluate", *args, "--data", data, "--max-pixels", 64 * 64, "--out", out)
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: image {big} is 128x128 (16,384 pixels), above the limit of 4,096;")
+    assert "raise --max-pixels or shrink the image and its masks" in err
+    assert not out.exists()
 
 
 def test_ctrl_c_during_training_says_where_the_checkpoint_is(

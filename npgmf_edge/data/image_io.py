@@ -75,6 +75,19 @@ def _reduction(path: Path, max_pixels: int | None) -> int:
     )
 
 
+def check_pixel_limit(paths: Sequence[Path], max_pixels: int) -> None:
+    """Refuse the first image whose header says it has more than `max_pixels` pixels. For evaluation,
+    which scores maps at each image's original size against its masks, so it cannot decode reduced."""
+    for path in paths:
+        width, height = imagesize.get(path)  # (-1, -1) for an unknown header: decoding will judge it
+        if width * height > max_pixels and width > 0:
+            raise DatasetError(
+                f"image {path} is {width}x{height} ({width * height:,} pixels), above the limit of "
+                f"{max_pixels:,}; evaluation scores maps at the original size against the masks, "
+                "so it cannot decode it reduced: raise --max-pixels or shrink the image and its masks"
+            )
+
+
 def _decode(path: Path, what: str, max_pixels: int | None = None) -> np.ndarray:
     """Raw pixels as stored (any depth or channel count; 8-bit BGR when reduced); a missing or undecodable
     file is a DatasetError."""

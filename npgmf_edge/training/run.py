@@ -33,6 +33,9 @@ from npgmf_edge.rundir import (
 BRANCHES = ("logical", "structural", "all")
 STRUCTURAL_STRIDE = 8  # the memory bank's patch grid: the finer of the structural levels (strides 8, 16)
 MEMORY_HEADROOM = 0.8  # refuse work whose estimate exceeds this share of the memory available now
+ADAM_COPIES = 4  # trainable weights, their gradients and Adam's two moments
+BACKWARD_FACTOR = 2  # activations kept for the backward pass, and the gradients flowing back through them
+PROBE_TEXT_WIDTH = 512  # CLIP ViT-B-32's text embedding: only the text FC's size depends on it
 
 
 def available_memory() -> int:
@@ -79,6 +82,70 @@ def check_memory(cfg: NpgmfConfig, dataset: AnomalyDataset, branch: str) -> None
         )
 
 
+def logical_training_bytes(cfg: NpgmfConfig) -> tuple[int, int]:
+    """(fixed, per image of a batch) bytes of one logical training step, from the sizes: one batch-1
+    forward of a random-init copy of the network, hooks summing the output of every trained leaf module
+    (what autograd keeps for the backward pass, counted once more for the gradients flowing back), plus the
+    trainable parameters `ADAM_COPIES` times (weights, gradients, Adam's two moments)."""
+    from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
+
+    lg = cfg.logical
+    embedding = torch.zeros(PROBE_TEXT_WIDTH) if lg.use_text_prior else None
+    net = NpgmfLogicalNet(lg, cfg.image_size, embedding, pretrained=False, weights=None, warn_random=False)
+    activations = 0
+
+    def count(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal activations
+        for tensor in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(tensor, torch.Tensor):
+                activations += tensor.numel() * tensor.element_size()
+
+    frozen = set(net.encoder.modules())  # runs without autograd: nothing of it is kept for the backward
+    leaves = [m for m in net.modules() if not list(m.children()) and m not in frozen]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            net.forward_train(torch.zeros(1, 3, cfg.image_size, cfg.image_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    trainable = sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
+    return ADAM_COPIES * trainable, BACKWARD_FACTOR * activations
+
+
+def check_training_memory(
+    cfg: NpgmfConfig, dataset: AnomalyDataset, branch: str, device: torch.device
+) -> None:
+    """Refuse a logical branch whose training step (the batch's activations, gradients and optimiser
+    state) plus its cached training images would not fit in memory, before any work starts."""
+    if branch not in ("logical", "all"):
+        return
+    batch = min(cfg.train.batch_size, len(dataset.train))  # batches never exceed the training set
+    cached = len(dataset.train) * 3 * cfg.image_size * cfg.image_size * 4  # float32 images, kept in RAM
+    fixed, per_image = logical_training_bytes(cfg)
+    step = fixed + batch * per_image
+    # (bytes needed, bytes available, where): the step runs on the device, the image cache stays in RAM.
+    if device.type == "cuda":
+        budgets = [
+            (step, torch.cuda.mem_get_info(device)[0], f"on {device}"),
+            (cached, available_memory(), "in RAM"),
+        ]
+    else:
+        budgets = [(step + cached, available_memory(), "in RAM")]
+    for needed, available, where in budgets:
+        if needed > MEMORY_HEADROOM * available:
+            raise ConfigError(
+                f"logical training needs about {_gib(needed)} {where} (a batch of {batch} images at "
+                f"{cfg.image_size} px: {_gib(batch * per_image)} of activations, {_gib(fixed)} of weights "
+                f"and optimiser state, {_gib(cached)} of cached training images) but {_gib(available)} is "
+                "available; lower --batch-size or --image-size, or train on fewer images"
+            )
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB"
+
+
 def with_validation_split(dataset: AnomalyDataset, fraction: float, seed: int) -> AnomalyDataset:
     """The dataset itself if it has validation images, else one with a held-out part of train."""
     if dataset.validation:
@@ -116,6 +183,7 @@ def train_run(
     dataset = with_validation_split(dataset, cfg.train.validation_fraction, cfg.train.seed)
     check_dataset_size(dataset, branch)
     check_memory(cfg, dataset, branch)
+    check_training_memory(cfg, dataset, branch, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_MANIFEST).unlink(missing_ok=True)  # the run is changing: rewritten when it is whole again
