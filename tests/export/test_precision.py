@@ -225,7 +225,15 @@ def test_int8_graph_is_symmetric_per_channel_qdq_outside_islands(graphs: Graphs)
     islands = set(fp32_island_nodes(model))
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert convs and not islands & {n.name for n in convs}
-    for conv in convs:  # input and weight through Q/DQ, one weight scale per output channel
+    float_convs = [c for c in convs if c.input[1] in initializers]  # weight read directly, not via DQ
+    # Float by design: the stem over the 3 colour channels and the depthwise convs (the LeFF blocks').
+    groups = {c.name: next((a.i for a in c.attribute if a.name == "group"), 1) for c in convs}
+    stems = [c for c in float_convs if groups[c.name] == 1]
+    assert len(stems) == 1 and initializers[stems[0].input[1]].shape[1] == 3
+    assert len(float_convs) - 1 == sum(g > 1 for g in groups.values()) == 3
+    assert all(producer[c.input[0]].op_type != "DequantizeLinear" for c in float_convs)
+    quantized = [c for c in convs if c.input[1] not in initializers]
+    for conv in quantized:  # input and weight through Q/DQ, one weight scale per output channel
         weight_dq = producer[conv.input[1]]
         weight = initializers[weight_dq.input[0]]
         assert producer[conv.input[0]].op_type == "DequantizeLinear"
@@ -295,7 +303,8 @@ def test_knn_and_fusion_scopes_stay_fp32_in_both_conversions(tmp_path: Path) -> 
     assert head_names == {n.name for n in heads}
     # /knn/ reads the same features as the quantised /head/Conv, which shares one Q/DQ pair with it
     assert not fed_by_dequantize(int8, head_names)
-    assert fed_by_dequantize(int8, {"/head/Conv", "/stem/Conv"}) == ["/stem/Conv", "/head/Conv"]
+    # ... and the stem over the colour channels stays float (`precision._int8_sensitive_convs`)
+    assert fed_by_dequantize(int8, {"/head/Conv", "/stem/Conv"}) == ["/head/Conv"]
 
     fp16_err = np.abs(run(fp16, pixels.numpy())[0] - expected).max()
     int8_err = np.abs(run(int8, pixels.numpy())[0] - expected).max()
