@@ -25,8 +25,10 @@ from npgmf_edge.preprocess import to_model_input
 from npgmf_edge.runtime.inspector import Inspector
 from npgmf_edge.runtime.manifest import read_manifest
 
-# FP32 bundle vs torch: maps in absolute units of the map, image scores relative, verdicts identical.
-FP32_TOLERANCES = {"map_max_abs": 1e-4, "score_max_rel": 1e-5, "verdict_agreement": 1.0}
+# FP32 bundle vs torch: maps within 1e-4 absolute or 1e-5 of the map's largest value (the structural
+# map of a 256-D coreset holds distances of ~30, where float32 rounding alone differs by ~1e-4), image
+# scores relative, verdicts identical.
+FP32_TOLERANCES = {"map_max_abs": 1e-4, "map_max_rel": 1e-5, "score_max_rel": 1e-5, "verdict_agreement": 1.0}
 BATCH = 8
 
 
@@ -43,6 +45,7 @@ def _compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], thres
     for name in ("logical", "structural", "fused"):
         diff = np.abs(reference[name] - got[name])
         report[f"{name}_map_max_abs_diff"] = float(diff.max())
+        report[f"{name}_map_tolerance"] = map_tolerance(reference[name])
         report[f"{name}_map_mean_abs_diff"] = float(diff.mean())
     denominator = np.maximum(np.abs(reference["score"]), 1e-12)
     report["score_max_rel_diff"] = float((np.abs(reference["score"] - got["score"]) / denominator).max())
@@ -108,6 +111,12 @@ def _run_inspector(inspector: Inspector, pixels: np.ndarray) -> dict[str, np.nda
     return {name: np.concatenate(values) for name, values in chunks.items()}
 
 
+def map_tolerance(reference_map: np.ndarray) -> float:
+    """What an FP32 branch map may differ by: the absolute tolerance, or the relative one of its scale."""
+    scale = float(np.abs(reference_map).max()) if reference_map.size else 0.0
+    return max(FP32_TOLERANCES["map_max_abs"], FP32_TOLERANCES["map_max_rel"] * scale)
+
+
 def fused_tolerance(calibration) -> float:
     """The branch-map tolerance carried through Eq. 11: the fused map is each branch map scaled by w / sigma
     (sigma of normal pixels, often ~0.03 for the structural map), and smoothing only averages. A fixed 1e-4
@@ -119,7 +128,7 @@ def fused_tolerance(calibration) -> float:
 
 def _fp32_ok(row: dict[str, Any]) -> bool:
     maps_ok = all(
-        row[f"{n}_map_max_abs_diff"] <= FP32_TOLERANCES["map_max_abs"] for n in ("logical", "structural")
+        row[f"{n}_map_max_abs_diff"] <= row[f"{n}_map_tolerance"] for n in ("logical", "structural")
     )
     return (
         maps_ok

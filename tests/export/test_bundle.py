@@ -239,3 +239,24 @@ def test_quality_report_matches_a_direct_computation() -> None:
     ref_scores = ref["logical"].reshape(4, -1).max(1)
     expected_agreement = np.mean((ref_scores > 1.5) == (ref_scores + np.array([0, 0, 0.25, 0]) > 1.5))
     assert report["verdict_agreement"] == expected_agreement
+
+
+@pytest.mark.parametrize(("scale", "parity"), [(50.0, True), (1.0, False)])
+def test_fp32_map_tolerance_scales_with_the_map(scale: float, parity: bool) -> None:
+    """An edge-preset structural map holds distances of ~30-50, where float32 rounding alone differs by
+    ~1e-4 (measured 1.13e-4): within 1e-5 of a map reaching 50 (5e-4), outside 1e-4 for a map of 1."""
+    from npgmf_edge.export import verify
+
+    rng = np.random.default_rng(0)
+    structural = (rng.random((2, 8, 8)) * scale).astype(np.float32)
+    logical = rng.random((2, 8, 8)).astype(np.float32)
+    reference = {"logical": logical, "structural": structural, "fused": logical.copy()}
+    got = {name: value.copy() for name, value in reference.items()}
+    got["structural"][0, 0, 0] += 1.13e-4
+    for maps in (reference, got):
+        maps["score"] = maps["fused"].reshape(2, -1).max(axis=1)
+    row = verify._compare(reference, got, 0.5, 0.5)
+    row["fused_map_tolerance"] = 1e-4
+    assert row["structural_map_max_abs_diff"] == pytest.approx(1.13e-4, rel=0.05)
+    assert row["structural_map_tolerance"] == pytest.approx(max(1e-4, 1e-5 * structural.max()))
+    assert verify._fp32_ok(row) is parity
