@@ -40,7 +40,7 @@ class KnnHead(nn.Module):
 
     search "exact": one FP32 GEMM |b|^2 - 2 q.b over the whole coreset, ArgMin, exact ||q - b||.
     search "int8":  the same GEMM in INT8 (`Int8Scores`: u8 queries x s8 coreset, int32 sums; VNNI on
-                    x86, about 4x the FP32 rate), its `candidates` best rows by TopK, then ||q - b|| in
+                    x86, 3-4x the FP32 rate here), its `candidates` best rows by TopK, then ||q - b|| in
                     FP32 for those only. The distance returned is always exact to a real coreset row, so it
                     can only overestimate (when the nearest row is not among the candidates): a normal patch
                     may score a little high, an anomalous one is never hidden.
