@@ -64,9 +64,8 @@ class TorchPath:
         if manifest.knn == "graph":
             grid = tuple(manifest.coreset["grid"])
             coreset = load_coreset(self.run.run_dir)
-            search = manifest.coreset.get("search", "exact")
             self.graph_net = GraphInspectionNet(
-                self.run.net, coreset, self.calibration, self.size, grid, search
+                self.run.net, coreset, self.calibration, self.size, grid, manifest.knn_search
             ).eval()
         self.last_stages = dict.fromkeys(STAGES, 0.0)
 
@@ -124,9 +123,9 @@ class TorchCudaPath:
         self.size = run.cfg.image_size
         self.calibration = manifest.calibration[precision]
         grid = tuple(manifest.coreset["grid"])
-        search = (manifest.coreset or {}).get("search", "exact")
+        coreset = load_coreset(run.run_dir)
         model = GraphInspectionNet(
-            _AutocastNetwork(run.net), load_coreset(run.run_dir), self.calibration, self.size, grid, search
+            _AutocastNetwork(run.net), coreset, self.calibration, self.size, grid, manifest.knn_search
         )
         self.model = model.cuda().eval()
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}

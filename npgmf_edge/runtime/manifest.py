@@ -79,6 +79,11 @@ class Manifest:
     def precisions(self) -> tuple[str, ...]:
         return tuple(p for p in PRECISIONS if p in self.graphs)
 
+    @property
+    def knn_search(self) -> str:
+        """The in-graph kNN head's search ("exact" or "int8"; bundles from before the option: exact)."""
+        return (self.coreset or {}).get("search", "exact")
+
 
 def _content_sha256(manifest: dict[str, Any]) -> str:
     """SHA-256 of the manifest's own content (canonical JSON, without this field): a changed byte in
