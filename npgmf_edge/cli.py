@@ -345,12 +345,30 @@ def export(
 @app.command()
 def verify(
     bundle: Annotated[Path, typer.Argument(exists=True, help="Bundle directory from `export`.")],
-    run: Annotated[Path, typer.Option(exists=True, help="The run the bundle was exported from.")],
-    data: Annotated[Path, typer.Option(exists=True, help="Dataset whose test images are compared.")],
+    run: Annotated[
+        Path | None,
+        typer.Option(exists=True, help="The run the bundle was exported from (needs the train extra)."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(exists=True, help="With --run: dataset whose test images are compared.")
+    ] = None,
     category: Annotated[str | None, typer.Option(help="Category inside DATA.")] = None,
+    backend: Annotated[str, typer.Option(help="Without --run: auto, onnxruntime or tensorrt.")] = "auto",
+    device: Annotated[str, typer.Option(help="Without --run: cpu, or cuda.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Compare every graph and precision of a bundle with the torch run; exit 1 if FP32 parity fails."""
+    """Without --run: the bundle's self-test on this station, every precision (exit 1 if one fails).
+    With --run and --data: every graph and precision against the torch run (exit 1 if FP32 parity fails)."""
+    if run is None:
+        from npgmf_edge.runtime.selftest import format_self_test_table, self_test_bundle
+
+        report = self_test_bundle(bundle, backend=backend, device=device)
+        typer.echo(json.dumps(report, indent=2) if as_json else format_self_test_table(report))
+        if not report["passed"]:
+            raise typer.Exit(1)
+        return
+    if data is None:
+        raise typer.BadParameter("--run needs --data (the dataset whose test images are compared)")
     from npgmf_edge.data import load_dataset
     from npgmf_edge.export.verify import format_verify_table, verify_bundle
 

@@ -17,7 +17,9 @@ class Inspection:
     """Score, verdict and anomaly map of one image (map at the image's original resolution).
 
     `error` says why there is no verdict (unreadable image, non-finite score); `branch_maps` holds the
-    logical and structural maps at the model's input size when they were asked for.
+    logical and structural maps at the model's input size when they were asked for; `precision` is the
+    bundle graph that answered (None for a torch run), which differs from the one asked for after a
+    self-test fallback.
     """
 
     score: float
@@ -25,10 +27,11 @@ class Inspection:
     anomaly_map: np.ndarray | None
     error: str | None = None
     branch_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    precision: str | None = None
 
     @classmethod
-    def failed(cls, threshold: float, reason: str) -> Inspection:
-        return cls(float("nan"), threshold, None, error=reason)
+    def failed(cls, threshold: float, reason: str, precision: str | None = None) -> Inspection:
+        return cls(float("nan"), threshold, None, error=reason, precision=precision)
 
     @property
     def problem(self) -> str | None:

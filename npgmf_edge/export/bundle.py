@@ -11,8 +11,15 @@
 Everything is written into a temporary folder beside `out` and renamed into place at the end, so an
 export killed midway leaves the previous bundle untouched. FP16 and INT8 shift the score distribution,
 so each precision gets its own calibration, and the cost of each against FP32 on the validation images is
-recorded (map differences, score rank correlation, verdict agreement). An INT8 graph whose verdicts
-disagree with FP32's on more than `int8_max_disagreement` of the validation images is refused.
+recorded (map differences, score rank correlation, relative score drift, verdict agreement). An INT8
+graph is refused, with those numbers, when its verdicts disagree with FP32's on more than
+`int8_max_disagreement` of the validation images, its scores rank them differently (Spearman below
+INT8_MIN_RANK_CORRELATION: its own calibration can hide a shift, not a reordering), or they drift by more
+than INT8_MAX_SCORE_DRIFT of FP32's; the written graph is held to the same drift on the self-test images.
+
+Last, the bundle gets its golden set (`runtime.selftest`): a few validation images, each precision's
+scores and map digests for them as the written graphs compute them here, and this machine's CPU
+features and backend versions; `Inspector.open` runs it on every station.
 
 Example:
     >>> summary = export_bundle(Path("runs/tray"), Path("bundle"), ExportOptions(precisions=("fp32", "int8")))
@@ -31,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from npgmf_edge import __version__
@@ -52,9 +60,10 @@ from npgmf_edge.models.inspection_net import INPUT_NAME, OUTPUT_NAMES
 from npgmf_edge.postprocess import gaussian_sigma_for
 from npgmf_edge.preprocess import to_model_input
 from npgmf_edge.rundir import TrainedRun, load_coreset, load_run, read_provenance
+from npgmf_edge.runtime import selftest
 from npgmf_edge.runtime.backends.base import GraphSpec
 from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from npgmf_edge.runtime.inspector import structural_maps
+from npgmf_edge.runtime.inspector import Inspector, structural_maps
 from npgmf_edge.runtime.manifest import (
     CORESET_FAISS,
     CORESET_NPY,
@@ -69,6 +78,8 @@ from npgmf_edge.runtime.manifest import (
 DEFAULT_MAX_BATCH = 8
 DEFAULT_CALIBRATION_IMAGES = 32
 DEFAULT_INT8_MAX_DISAGREEMENT = 0.02
+INT8_MIN_RANK_CORRELATION = 0.95
+INT8_MAX_SCORE_DRIFT = 0.1  # mean |INT8 score - FP32 score| / mean |FP32 score|
 Log = Callable[[str], None]
 
 
@@ -155,16 +166,23 @@ def _quality(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
     cand_fused = cand_cal.fuse(candidate["structural"], candidate["logical"])
     ref_scores = ref_fused.reshape(len(ref_fused), -1).max(axis=1)
     cand_scores = cand_fused.reshape(len(cand_fused), -1).max(axis=1)
+    report: dict[str, Any] = {"images": len(ref_scores)}
     agreement = float(np.mean((ref_scores > ref_cal.threshold) == (cand_scores > cand_cal.threshold)))
     rank = float(spearmanr(ref_scores, cand_scores).statistic) if len(ref_scores) > 1 else 1.0
-    report: dict[str, Any] = {"images": len(ref_scores)}
     for name in ("logical", "structural"):
         diff = np.abs(reference[name] - candidate[name])
         report[f"{name}_map_max_abs_diff"] = float(diff.max())
         report[f"{name}_map_mean_abs_diff"] = float(diff.mean())
     report["score_rank_correlation"] = rank
+    report["score_drift"] = score_drift(ref_scores, cand_scores)
     report["verdict_agreement"] = agreement
     return report
+
+
+def score_drift(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """mean |candidate - reference| / mean |reference|: how far a precision moves image scores, as a share of
+    their size (each precision's scores are in standard deviations of its own normal pixels)."""
+    return float(np.abs(candidate - reference).mean() / max(np.abs(reference).mean(), 1e-12))
 
 
 def _graph_entry(path: Path, spec: GraphSpec, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -309,6 +327,7 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
             ex.to_precision(full_fp32, precision, calib_pixels, target)
         else:
             shutil.copyfile(base, target)
+        precision_ops.check_no_saturation(onnx.load(str(target)), target)  # the int8 kNN search, too
         outputs = _run_graph(target, ex.spec(precision, options.knn), val_pixels[:1], options.threads)
         graphs[precision] = _graph_entry(target, ex.spec(precision, options.knn), outputs)
         calibrations[precision] = calibration.to_dict()
@@ -352,16 +371,74 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
         "tensorrt": tensorrt_note,
         "source_run": str(run.run_dir),
     }
+    write_manifest(ex.staging, manifest)
+    reference_scores = _image_scores(reference, reference_cal)
+    manifest["selftest"] = _golden_set(ex, val_pixels, reference_scores, manifest["quality"])
     return write_manifest(ex.staging, manifest)
 
 
+def _image_scores(maps: dict[str, np.ndarray], calibration: Calibration) -> np.ndarray:
+    fused = calibration.fuse(maps["structural"], maps["logical"])
+    return fused.reshape(len(fused), -1).max(axis=1)
+
+
+def _golden_set(
+    ex: _Exporter, val_pixels: np.ndarray, fp32_scores: np.ndarray, quality: dict[str, Any]
+) -> dict[str, Any]:
+    """The self-test of `runtime.selftest`: golden images, and what each written graph answers for them
+    here through the station's own code path (`Inspector` on the staged bundle). INT8 is refused when the
+    written graph's scores drift from FP32's by more than INT8_MAX_SCORE_DRIFT on them."""
+    chosen = selftest.choose_golden(fp32_scores)
+    pixels = np.clip(np.rint(val_pixels[chosen]), 0, 255).astype(np.uint8)
+    scores, digests = {}, {}
+    for precision in ex.options.precisions:
+        inspector = Inspector.open(
+            ex.staging,
+            backend="onnxruntime",
+            precision=precision,
+            threads=ex.options.threads,
+            self_test=False,
+        )
+        with inspector:
+            scores[precision], digests[precision] = selftest.golden_outputs(inspector, pixels)
+    reference = fp32_scores[chosen]  # the FP32 run's, whether or not the bundle holds an fp32 graph
+    for precision, values in scores.items():
+        if precision in quality:
+            quality[precision]["selftest_score_drift"] = score_drift(reference, values)
+            _check_int8(precision, quality[precision], ex.options)
+    selftest.write_golden(ex.staging, pixels, digests)
+    entry = selftest.expectations(scores, reference, len(pixels))
+    ex.log(
+        f"self-test: {len(pixels)} golden images; tolerances "
+        + ", ".join(f"{p} {v['tolerance']:.3g}" for p, v in entry["precisions"].items())
+    )
+    return entry
+
+
+class Int8RefusedError(BundleError):
+    """The INT8 graph strays too far from FP32; the message gives the numbers."""
+
+
 def _check_int8(precision: str, report: dict[str, Any], options: ExportOptions) -> None:
+    """Int8RefusedError with every number and its limit when an INT8 graph fails one of them."""
+    if precision != "int8":
+        return
     disagreement = 1.0 - report["verdict_agreement"]
-    if precision == "int8" and disagreement > options.int8_max_disagreement:
-        raise BundleError(
-            f"INT8 verdicts disagree with FP32 on {disagreement:.1%} of the validation images (limit "
-            f"{options.int8_max_disagreement:.1%}); not writing an INT8 graph. Export fp32/fp16 instead, "
-            "or calibrate on more images (--calibration-images)"
+    drifts = [report["score_drift"], report.get("selftest_score_drift", 0.0)]
+    on_golden = f" and {drifts[1]:.3f} on the self-test images" if "selftest_score_drift" in report else ""
+    failed = (
+        disagreement > options.int8_max_disagreement
+        or not report["score_rank_correlation"] >= INT8_MIN_RANK_CORRELATION  # NaN fails too
+        or not max(drifts) <= INT8_MAX_SCORE_DRIFT
+    )
+    if failed:
+        raise Int8RefusedError(
+            f"INT8 strays from FP32 on the {report['images']} validation images: verdicts disagree on "
+            f"{disagreement:.1%} (limit {options.int8_max_disagreement:.1%}), score rank correlation "
+            f"{report['score_rank_correlation']:.3f} (at least {INT8_MIN_RANK_CORRELATION}), score drift "
+            f"{report['score_drift']:.3f}{on_golden} (at most "
+            f"{INT8_MAX_SCORE_DRIFT}); not writing an INT8 graph. Export fp32/fp16 instead, or calibrate on "
+            "more images (--calibration-images)"
         )
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from npgmf_edge.calibration import Calibration
+from npgmf_edge.export.int8_safety import SAFE_WEIGHT_MAX
 from npgmf_edge.models.inspection_net import InspectionNet
 from npgmf_edge.postprocess import gaussian_kernel_size
 
@@ -39,11 +40,12 @@ class KnnHead(nn.Module):
     """(B, D, h, w) patch features -> (B, h, w) Euclidean distance to the nearest coreset row.
 
     search "exact": one FP32 GEMM |b|^2 - 2 q.b over the whole coreset, ArgMin, exact ||q - b||.
-    search "int8":  the same GEMM in INT8 (`Int8Scores`: u8 queries x s8 coreset, int32 sums; VNNI on
-                    x86, 3-4x the FP32 rate here), its `candidates` best rows by TopK, then ||q - b|| in
-                    FP32 for those only. The distance returned is always exact to a real coreset row, so it
-                    can only overestimate (when the nearest row is not among the candidates): a normal patch
-                    may score a little high, an anomalous one is never hidden.
+    search "int8":  the same GEMM in INT8 (`Int8Scores`: u8 queries x 7-bit s8 coreset, int32 sums, exact
+                    with or without VNNI; VNNI on x86 runs it at 3-4x the FP32 rate here), its `candidates`
+                    best rows by TopK, then ||q - b|| in FP32 for those only. The distance returned is
+                    always exact to a real coreset row, so it can only overestimate (when the nearest
+                    row is not among the candidates): a normal patch may score a little high, an
+                    anomalous one is never hidden.
     """
 
     def __init__(
@@ -76,7 +78,8 @@ class KnnHead(nn.Module):
         self.query_scale = max(high - low, 1e-12) / 255.0
         self.query_zero = round(-low / self.query_scale)
         weights = (-2.0 * centred).t().contiguous()  # (D, M)
-        bank_scale = float(weights.abs().max()) / 127.0 or 1.0
+        # 7-bit coreset columns: u8 x s8 pair sums stay below int16's limit without VNNI (`int8_safety`).
+        bank_scale = float(weights.abs().max()) / SAFE_WEIGHT_MAX or 1.0
         self.register_buffer("weights_q", torch.round(weights / bank_scale).to(torch.int8))
         # The product of the two scales as the float32 that onnxruntime multiplies by.
         self.score_scale = float(np.float32(self.query_scale) * np.float32(bank_scale))

@@ -12,7 +12,8 @@ QuantizeLinear / DequantizeLinear pairs for INT8. This module writes those graph
   reductions, the cosine anomaly map, nearest-neighbour heads); both conversions leave them in FP32.
 * `convert_fp16`: FP16 everywhere else, float32 inputs and outputs.
 * `quantize_int8`: symmetric INT8 Q/DQ on the weighted ops TensorRT runs as INT8 kernels, calibrated
-  on normal training images; depthwise and stem convolutions stay float.
+  on normal training images; depthwise and stem convolutions stay float. Weights are 7-bit
+  (|w| <= 64, `int8_safety`), so no product saturates on x86 CPUs without VNNI.
 
 Every graph is checked with `onnx.checker` (full check) before `atomic_write` moves it into place.
 """
@@ -40,6 +41,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from npgmf_edge.errors import BundleError, ConfigError
+from npgmf_edge.export.int8_safety import saturation_risks
 from npgmf_edge.fileio import atomic_write
 
 MIN_OPSET = 17  # LayerNormalization as one op; what export_onnx writes
@@ -404,11 +406,25 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
             calibrate_method=CALIBRATION_METHOD,
+            # 7-bit weights ([-64, 64]): 8-bit ones saturate the int16 pair sums of x86 CPUs without VNNI,
+            # and the bundle would answer differently there (`int8_safety`).
+            reduce_range=True,
             extra_options=dict(INT8_EXTRA_OPTIONS),
         )
         result = onnx.load(str(quantized))
     _feed_islands_float(result, set(islands))
+    check_no_saturation(result, dst)
     return _write_checked(result, dst)
+
+
+def check_no_saturation(model: onnx.ModelProto, path: Path) -> None:
+    """BundleError naming `path` and the first product whose int16 pair sums could saturate without VNNI."""
+    risks = saturation_risks(model)
+    if risks:
+        raise BundleError(
+            f"{path}: {len(risks)} INT8 product(s) could saturate on x86 CPUs without VNNI, first {risks[0]} "
+            "> 32767; its weights must be 7-bit (|w| <= 64)"
+        )
 
 
 def _activation_matmuls(model: onnx.ModelProto) -> list[str]:

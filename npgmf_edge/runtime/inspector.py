@@ -1,6 +1,8 @@
 """The station-side inspector: a bundle in, score / verdict / anomaly map out, without torch.
 
     Inspector.open(bundle) -> read_manifest (schema, SHA-256 of every file, coreset vs graph)
+      -> the chosen precision's self-test (`selftest`: golden images vs the export machine's results);
+         refused with the reason, or answered by `fallback` when asked for
       images -> decode + resize (preprocess.to_model_input) -> one graph call per batch
         knn "faiss": patch features -> one FAISS search for all patches of the batch -> patch distances
                      -> bilinear resize (one OpenCV call for the batch) -> Eq. 11 fusion + smoothing
@@ -36,6 +38,7 @@ from npgmf_edge.knn import FaissNN, NearestNeighbourScorer
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
 from npgmf_edge.runtime.backends.base import Backend
 from npgmf_edge.runtime.manifest import CORESET_FAISS, TIMING_CACHE, Manifest, read_manifest
+from npgmf_edge.runtime.selftest import SelfTestError, SelfTestResult, failure_message, run_self_test
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +156,9 @@ class Inspector:
         self.knn = knn
         self.calibration: Calibration = manifest.calibration[precision]
         self.image_size = manifest.image_size
+        self.self_test: SelfTestResult | None = None  # set by `open`
+        self.requested_precision = precision  # differs from `precision` when a fallback answers
+        self.fallback_reason: str | None = None
         self._lock = threading.Lock()
         self.last_stages: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
@@ -165,16 +171,57 @@ class Inspector:
         precision: str | None = None,
         threads: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        *,
+        self_test: bool = True,
+        fallback: str | None = None,
     ) -> Inspector:
-        """Read and check `bundle`, then open `precision` (default: the first of fp32, fp16, int8 it has);
-        images above `max_pixels` are decoded reduced (`data.read_image`)."""
+        """Read and check `bundle`, open `precision` (default: the first of fp32, fp16, int8 it has) and
+        run its self-test; images above `max_pixels` are decoded reduced (`data.read_image`).
+
+        A precision that fails its self-test raises `SelfTestError` (one line: by how much, on what), unless
+        `fallback` names another precision: that one is opened (and self-tested) instead, with a warning,
+        and `precision` / `requested_precision` / `fallback_reason` say which answered and why."""
         manifest = read_manifest(Path(bundle))
         precision = precision or manifest.precisions[0]
-        if precision not in manifest.graphs:
-            raise BundleError(
-                f"{manifest.root} holds no {precision} graph (it has: {', '.join(manifest.precisions)}); "
-                f"re-export with --precision {precision}"
-            )
+        for name in (precision, fallback):
+            if name is not None and name not in manifest.graphs:
+                raise BundleError(
+                    f"{manifest.root} holds no {name} graph (it has: {', '.join(manifest.precisions)}); "
+                    f"re-export with --precision {name}"
+                )
+        inspector = cls._open_precision(manifest, precision, backend, device, threads, max_pixels)
+        if not self_test:
+            return inspector
+        inspector.self_test = run_self_test(inspector)
+        if inspector.self_test is None:
+            log.warning("%s has no self-test images (exported before them); re-export to get one", bundle)
+        elif not inspector.self_test.passed:
+            message = failure_message(inspector.self_test, inspector)
+            inspector.close()
+            if fallback is None or fallback == precision:
+                raise SelfTestError(message)
+            log.warning("%s; answering in %s (fallback)", message, fallback)
+            answering = cls.open(bundle, backend, device, fallback, threads, max_pixels, self_test=True)
+            answering.requested_precision, answering.fallback_reason = precision, message
+            return answering
+        else:
+            log.info(
+                "%s %s self-test passed in %.3f s (score drift %.2g <= %.2g)",
+                bundle, precision, inspector.self_test.seconds, inspector.self_test.score_drift,
+                inspector.self_test.tolerance,
+            )  # fmt: skip
+        return inspector
+
+    @classmethod
+    def _open_precision(
+        cls,
+        manifest: Manifest,
+        precision: str,
+        backend: str,
+        device: str,
+        threads: int | None,
+        max_pixels: int | None,
+    ) -> Inspector:
         runner = _open_backend(manifest, precision, backend, device, threads)
         knn = None
         if manifest.knn == "faiss":
@@ -259,14 +306,18 @@ class Inspector:
         tick = time.perf_counter()
         for size in loaded:
             if isinstance(size, str):
-                results.append(Inspection.failed(threshold, size))
+                results.append(Inspection.failed(threshold, size, precision=self.precision))
                 continue
             height, width = size
             fused_map = map_to_image_size(out["fused"][row], height, width)
             maps = (
                 {"logical": out["logical"][row], "structural": out["structural"][row]} if branch_maps else {}
             )
-            results.append(Inspection(float(out["score"][row]), threshold, fused_map, branch_maps=maps))
+            results.append(
+                Inspection(
+                    float(out["score"][row]), threshold, fused_map, branch_maps=maps, precision=self.precision
+                )
+            )
             row += 1
         stages["post"] += time.perf_counter() - tick
         return results

@@ -45,6 +45,10 @@ class Backend(abc.ABC):
         self.spec = spec
         self.last_seconds = 0.0
 
+    def describe(self) -> str:
+        """What computes this backend's numbers (library version, device), for self-test reports."""
+        return self.name
+
     def infer(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """(B, 3, S, S) float32 pixels -> {output name: (B, ...) float32 array}."""
         expected = self.spec.input_shape

@@ -53,6 +53,10 @@ class OnnxRuntimeBackend(Backend):
         self.session = ort.InferenceSession(str(model_path), options, providers=wanted)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.device = device
+        self.version = ort.__version__
+
+    def describe(self) -> str:
+        return f"onnxruntime {self.version} ({self.session.get_providers()[0]})"
 
     def _infer_impl(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         if self.device == "cpu":  # the CPU provider's arena already reuses its buffers between calls

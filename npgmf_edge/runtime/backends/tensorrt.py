@@ -375,12 +375,18 @@ class TensorRTBackend(Backend):
         if reason:
             raise BackendError(reason)
         self._cudart = _import_cudart()
+        self._facts = device_facts()
         try:
             self._open(_import_tensorrt(), engine_path)
         except BaseException:
             with contextlib.suppress(BackendError):  # keep the original error, not a clean-up failure
                 self.close()
             raise
+
+    def describe(self) -> str:
+        facts = self._facts
+        gpu = f"{facts['gpu_name']} (sm {facts['compute_capability']})"
+        return f"TensorRT {facts['tensorrt_version']} on {gpu}"
 
     def _open(self, trt: ModuleType, engine_path: Path) -> None:
         """Deserialize, check the engine against the spec, create the context, stream and buffers."""
