@@ -312,6 +312,12 @@ def export(
     int8_max_disagreement: Annotated[
         float, typer.Option(help="Refuse INT8 when its verdicts differ from FP32 on more of validation.")
     ] = 0.02,
+    int8_min_rank_correlation: Annotated[
+        float, typer.Option(help="Refuse INT8 when it ranks validation images less like FP32 (Spearman).")
+    ] = 0.95,
+    int8_max_score_drift: Annotated[
+        float, typer.Option(help="Refuse INT8 when mean |score - FP32 score| / mean |FP32 score| is larger.")
+    ] = 0.1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Write a self-contained deployable bundle: ONNX graphs, coreset index, manifest, engines."""
@@ -325,6 +331,8 @@ def export(
         calibration_images=calibration_images,
         tensorrt=tensorrt,
         int8_max_disagreement=int8_max_disagreement,
+        int8_min_rank_correlation=int8_min_rank_correlation,
+        int8_max_score_drift=int8_max_score_drift,
     )
     summary = export_bundle(run, out, options, log=_stderr_log)
     if as_json:
@@ -337,7 +345,8 @@ def export(
     for name, report in summary["quality"].items():
         typer.echo(
             f"{name} vs fp32 on validation: verdict agreement {report['verdict_agreement']:.1%}, "
-            f"score rank correlation {report['score_rank_correlation']:.4f}"
+            f"score rank correlation {report['score_rank_correlation']:.4f}, "
+            f"score drift {report['score_drift']:.4f}"
         )
     typer.echo(f"tensorrt:  {summary['tensorrt']}")
 
@@ -431,13 +440,27 @@ def predict(
         typer.Option(min=1, help="Images with more pixels are decoded reduced by 2, 4 or 8, or refused."),
     ] = DEFAULT_MAX_PIXELS,
     device: DeviceOption = Device.auto,
+    precision: Annotated[
+        Precision | None, typer.Option(help="A bundle's graph (default: the first of fp32, fp16, int8).")
+    ] = None,
+    fallback: Annotated[
+        Precision | None,
+        typer.Option(help="A bundle's graph to answer with when --precision fails its self-test here."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Inspect images: score, verdict, anomaly map and overlay picture for each (exit 1 if any failed)."""
     from npgmf_edge.workflows import expand_images, predict_images
 
     summary = predict_images(
-        model, expand_images(images), out, max_pixels=max_pixels, device=device.value, log=_stderr_log
+        model,
+        expand_images(images),
+        out,
+        max_pixels=max_pixels,
+        device=device.value,
+        log=_stderr_log,
+        precision=precision.value if precision else None,
+        fallback=fallback.value if fallback else None,
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -451,6 +474,11 @@ def predict(
             f"{summary['anomalous']} of {summary['images']} anomalous, {summary['errors']} without a "
             f"verdict; summary in {out}/predictions.csv"
         )
+        if summary.get("fallback_reason"):
+            typer.echo(
+                f"answered in {summary['precision']}, not {summary['requested_precision']}: "
+                f"{summary['fallback_reason']}"
+            )
     if summary["errors"]:
         raise typer.Exit(1)
 
@@ -475,12 +503,19 @@ def demo(
     summary = run_demo(out, seed=seed, epochs=epochs, log=_stderr_log)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
+        if not summary["verify_passed"]:
+            raise typer.Exit(1)
         return
     typer.echo(summary["table"])
     typer.echo(summary["verify_table"])
     typer.echo(summary["bench_table"])
     for key in ("data", "run", "report", "metrics", "predictions", "bundle", "bundle_predictions"):
         typer.echo(f"{key + ':':<20}{summary[key]}")
+    for precision, reason in summary["dropped_precisions"].items():
+        typer.echo(f"DROPPED {precision}: {reason}")
+    if not summary["verify_passed"]:
+        typer.echo("a precision of the demo bundle FAILS verify (table above)", err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

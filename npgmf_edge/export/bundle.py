@@ -92,6 +92,8 @@ class ExportOptions:
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES  # normal training images for INT8 ranges
     tensorrt: bool | None = None  # None: build engines when TensorRT is importable
     int8_max_disagreement: float = DEFAULT_INT8_MAX_DISAGREEMENT
+    int8_min_rank_correlation: float = INT8_MIN_RANK_CORRELATION
+    int8_max_score_drift: float = INT8_MAX_SCORE_DRIFT
     threads: int | None = None
 
     def validate(self) -> None:
@@ -117,6 +119,12 @@ class ExportOptions:
             raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
         if self.calibration_images < 1:
             raise ConfigError(f"--calibration-images must be >= 1, got {self.calibration_images}")
+        if not -1.0 <= self.int8_min_rank_correlation <= 1.0:
+            raise ConfigError(
+                f"the INT8 rank-correlation limit must be in [-1, 1], got {self.int8_min_rank_correlation}"
+            )
+        if not self.int8_max_score_drift >= 0.0:
+            raise ConfigError(f"the INT8 score-drift limit must be >= 0, got {self.int8_max_score_drift}")
         if not 0.0 <= self.int8_max_disagreement <= 1.0:
             raise ConfigError(
                 f"the INT8 disagreement limit must be in [0, 1], got {self.int8_max_disagreement}"
@@ -428,17 +436,17 @@ def _check_int8(precision: str, report: dict[str, Any], options: ExportOptions) 
     on_golden = f" and {drifts[1]:.3f} on the self-test images" if "selftest_score_drift" in report else ""
     failed = (
         disagreement > options.int8_max_disagreement
-        or not report["score_rank_correlation"] >= INT8_MIN_RANK_CORRELATION  # NaN fails too
-        or not max(drifts) <= INT8_MAX_SCORE_DRIFT
+        or not report["score_rank_correlation"] >= options.int8_min_rank_correlation  # NaN fails too
+        or not max(drifts) <= options.int8_max_score_drift
     )
     if failed:
         raise Int8RefusedError(
             f"INT8 strays from FP32 on the {report['images']} validation images: verdicts disagree on "
             f"{disagreement:.1%} (limit {options.int8_max_disagreement:.1%}), score rank correlation "
-            f"{report['score_rank_correlation']:.3f} (at least {INT8_MIN_RANK_CORRELATION}), score drift "
-            f"{report['score_drift']:.3f}{on_golden} (at most "
-            f"{INT8_MAX_SCORE_DRIFT}); not writing an INT8 graph. Export fp32/fp16 instead, or calibrate on "
-            "more images (--calibration-images)"
+            f"{report['score_rank_correlation']:.3f} (at least {options.int8_min_rank_correlation}), "
+            f"score drift {report['score_drift']:.3f}{on_golden} (at most {options.int8_max_score_drift}); "
+            "not writing an INT8 graph. Export fp32/fp16 instead, or calibrate on more images "
+            "(--calibration-images)"
         )
 
 

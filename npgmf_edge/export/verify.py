@@ -2,8 +2,11 @@
 
 For each precision (and backend: onnxruntime here, TensorRT engines where present) on the dataset's test
 images: max / mean abs diff of the logical map, the structural map and the fused map, max relative diff of
-image scores, verdict agreement, and on labelled data the image AUROC beside the torch run's. FP32 through
-onnxruntime must match torch within `FP32_TOLERANCES`; the other precisions are reported, not judged.
+image scores, verdict agreement, on labelled data the image AUROC beside the torch run's, and the bundle's
+self-test on this machine (`runtime.selftest`). FP32 must match torch within `FP32_TOLERANCES`; FP16 and
+INT8 must agree with torch's verdicts on LOW_PRECISION_LIMITS["verdict_agreement"] of the images and keep
+the image AUROC within LOW_PRECISION_LIMITS["auroc_gap"] of torch's; every precision must pass its
+self-test. `passed` says whether every row holds; `fp32_parity` whether the FP32 rows do.
 
 Example:
     >>> report = verify_bundle(Path("bundle"), Path("runs/tray"), load_dataset(Path("data")))
@@ -24,11 +27,14 @@ from npgmf_edge.detector import RunDetector
 from npgmf_edge.preprocess import to_model_input
 from npgmf_edge.runtime.inspector import Inspector
 from npgmf_edge.runtime.manifest import read_manifest
+from npgmf_edge.runtime.selftest import run_self_test
 
 # FP32 bundle vs torch: maps within 1e-4 absolute or 1e-5 of the map's largest value (the structural
 # map of a 256-D coreset holds distances of ~30, where float32 rounding alone differs by ~1e-4), image
 # scores relative, verdicts identical.
 FP32_TOLERANCES = {"map_max_abs": 1e-4, "map_max_rel": 1e-5, "score_max_rel": 1e-5, "verdict_agreement": 1.0}
+# FP16 / INT8 vs torch: what DEPLOY promises of a low precision that a bundle may hold.
+LOW_PRECISION_LIMITS = {"verdict_agreement": 0.98, "auroc_gap": 0.01}
 BATCH = 8
 
 
@@ -81,26 +87,50 @@ def verify_bundle(
     for precision in manifest.precisions:
         backends = ["onnxruntime"] + (["tensorrt"] if precision in manifest.engines else [])
         for backend in backends:
-            with Inspector.open(bundle, backend=backend, precision=precision, threads=threads) as inspector:
+            with Inspector.open(
+                bundle, backend=backend, precision=precision, threads=threads, self_test=False
+            ) as inspector:
                 got = _run_inspector(inspector, pixels.astype(np.float32))
+                self_test = run_self_test(inspector)
                 row = {"precision": precision, "backend": backend}
                 row.update(
                     _compare(reference, got, detector.calibration.threshold, inspector.calibration.threshold)
                 )
                 row["image_auroc"] = _auroc(labels, got["score"])
                 row["fused_map_tolerance"] = fused_tolerance(detector.calibration)
+                row["self_test"] = None if self_test is None else self_test.to_dict()
                 rows.append(row)
+    torch_auroc = _auroc(labels, reference["score"])
+    for row in rows:
+        row["ok"] = _row_ok(row, torch_auroc)
     fp32 = [r for r in rows if r["precision"] == "fp32"]
     parity = bool(fp32) and all(_fp32_ok(r) for r in fp32)
     return {
         "bundle": str(bundle),
         "run": str(run_dir),
         "images": len(samples),
-        "torch_image_auroc": _auroc(labels, reference["score"]),
+        "torch_image_auroc": torch_auroc,
         "rows": rows,
         "fp32_parity": parity,
+        "passed": all(r["ok"] for r in rows),
         "tolerances": FP32_TOLERANCES,
+        "low_precision_limits": LOW_PRECISION_LIMITS,
     }
+
+
+def _row_ok(row: dict[str, Any], torch_auroc: float | None) -> bool:
+    """FP32: parity with torch; FP16 / INT8: verdicts and AUROC within LOW_PRECISION_LIMITS; both: the
+    self-test (when the bundle has one)."""
+    if row["self_test"] is not None and not row["self_test"]["passed"]:
+        return False
+    if row["precision"] == "fp32":
+        return _fp32_ok(row)
+    auroc_ok = (
+        torch_auroc is None
+        or row["image_auroc"] is None
+        or abs(row["image_auroc"] - torch_auroc) <= LOW_PRECISION_LIMITS["auroc_gap"]
+    )
+    return row["verdict_agreement"] >= LOW_PRECISION_LIMITS["verdict_agreement"] and auroc_ok
 
 
 def _run_inspector(inspector: Inspector, pixels: np.ndarray) -> dict[str, np.ndarray]:
@@ -148,19 +178,30 @@ def format_verify_table(report: dict[str, Any]) -> str:
     """A fixed-width table: one row per precision and backend."""
     header = (
         f"{'precision':<9} {'backend':<11} {'logical':>9} {'struct.':>9} {'fused':>9} {'score rel':>9} "
-        f"{'verdicts':>8} {'AUROC':>6}"
+        f"{'verdicts':>8} {'AUROC':>6} {'self-test':>9} {'result':>6}"
     )
     lines = [f"{report['images']} images; torch image AUROC {_fmt(report['torch_image_auroc'])}", header]
     for r in report["rows"]:
         lines.append(
             f"{r['precision']:<9} {r['backend']:<11} {r['logical_map_max_abs_diff']:9.2e} "
             f"{r['structural_map_max_abs_diff']:9.2e} {r['fused_map_max_abs_diff']:9.2e} "
-            f"{r['score_max_rel_diff']:9.2e} {r['verdict_agreement']:8.1%} {_fmt(r['image_auroc']):>6}"
+            f"{r['score_max_rel_diff']:9.2e} {r['verdict_agreement']:8.1%} {_fmt(r['image_auroc']):>6} "
+            f"{_self_test_cell(r['self_test']):>9} {'ok' if r['ok'] else 'FAILS':>6}"
         )
+    limits = LOW_PRECISION_LIMITS
     lines.append(
-        "max abs diffs of the maps vs torch; FP32 parity " + ("holds" if report["fp32_parity"] else "FAILS")
+        "max abs diffs of the maps vs torch; FP32 parity "
+        + ("holds" if report["fp32_parity"] else "FAILS")
+        + f"; fp16/int8 need verdicts >= {limits['verdict_agreement']:.0%} and AUROC within "
+        f"{limits['auroc_gap']} of torch; " + ("every precision passes" if report["passed"] else "NOT PASSED")
     )
     return "\n".join(lines)
+
+
+def _self_test_cell(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "-"
+    return "passed" if result["passed"] else "FAILED"
 
 
 def _fmt(value: float | None) -> str:
