@@ -206,13 +206,56 @@ def test_export_killed_midway_leaves_the_previous_bundle_intact(
     read_manifest(out)
 
 
-def test_int8_whose_verdicts_disagree_too_often_is_refused(tiny_run, tmp_path: Path, monkeypatch) -> None:
-    def disagreeing(reference, candidate, ref_cal, cand_cal):
-        return {"verdict_agreement": 0.9, "score_rank_correlation": 0.5}
+GOOD_INT8 = {"images": 20, "verdict_agreement": 1.0, "score_rank_correlation": 0.99, "score_drift": 0.01}
 
-    monkeypatch.setattr(bundle_module, "_quality", disagreeing)
-    with pytest.raises(BundleError, match=r"INT8 verdicts disagree with FP32 on 10.0% .*\(limit 2.0%\)"):
+
+@pytest.mark.parametrize(
+    ("change", "numbers"),
+    [
+        ({"verdict_agreement": 0.9}, r"verdicts disagree on 10.0% \(limit 2.0%\)"),
+        ({"score_rank_correlation": 0.5}, r"score rank correlation 0.500 \(at least 0.95\)"),
+        ({"score_rank_correlation": float("nan")}, r"score rank correlation nan \(at least 0.95\)"),
+        ({"score_drift": 0.25}, r"score drift 0.250 \(at most 0.1\)"),
+    ],
+)
+def test_int8_that_strays_from_fp32_is_refused_with_its_numbers(
+    change, numbers, tiny_run, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(bundle_module, "_quality", lambda *maps: {**GOOD_INT8, **change})
+    with pytest.raises(bundle_module.Int8RefusedError, match=f"INT8 strays from FP32 on the 20 .*{numbers}"):
         export_bundle(tiny_run[0], tmp_path / "b", ExportOptions(precisions=("fp32", "int8"), tensorrt=False))
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_int8_graph_with_saturated_products_is_refused_at_export(
+    tiny_run, tmp_path: Path, monkeypatch
+) -> None:
+    """The real guard on a real graph: INT8 weights clipped to |w| <= 16, as int16 saturation clips the
+    largest products, through the unpatched quality check; export names the numbers that refused it."""
+    from onnx import numpy_helper
+
+    from npgmf_edge.export import precision
+
+    quantize = precision.quantize_int8
+
+    def clipped(src, dst, batches, **kwargs):
+        model = onnx.load(str(quantize(src, dst, batches, **kwargs)))
+        for tensor in model.graph.initializer:
+            weights = numpy_helper.to_array(tensor)
+            if weights.dtype == np.int8 and weights.ndim >= 2:
+                tensor.CopyFrom(
+                    numpy_helper.from_array(np.clip(weights, -16, 16).astype(np.int8), tensor.name)
+                )
+        onnx.save(model, str(dst))
+        return dst
+
+    monkeypatch.setattr(precision, "quantize_int8", clipped)
+    options = ExportOptions(precisions=("fp32", "int8"), knn="faiss", tensorrt=False)
+    with pytest.raises(bundle_module.Int8RefusedError, match="score rank correlation") as refused:
+        export_bundle(tiny_run[0], tmp_path / "b", options)
+    correlation = float(str(refused.value).split("score rank correlation ")[1].split()[0])
+    drift = float(str(refused.value).split("score drift ")[1].split()[0])
+    assert correlation < 0.95 or drift > 0.1
     assert not (tmp_path / "b").exists()
 
 
@@ -239,6 +282,11 @@ def test_quality_report_matches_a_direct_computation() -> None:
     ref_scores = ref["logical"].reshape(4, -1).max(1)
     expected_agreement = np.mean((ref_scores > 1.5) == (ref_scores + np.array([0, 0, 0.25, 0]) > 1.5))
     assert report["verdict_agreement"] == expected_agreement
+    shifted = ref_scores + np.array([0, 0, 0.25, 0])
+    assert report["score_drift"] == pytest.approx(0.25 / 4 / ref_scores.mean())
+    assert report["score_drift"] == pytest.approx(
+        np.abs(shifted - ref_scores).mean() / np.abs(ref_scores).mean()
+    )
 
 
 @pytest.mark.parametrize(("scale", "parity"), [(50.0, True), (1.0, False)])
