@@ -212,12 +212,14 @@ def run_bench(bundle: Path, options: BenchOptions, log: Log | None = None) -> di
     precision = options.precision or manifest.precisions[0]
     paths = options.backends or default_paths(options.run, options.device)
     report: dict[str, Any] = {"machine": describe_machine(), "bundle": str(bundle), "precision": precision,
-                              "rows": [], "soak": None}  # fmt: skip
+                              "rows": [], "soak": None, "open": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="npgmf-bench-") as work:
         count = max(max(options.batches) * 4, options.soak and 64)
         images = bench_images(manifest.image_size, count, options.images, Path(work))
         for name in paths:
+            tick = time.perf_counter()
             path = open_path(name, Path(bundle), options, precision)
+            report["open"][name] = _open_cost(path, time.perf_counter() - tick)
             try:
                 for batch in options.batches:
                     log(f"{name}: batch {batch}, {options.warmup} warm-up + {options.iters} timed calls")
@@ -268,6 +270,16 @@ def soak(path: InspectPath, images: list[Path], count: int, log: Log) -> dict[st
             "rss_samples_mb": samples}  # fmt: skip
 
 
+def _open_cost(path: InspectPath, seconds: float) -> dict[str, Any]:
+    """What opening a path cost once: all of it, and the bundle self-test's share (runtime paths)."""
+    test = getattr(path, "self_test", None)
+    return {
+        "seconds": round(seconds, 4),
+        "self_test_seconds": None if test is None else round(test.seconds, 4),
+        "self_test_images": None if test is None else test.images,
+    }
+
+
 def format_bench_table(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -283,6 +295,10 @@ def format_bench_table(report: dict[str, Any]) -> str:
             f"{r['backend']:<12}{r['batch']:>5}{r['p50_ms']:9.2f}{r['p95_ms']:9.2f}{r['p99_ms']:9.2f}"
             f"{r['throughput_images_per_s']:8.1f}{r['p50_ratio']:7.2f}{r['rss_mb']:9.0f}  {stages}"
         )
+    for name, cost in report.get("open", {}).items():
+        test = cost["self_test_seconds"]
+        share = f", of which the self-test ({cost['self_test_images']} images) {test:.3f} s" if test else ""
+        lines.append(f"open {name}: {cost['seconds']:.3f} s{share}")
     if report["soak"]:
         s = report["soak"]
         lines.append(

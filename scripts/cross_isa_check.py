@@ -32,8 +32,9 @@ def main() -> None:
     )
     parser.add_argument("bundle", type=Path)
     parser.add_argument("data", type=Path)
+    parser.add_argument("--every", type=int, default=1, help="take every n-th test image (emulation is slow)")
     args = parser.parse_args()
-    samples = load_dataset(args.data).test
+    samples = load_dataset(args.data).test[:: args.every]
     labels = np.array([s.label for s in samples])
     paths = [s.image_path for s in samples]
     report = {"machine": machine_facts(), "images": len(paths), "precisions": {}}

@@ -226,13 +226,17 @@ def test_int8_graph_is_symmetric_per_channel_qdq_outside_islands(graphs: Graphs)
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert convs and not islands & {n.name for n in convs}
     float_convs = [c for c in convs if c.input[1] in initializers]  # weight read directly, not via DQ
-    # Float by design: the stem over the 3 colour channels and the depthwise convs (the LeFF blocks').
+    # Float by design: the frozen encoder (its stem over the 3 colour channels among them) and the
+    # depthwise convs (the LeFF blocks'); every other conv is quantised.
     groups = {c.name: next((a.i for a in c.attribute if a.name == "group"), 1) for c in convs}
-    stems = [c for c in float_convs if groups[c.name] == 1]
-    assert len(stems) == 1 and initializers[stems[0].input[1]].shape[1] == 3
-    assert len(float_convs) - 1 == sum(g > 1 for g in groups.values()) == 3
+    encoder = [c for c in convs if "/encoder/" in c.name]
+    assert len(encoder) == 15 and {c.name for c in encoder} <= {c.name for c in float_convs}
+    stems = [c for c in encoder if initializers[c.input[1]].shape[1] == 3]
+    assert len(stems) == 1
+    assert len(float_convs) - len(encoder) == sum(g > 1 for g in groups.values()) == 3
     assert all(producer[c.input[0]].op_type != "DequantizeLinear" for c in float_convs)
     quantized = [c for c in convs if c.input[1] not in initializers]
+    assert len(quantized) == len(convs) - len(float_convs) > 0
     for conv in quantized:  # input and weight through Q/DQ, one weight scale per output channel
         weight_dq = producer[conv.input[1]]
         weight = initializers[weight_dq.input[0]]
