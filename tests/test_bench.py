@@ -34,7 +34,11 @@ def test_bench_reports_every_path_and_batch_with_ratios_stages_and_a_soak(faiss_
     assert report["soak"]["images"] == 6 and report["soak"]["rss_end_mb"] > 0
     assert report["machine"]["cores"] >= 1 and "onnxruntime" in report["machine"]["libraries"]
     table = format_bench_table(report)
-    assert len(table.splitlines()) == 3 + 4 + 1  # machine, bundle, header, 4 rows, soak
+    assert len(table.splitlines()) == 3 + 4 + 2 + 1  # machine, bundle, header, 4 rows, 2 opens, soak
+    # Opening the bundle ran its self-test once; torch has none. Its share is part of the open's time.
+    onnxruntime, torch = report["open"]["onnxruntime"], report["open"]["torch"]
+    assert onnxruntime["self_test_images"] == 4 and torch["self_test_seconds"] is None
+    assert 0 < onnxruntime["self_test_seconds"] <= onnxruntime["seconds"]
 
 
 def test_ratios_are_each_rows_median_over_the_first_paths_at_the_same_batch() -> None:

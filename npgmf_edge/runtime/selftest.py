@@ -10,8 +10,11 @@ that saturate, another TensorRT, a damaged install), and the precision is refuse
 
 Tolerances are in the fused map's units (standard deviations of normal pixels, Eq. 11):
     fp32: FP32_TOLERANCE (float rounding differs between kernels and ISAs by far less);
-    fp16, int8: LOW_PRECISION_FLOOR + DRIFT_FACTOR x how far that precision is from FP32 on these images
-    at export. Another correct implementation of a precision lands about as close to FP32 as this one.
+    fp16, int8: TOLERANCE_FLOOR + DRIFT_FACTOR x how far that precision is from FP32 on these images at
+    export: another correct implementation lands about as close to FP32 as this one. FP16's floor is the
+    larger because onnxruntime's CPU provider only stores FP16 (it computes in FP32), while TensorRT
+    computes in it; INT8's integers are the same everywhere (7-bit weights), only its float parts differ.
+Saturated INT8 products moved the demo's scores by several units: far outside every tolerance.
 
 Example:
     >>> result = run_self_test(inspector)       # None for a bundle exported without a golden set
@@ -38,7 +41,7 @@ SELFTEST_FILE = "selftest.npz"
 GOLDEN_IMAGES = 4
 DIGEST_GRID = 8
 FP32_TOLERANCE = 0.01
-LOW_PRECISION_FLOOR = 0.02
+TOLERANCE_FLOOR = {"fp16": 0.1, "int8": 0.05}
 DRIFT_FACTOR = 2.0
 
 
@@ -103,7 +106,7 @@ def golden_outputs(inspector: Inspector, pixels: np.ndarray) -> tuple[np.ndarray
 def tolerance_for(precision: str, scores: np.ndarray, fp32_scores: np.ndarray) -> float:
     if precision == "fp32":
         return FP32_TOLERANCE
-    return float(LOW_PRECISION_FLOOR + DRIFT_FACTOR * np.abs(scores - fp32_scores).max())
+    return float(TOLERANCE_FLOOR[precision] + DRIFT_FACTOR * np.abs(scores - fp32_scores).max())
 
 
 def write_golden(root: Path, pixels: np.ndarray, digests: dict[str, np.ndarray]) -> Path:

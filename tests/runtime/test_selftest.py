@@ -130,7 +130,8 @@ def test_golden_images_spread_over_the_scores_with_the_highest() -> None:
 def test_tolerances_hand_computed() -> None:
     fp32 = np.array([1.1, 2.5])
     assert tolerance_for("fp32", fp32, fp32) == FP32_TOLERANCE
-    assert tolerance_for("int8", np.array([1.0, 2.0]), fp32) == pytest.approx(0.02 + 2 * 0.5)
+    assert tolerance_for("int8", np.array([1.0, 2.0]), fp32) == pytest.approx(0.05 + 2 * 0.5)
+    assert tolerance_for("fp16", np.array([1.0, 2.0]), fp32) == pytest.approx(0.1 + 2 * 0.5)
 
 
 def test_map_digest_is_the_block_mean() -> None:
