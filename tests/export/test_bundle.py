@@ -43,10 +43,11 @@ def test_fp32_bundle_reproduces_the_torch_run_on_the_make_data_test_set(verified
 
 
 def test_fp16_and_int8_cost_little_against_torch(verified: dict) -> None:
-    """Measured on this run (pretrained Lite0, docs/DEPLOY.md): fp16 score rel diff 1.3e-2, int8 7.3e-2
-    (1.4e-1 before depthwise and stem convolutions stayed float); verdicts 100%; AUROC 0.890 for torch,
-    0.887 fp16, 0.891 int8. The bounds leave room for other CPUs' kernels; the verdicts and the AUROC are
-    what a station sees."""
+    """Measured on this run (pretrained Lite0, docs/DEPLOY.md): fp16 score rel diff 1.3e-2, int8 6.2e-2
+    (7-bit weights, the encoder float; 1.4e-1 before depthwise and stem convolutions stayed float);
+    verdicts 98.3% fp16, 100% int8; AUROC 0.890 for torch, 0.888 fp16, 0.885 int8; every precision
+    passes its self-test. INT8's integer products are exact on every CPU (tests/export/test_int8_safety.py),
+    so these bounds do not depend on VNNI: across ISAs only float rounding differs, by ~1e-5 here."""
     for row in verified["rows"]:
         if row["precision"] == "fp32":
             continue
@@ -54,6 +55,7 @@ def test_fp16_and_int8_cost_little_against_torch(verified: dict) -> None:
         assert row["score_max_rel_diff"] <= bound, row
         assert row["verdict_agreement"] >= 0.95, row
         assert abs(row["image_auroc"] - verified["torch_image_auroc"]) <= 0.03, row
+        assert row["self_test"]["passed"], row
 
 
 def _undetermined_shapes(model: onnx.ModelProto, batch: int = 2) -> list[str]:
