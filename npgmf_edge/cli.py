@@ -367,7 +367,8 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Without --run: the bundle's self-test on this station, every precision (exit 1 if one fails).
-    With --run and --data: every graph and precision against the torch run (exit 1 if FP32 parity fails)."""
+    With --run and --data: every graph and precision against the torch run and its self-test (exit 1 if
+    FP32 parity fails, or a lower precision misses its verdict / AUROC limits or its self-test)."""
     if run is None:
         from npgmf_edge.runtime.selftest import format_self_test_table, self_test_bundle
 
@@ -383,7 +384,7 @@ def verify(
 
     report = verify_bundle(bundle, run, load_dataset(data, category=category))
     typer.echo(json.dumps(report, indent=2) if as_json else format_verify_table(report))
-    if not report["fp32_parity"]:
+    if not report["passed"]:
         raise typer.Exit(1)
 
 
