@@ -54,6 +54,15 @@ def split_url(url: str, protocol: str | None = None) -> tuple[str, str]:
     return protocol, url.rstrip("/")
 
 
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The HTTP client's own exception for a connection the server closed (geventhttpclient)."""
+    try:
+        from geventhttpclient.response import HTTPParseError
+    except ImportError:
+        return ()
+    return (HTTPParseError,)
+
+
 class ServeClient:
     """tritonclient's HTTP or gRPC client for the two models `serve` binds. Not thread-safe: one per
     thread (the load test gives each of its workers its own)."""
@@ -116,8 +125,9 @@ class ServeClient:
                 response = self._client.infer(model, [item], outputs=outputs, client_timeout=self._timeout_s)
             else:
                 response = self._client.infer(model, [item], outputs=outputs)
-        except InferenceServerException as exc:
-            raise ServeError(f"{self.protocol}://{self.url} model {model}: {exc}") from exc
+        except (InferenceServerException, OSError, *_transport_errors()) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise ServeError(f"{self.protocol}://{self.url} model {model}: {reason}") from exc
         error = response.as_numpy("error")[0, 0].decode()
         return ServeResult(
             score=float(response.as_numpy("score")[0, 0]),

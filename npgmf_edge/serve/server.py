@@ -19,8 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,7 @@ from npgmf_edge.serve.model import (
 from npgmf_edge.serve.stub_env import libpython_dir, python_backend_env
 
 Log = Callable[[str], None]
+MONITOR_PERIOD_S = 1.0  # how often the main thread checks that Triton and the models are alive
 
 
 @dataclass
@@ -93,6 +97,27 @@ def _point_stub_at(env: Path | None) -> None:
             os.environ["LD_LIBRARY_PATH"] = f"{folder}:{current}" if current else folder
 
 
+def _drain(options: ServeOptions, access_token: str) -> None:
+    """Unload both models through Triton's model-control API: Triton then refuses new requests for them
+    (the client gets an error saying so, and /v2/health/ready turns false) and returns once every request
+    it accepted has been answered. Stopping Triton directly would not do: it keeps accepting requests on
+    open connections until its exit timeout and then drops whatever is in flight."""
+    import tritonclient.http as http
+    from pytriton.client.auth import create_auth_headers
+    from tritonclient.utils import InferenceServerException
+
+    headers = create_auth_headers(access_token, "http")  # PyTriton guards model control with a token
+
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host
+    url = f"{host}:{options.http_port}"
+    with http.InferenceServerClient(url, network_timeout=options.exit_timeout_s) as client:
+        for name in (options.model_name, options.raw_model_name):
+            try:
+                client.unload_model(name, headers=headers)
+            except InferenceServerException as exc:  # already gone: nothing left to drain
+                logging.getLogger(__name__).warning("unloading %s: %s", name, exc)
+
+
 def _tensors():
     from pytriton.model_config import Tensor
 
@@ -131,7 +156,7 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
     _point_stub_at(python_backend_env())
     try:
         from pytriton.model_config import DynamicBatcher, ModelConfig
-        from pytriton.triton import Triton, TritonConfig
+        from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
     except ImportError as exc:
         raise ServeError(f"serving needs the serve extra ({exc}); pip install 'npgmf-edge[serve]'") from exc
 
@@ -149,9 +174,11 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
         batcher=DynamicBatcher(max_queue_delay_microseconds=options.max_queue_delay_us),
     )
     encoded, raw, outputs = _tensors()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM drains like Ctrl-C
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with Triton(config=config) as triton:
+        access_token = secrets.token_urlsafe(32)
+        with Triton(config=config, security_config=TritonSecurityConfig(access_token=access_token)) as triton:
             for name, inputs, answer in (
                 (options.model_name, encoded, model.infer_encoded),
                 (options.raw_model_name, raw, model.infer_raw),
@@ -164,11 +191,7 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
                     config=batching,
                     strict=True,
                 )
-            try:
-                triton.run()  # starts Triton and waits until both models are ready
-            except KeyboardInterrupt:
-                log("interrupted while starting; stopping")
-                return
+            triton.run()  # starts Triton and waits until both models are ready
             log(
                 f"serving {bundle} ({inspector.precision}, max batch {max_batch}, queue delay "
                 f"{options.max_queue_delay_us} us, {options.instances} instances) as models "
@@ -176,9 +199,14 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
                 f"http {options.host}:{options.http_port}, grpc {options.grpc_port}; ready: GET "
                 f"/v2/health/ready; metrics: :{options.metrics_port}/metrics; SIGTERM drains and stops"
             )
-            triton.serve()  # returns after SIGINT / SIGTERM, once Triton has drained and stopped
+            while not stop.wait(MONITOR_PERIOD_S):
+                if not triton.is_alive():
+                    raise ServeError(f"Triton or a model stopped unexpectedly while serving {bundle}")
+            log("stopping: refusing new requests, answering the accepted ones")
+            _drain(options, access_token)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         model.close()
         inspector.close()
     log("stopped: in-flight requests were answered")
