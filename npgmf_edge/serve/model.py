@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -125,6 +127,15 @@ class InspectorModel:
         self.inspector = inspector
         self.max_pixels = max_pixels
         self._pool = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode")
+        self._busy_lock = threading.Lock()
+        self._running = 0  # batches being answered now
+        self._last_done = time.monotonic()
+
+    def idle_seconds(self) -> float:
+        """0 while a batch is being answered, else the seconds since the last one finished: how the
+        server's drain knows the batches Triton had accepted are done (server._drain)."""
+        with self._busy_lock:
+            return 0.0 if self._running else time.monotonic() - self._last_done
 
     def infer_encoded(
         self, requests: Sequence[Mapping[str, np.ndarray]], requested: Sequence[Sequence[str] | None] = ()
@@ -142,6 +153,18 @@ class InspectorModel:
         return self._answer(served, [len(batch) for batch in per_request], requested)
 
     def _answer(
+        self, served: list[ServedImage], counts: list[int], requested: Sequence[Sequence[str] | None]
+    ) -> list[dict[str, np.ndarray]]:
+        with self._busy_lock:
+            self._running += 1
+        try:
+            return self._respond(served, counts, requested)
+        finally:
+            with self._busy_lock:
+                self._running -= 1
+                self._last_done = time.monotonic()
+
+    def _respond(
         self, served: list[ServedImage], counts: list[int], requested: Sequence[Sequence[str] | None]
     ) -> list[dict[str, np.ndarray]]:
         good = [item.pixels for item in served if item.pixels is not None]

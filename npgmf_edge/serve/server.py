@@ -10,8 +10,8 @@ Two models over the same Inspector, because Triton batches only requests that ca
     <name>_raw  input "pixels" UINT8 [-1,-1,3]  RGB pixels decoded by the client
 One model with two optional inputs would mix both kinds in one batch and let a request carry neither.
 
-Shutdown: SIGTERM (or SIGINT) stops Triton gracefully: it refuses new requests, waits for the in-flight
-ones (up to `exit_timeout_s`) while the infer functions keep answering, then exits; the process exits 0.
+Shutdown: SIGTERM (or SIGINT) drains first (`_drain`: both models are unloaded, so Triton refuses new
+requests and answers every accepted one, waiting up to `exit_timeout_s`), then stops Triton; exit code 0.
 
 Example:
     >>> serve_bundle(Path("bundle"), ServeOptions(http_port=8000, grpc_port=8001), log=print)
@@ -24,6 +24,7 @@ import os
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,10 @@ from npgmf_edge.serve.stub_env import libpython_dir, python_backend_env
 
 Log = Callable[[str], None]
 MONITOR_PERIOD_S = 1.0  # how often the main thread checks that Triton and the models are alive
+QUIET_S = 0.5  # drained: no batch answered for this long (or 4 queue delays) after the unload
+# Triton's own exit timeout, once `_drain` has seen every accepted batch answered: time for the last
+# responses to leave, and for clients to close idle keep-alive connections, before it exits anyway.
+IDLE_EXIT_TIMEOUT_S = 3
 
 
 @dataclass
@@ -97,17 +102,19 @@ def _point_stub_at(env: Path | None) -> None:
             os.environ["LD_LIBRARY_PATH"] = f"{folder}:{current}" if current else folder
 
 
-def _drain(options: ServeOptions, access_token: str) -> None:
-    """Unload both models through Triton's model-control API: Triton then refuses new requests for them
-    (the client gets an error saying so, and /v2/health/ready turns false) and returns once every request
-    it accepted has been answered. Stopping Triton directly would not do: it keeps accepting requests on
-    open connections until its exit timeout and then drops whatever is in flight."""
+def _drain(options: ServeOptions, access_token: str, model: InspectorModel) -> bool:
+    """Unload both models through Triton's model-control API, then wait until the batches Triton had
+    accepted are answered. From the unload on, Triton refuses new requests for the models (the client's
+    error says the model has no available versions; /v2/health/ready turns false), so what is left is the
+    queue: it reaches the infer function within the queue delay, or as soon as an instance is free, which
+    `model.idle_seconds` would show. Stopping Triton directly would not do: it keeps accepting requests on
+    open connections until its exit timeout and then drops whatever is in flight.
+    False when the infer function was still busy after `exit_timeout_s`."""
     import tritonclient.http as http
     from pytriton.client.auth import create_auth_headers
     from tritonclient.utils import InferenceServerException
 
     headers = create_auth_headers(access_token, "http")  # PyTriton guards model control with a token
-
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host
     url = f"{host}:{options.http_port}"
     with http.InferenceServerClient(url, network_timeout=options.exit_timeout_s) as client:
@@ -116,6 +123,13 @@ def _drain(options: ServeOptions, access_token: str) -> None:
                 client.unload_model(name, headers=headers)
             except InferenceServerException as exc:  # already gone: nothing left to drain
                 logging.getLogger(__name__).warning("unloading %s: %s", name, exc)
+    quiet_s = max(QUIET_S, 4 * options.max_queue_delay_us / 1e6)
+    deadline = time.monotonic() + options.exit_timeout_s
+    while time.monotonic() < deadline:
+        if model.idle_seconds() >= quiet_s:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _tensors():
@@ -167,7 +181,7 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
         grpc_address=options.host,
         grpc_port=options.grpc_port,
         metrics_port=options.metrics_port,
-        exit_timeout_secs=options.exit_timeout_s,
+        exit_timeout_secs=IDLE_EXIT_TIMEOUT_S,
     )
     batching = ModelConfig(
         max_batch_size=max_batch,
@@ -203,7 +217,8 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
                 if not triton.is_alive():
                     raise ServeError(f"Triton or a model stopped unexpectedly while serving {bundle}")
             log("stopping: refusing new requests, answering the accepted ones")
-            _drain(options, access_token)
+            if not _drain(options, access_token, model):
+                log(f"warning: the models were still answering after {options.exit_timeout_s} s; stopping")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
