@@ -6,12 +6,12 @@ import json
 
 import onnx
 import pytest
+from tritonclient.grpc import model_config_pb2  # the serve extra (make setup installs it)
 
 from npgmf_edge.errors import BundleError, ConfigError, OutputError
 from npgmf_edge.runtime import read_manifest
 from npgmf_edge.serve.triton_repo import RepoOptions, check_config_text, write_triton_repo
 
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="the serve extra")
 ONNX_TYPES = {onnx.TensorProto.FLOAT: model_config_pb2.TYPE_FP32}
 
 
