@@ -5,7 +5,9 @@
 2. Served: `npgmf-edge serve` started as a child process on free ports, then `serve-bench`'s load test
    (`serve.loadtest.run_load`) at 1, 4 and 16 concurrent clients, one image per request, every answer
    checked against the Inspector's score for that image; at 16 clients also with raw pixels decoded in
-   the client. The ratio column is served throughput over the in-process best.
+   the client. The ratio column is served throughput over the in-process best. The raw-pixel run decodes
+   the 16 files once before the clock starts, so it shows the server without decoding, not a client that
+   decodes every frame.
 
 Images: `bench`'s synthetic 480 x 640 camera-like PNG frames (16 distinct, so a swapped answer shows),
 or `--images DIR`.
@@ -13,6 +15,7 @@ or `--images DIR`.
 Usage:
     python scripts/bench_serve.py BUNDLE --duration 20 --out bench_serve.json
     python scripts/bench_serve.py BUNDLE --protocol http --server-arg=--instances --server-arg=1
+    python scripts/bench_serve.py BUNDLE --clients 16 --no-raw --server-arg=--max-queue-delay-us=0
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ def served(bundle: Path, images: list[Path], args: argparse.Namespace, best: flo
     log = Path(args.server_log)
     with ServerProcess(bundle, *args.server_arg, log_path=log) as server:
         url = server.grpc_url if args.protocol == "grpc" else server.http_url
-        runs = [(c, False) for c in CLIENTS] + [(16, True)]
+        runs = [(c, False) for c in args.clients or CLIENTS] + (
+            [] if args.no_raw else [(max(args.clients or CLIENTS), True)]
+        )
         for clients, raw in runs:
             options = LoadOptions(concurrency=clients, duration_s=args.duration, raw=raw)
             report = run_load(url, images, options, reference)
@@ -76,6 +81,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per served measurement")
     parser.add_argument("--iters", type=int, default=64, help="images per in-process measurement")
     parser.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
+    parser.add_argument("--clients", type=int, action="append", help="concurrent clients (default 1, 4, 16)")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw-pixel run")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `serve` argument")
     parser.add_argument("--server-log", default="bench_serve_server.log")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON")
