@@ -7,6 +7,7 @@ standard Triton model repository writer (docs/SERVE.md).
     server.py       binds the Inspector as two Triton models with dynamic batching; SIGTERM drains
     client.py       a tritonclient client (HTTP or gRPC) returning typed results
     loadtest.py     `serve-bench`: concurrent clients, latency percentiles, every answer checked
+    process.py      `serve` as a child process on free ports (scripts and tests)
     triton_repo.py  `triton-repo`: the bundle's single graph as an onnxruntime / TensorRT model repository
 
 Only `model.py` and `triton_repo.py` work without the `serve` extra (nvidia-pytriton, tritonclient); the

@@ -162,18 +162,24 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
     from npgmf_edge.runtime import Inspector
 
     log = log or (lambda message: None)
-    inspector = Inspector.open(
-        Path(bundle), options.backend, options.device, options.precision, options.threads, options.max_pixels
-    )
-    options.validate(inspector.manifest.max_batch)
-    max_batch = options.max_batch or inspector.manifest.max_batch
-    _point_stub_at(python_backend_env())
     try:
         from pytriton.model_config import DynamicBatcher, ModelConfig
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
     except ImportError as exc:
-        raise ServeError(f"serving needs the serve extra ({exc}); pip install 'npgmf-edge[serve]'") from exc
-
+        raise ServeError(
+            f"serving needs PyTriton ({exc}): pip install 'npgmf-edge[serve]' && pip install --no-deps "
+            "'nvidia-pytriton>=0.5' (docs/SERVE.md)"
+        ) from exc
+    _point_stub_at(python_backend_env())  # before the bundle is opened: a missing stub env fails fast
+    inspector = Inspector.open(
+        Path(bundle), options.backend, options.device, options.precision, options.threads, options.max_pixels
+    )
+    try:
+        options.validate(inspector.manifest.max_batch)
+    except ServeError:
+        inspector.close()
+        raise
+    max_batch = options.max_batch or inspector.manifest.max_batch
     model = InspectorModel(inspector, options.max_pixels)
     config = TritonConfig(
         http_address=options.host,
