@@ -30,6 +30,7 @@ from npgmf_edge.serve.client import ServeClient, ServeResult, split_url
 from npgmf_edge.serve.model import DEFAULT_MODEL
 
 Log = Callable[[str], None]
+WARMUP_TIMEOUT_S = 120
 SCORE_RTOL = 1e-5  # batch composition changes onnxruntime's summation order by a few float32 ulps
 
 
@@ -118,9 +119,18 @@ def _worker(
     lock: threading.Lock,
 ) -> None:
     with ServeClient(url, options.protocol, options.model) as client:
-        for k in range(options.warmup_requests):
-            _send(client, payloads[(offset + k) % len(payloads)])
-        start.wait()
+        try:
+            for k in range(options.warmup_requests):
+                _send(client, payloads[(offset + k) % len(payloads)])
+        except ServeError as exc:
+            with lock:
+                tally.lost.append(f"warm-up: {exc}")
+            start.abort()  # the main thread stops waiting and reports this
+            return
+        try:
+            start.wait()
+        except threading.BrokenBarrierError:
+            return
         k = 0
         while time.perf_counter() < deadline[0]:
             index = (offset + k * options.concurrency) % len(payloads)
@@ -171,9 +181,14 @@ def run_load(
     for worker in workers:
         worker.start()
     try:
-        start.wait(timeout=120)
+        start.wait(timeout=WARMUP_TIMEOUT_S)
     except threading.BrokenBarrierError as exc:
-        raise ServeError(f"the clients could not reach {url} (warm-up failed); is the server ready?") from exc
+        for worker in workers:
+            worker.join()
+        reason = tally.lost[0] if tally.lost else f"no answer within {WARMUP_TIMEOUT_S} s"
+        raise ServeError(
+            f"the clients could not warm up against {url} ({reason}); is the server ready?"
+        ) from exc
     began = time.perf_counter()
     deadline[0] = began + options.duration_s
     log(f"{options.concurrency} clients sending to {url} for {options.duration_s:g} s")
