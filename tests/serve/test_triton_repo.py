@@ -4,6 +4,7 @@ tritonserver has only the python backend, so the repository cannot be loaded her
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 from tritonclient.grpc import model_config_pb2  # the serve extra (make setup installs it)
@@ -97,3 +98,40 @@ def test_a_bad_model_name_or_output_folder_is_named(graph_bundle, tmp_path) -> N
 def test_a_config_outside_the_schema_is_refused() -> None:
     with pytest.raises(ConfigError, match="does not match Triton's model configuration schema"):
         check_config_text('name: "x"\nmax_batch: 8\n')
+
+
+def test_the_repository_model_run_as_triton_would_gives_the_inspectors_verdicts(
+    graph_bundle, tiny_run, tmp_path
+):
+    """What Triton's onnxruntime backend would do with a full batch, done with onnxruntime here: the
+    client contract of docs/SERVE.md (resize with to_model_input, compare image_score with the threshold
+    parameter) gives the Inspector's scores and verdicts."""
+    import onnxruntime
+
+    from npgmf_edge.data import read_image
+    from npgmf_edge.preprocess import to_model_input
+    from npgmf_edge.runtime import Inspector
+
+    write_triton_repo(graph_bundle, tmp_path / "repo", RepoOptions())
+    folder = tmp_path / "repo" / "npgmf"
+    config = check_config_text((folder / "config.pbtxt").read_text())
+    paths = [s.image_path for s in tiny_run[1].test[::5]][: config.max_batch_size]
+    size = config.input[0].dims[-1]
+    pixels = np.stack([to_model_input(read_image(p), size) for p in paths])
+    session = onnxruntime.InferenceSession(
+        str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    outputs = dict(
+        zip(
+            [o.name for o in config.output],
+            session.run([o.name for o in config.output], {config.input[0].name: pixels}),
+            strict=True,
+        )
+    )
+    threshold = float(config.parameters["threshold"].string_value)
+    with Inspector.open(graph_bundle) as inspector:
+        expected = inspector.inspect(paths)
+    assert outputs["image_score"].shape == (len(paths),)
+    assert outputs["image_score"].tolist() == pytest.approx([e.score for e in expected], rel=1e-5)
+    verdicts = ["anomalous" if score > threshold else "good" for score in outputs["image_score"]]
+    assert verdicts == [e.verdict for e in expected]
