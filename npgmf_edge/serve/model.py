@@ -71,7 +71,7 @@ def check_raw(images: Sequence[np.ndarray], max_pixels: int | None) -> list[Serv
     """Raw (H, W, 3) uint8 images -> ServedImage each, refused above `max_pixels` like encoded ones."""
     served = []
     for image in images:
-        height, width = image.shape[:2]
+        height, width = image.shape[:2] if image.ndim == 3 else (0, 0)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(height, width) < 1:
             problem = f"expected RGB uint8 pixels (H, W, 3), got {image.dtype} {image.shape}"
         elif max_pixels is not None and height * width > max_pixels:
