@@ -12,7 +12,7 @@ from npgmf_edge.data import read_image
 from npgmf_edge.data.image_io import decode_image_bytes
 from npgmf_edge.errors import DatasetError
 from npgmf_edge.runtime import Inspector
-from npgmf_edge.serve.model import MAP_OUTPUT, InspectorModel, stack_maps
+from npgmf_edge.serve.model import MAP_OUTPUT, InspectorModel, check_raw, stack_maps
 
 LIMIT = 1_000_000  # pixels; an oversized test image is 1200 x 1000
 
@@ -74,6 +74,11 @@ def test_raw_pixels_give_the_scores_of_the_files(served) -> None:
     scores = [r["score"][0, 0] for r in responses[:2]]
     assert scores == pytest.approx([e.score for e in expected[:2]], rel=1e-5)
     assert responses[2]["verdict"][0, 0] == b"error" and b"above the limit" in responses[2]["error"][0, 0]
+
+
+def test_raw_items_of_the_wrong_type_or_rank_are_errors() -> None:
+    grey, floats = np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.float32)
+    assert all("expected RGB uint8" in item.error for item in check_raw([grey, floats], None))
 
 
 def test_maps_of_different_sizes_are_nan_padded_not_resized() -> None:
