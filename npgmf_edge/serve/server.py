@@ -194,7 +194,7 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
         batcher=DynamicBatcher(max_queue_delay_microseconds=options.max_queue_delay_us),
     )
     encoded, raw, outputs = _tensors()
-    stop = threading.Event()
+    stop, drained = threading.Event(), False
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         access_token = secrets.token_urlsafe(32)
@@ -223,11 +223,13 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
                 if not triton.is_alive():
                     raise ServeError(f"Triton or a model stopped unexpectedly while serving {bundle}")
             log("stopping: refusing new requests, answering the accepted ones")
-            if not _drain(options, access_token, model):
+            drained = _drain(options, access_token, model)
+            if not drained:
                 log(f"warning: the models were still answering after {options.exit_timeout_s} s; stopping")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         model.close()
         inspector.close()
-    log("stopped: in-flight requests were answered")
+    if drained:
+        log("stopped: every accepted request was answered")
