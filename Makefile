@@ -8,7 +8,11 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -e '.[train,dev]'
+	$(BIN)/pip install -e '.[train,dev,serve]'
+	# PyTriton pins numpy<2 for its backend stub only: install it without its dependencies and give the
+	# stub its own numpy-1 environment (npgmf_edge/serve/stub_env.py says why).
+	$(BIN)/pip install --no-deps 'nvidia-pytriton>=0.5'
+	$(BIN)/python -m npgmf_edge.serve.stub_env
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -485,6 +485,114 @@ def predict(
 
 
 @app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(exists=True, help="Bundle directory from `export`.")],
+    host: Annotated[str, typer.Option(help="Address the HTTP and gRPC endpoints bind to.")] = "0.0.0.0",
+    port_http: Annotated[int, typer.Option(help="HTTP port (KServe v2 API, /v2/health/ready).")] = 8000,
+    port_grpc: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    port_metrics: Annotated[int, typer.Option(help="Prometheus metrics port (/metrics).")] = 8002,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Largest dynamic batch (default: the bundle's max batch).")
+    ] = None,
+    max_queue_delay_us: Annotated[
+        int, typer.Option(help="How long the batcher waits for more requests to fill a batch.")
+    ] = 2000,
+    instances: Annotated[
+        int, typer.Option(help="Model instances (threads) over one Inspector: decode overlaps the graph.")
+    ] = 2,
+    precision: Annotated[Precision | None, typer.Option(help="Which graph (default: the first).")] = None,
+    backend: Annotated[str, typer.Option(help="auto, onnxruntime or tensorrt.")] = "auto",
+    device: Annotated[str, typer.Option(help="cpu, or cuda (onnxruntime-gpu / TensorRT).")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for onnxruntime.")] = None,
+    max_pixels: Annotated[
+        int, typer.Option(min=1, help="Refuse images with more pixels (from the header, before decoding).")
+    ] = DEFAULT_MAX_PIXELS,
+    model_name: Annotated[
+        str, typer.Option(help="Triton model name; the raw-pixel model is NAME_raw.")
+    ] = "npgmf",
+) -> None:
+    """Serve a bundle on NVIDIA Triton (PyTriton) with dynamic batching until SIGTERM (docs/SERVE.md)."""
+    from npgmf_edge.serve.server import ServeOptions, serve_bundle
+
+    options = ServeOptions(
+        host=host,
+        http_port=port_http,
+        grpc_port=port_grpc,
+        metrics_port=port_metrics,
+        max_batch=max_batch,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        precision=precision.value if precision else None,
+        backend=backend,
+        device=device,
+        threads=threads,
+        max_pixels=max_pixels,
+        model_name=model_name,
+    )
+    serve_bundle(bundle, options, log=_stderr_log)
+
+
+@app.command("serve-bench")
+def serve_bench(
+    url: Annotated[str, typer.Argument(help="Server: host:port, http://host:port or grpc://host:port.")],
+    images: Annotated[Path, typer.Option(exists=True, help="Folder of images (or one image) to send.")],
+    concurrency: Annotated[int, typer.Option(help="Concurrent clients.")] = 16,
+    duration: Annotated[float, typer.Option(help="Seconds of load after a short warm-up.")] = 20.0,
+    protocol: Annotated[str | None, typer.Option(help="http or grpc (default: from URL, else http).")] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(exists=True, help="The served bundle: check every answer against Inspector.inspect."),
+    ] = None,
+    precision: Annotated[Precision | None, typer.Option(help="The served precision, for the check.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Decode here, send RGB pixels (raw model).")] = False,
+    model_name: Annotated[str, typer.Option(help="The served model name.")] = "npgmf",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Load a running server: throughput, p50/p95/p99, errors; every answer checked (exit 1 if any differs
+    from the bundle's in-process Inspector or got lost)."""
+    from npgmf_edge.serve.loadtest import LoadOptions, reference_results, run_load
+    from npgmf_edge.workflows import expand_images
+
+    files = expand_images([str(images)])
+    reference = None
+    if bundle is not None:
+        _stderr_log(f"reference: Inspector.inspect on {len(files)} images in this process")
+        reference = reference_results(bundle, files, precision.value if precision else None)
+    options = LoadOptions(
+        concurrency=concurrency, duration_s=duration, protocol=protocol, raw=raw, model=model_name
+    )
+    report = run_load(url, files, options, reference, log=_stderr_log)
+    _emit(report, as_json)
+    if report["mismatches"] or report["lost"]:
+        raise typer.Exit(1)
+
+
+@app.command("triton-repo")
+def triton_repo(
+    bundle: Annotated[Path, typer.Argument(exists=True, help="A `--knn graph` bundle from `export`.")],
+    out: Annotated[Path, typer.Option(help="Model repository to write (replaced only when complete).")],
+    precision: Annotated[
+        Precision | None, typer.Option(help="Which graph (default: the bundle's first).")
+    ] = None,
+    model_name: Annotated[str, typer.Option(help="Model name in the repository.")] = "npgmf",
+    max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batcher queue delay.")] = 2000,
+    instances: Annotated[int, typer.Option(help="Instances per model (instance_group count).")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Write a standard Triton model repository from a bundle: the single graph as an onnxruntime model
+    (and a TensorRT plan model where the bundle has an engine); no Python in the hot path."""
+    from npgmf_edge.serve.triton_repo import RepoOptions, write_triton_repo
+
+    options = RepoOptions(
+        precision=precision.value if precision else None,
+        model_name=model_name,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+    )
+    _emit(write_triton_repo(bundle, out, options, log=_stderr_log), as_json)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for everything the demo writes.")] = Path("demo_out"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,

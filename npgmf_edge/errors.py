@@ -28,3 +28,7 @@ class BundleError(NpgmfError):
 
 class OutputError(NpgmfError):
     """An output folder cannot be written: it is a file, or another process is writing into it."""
+
+
+class ServeError(NpgmfError):
+    """A model server cannot start, or a request to one cannot be made or answered."""

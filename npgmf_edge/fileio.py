@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from npgmf_edge.errors import OutputError
 
 LOCK_FILE = ".npgmf-edge.lock"
 FILE_MODE = 0o644  # mkstemp creates 0600; results are meant to be shared like any other file
+DIR_MODE = 0o755
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -39,6 +41,33 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_directory(out: Path, fill: Callable[[Path], None]) -> Path:
+    """Let `fill` write a whole folder into a hidden staging folder beside `out`, then rename it into
+    place; a previous `out` is removed only after that succeeded, and a failure leaves it untouched and no
+    staging folder behind. (The bundle writer does the same with its own staging folder.)"""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a directory; choose another output folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    previous = out.with_name(f".{out.name}.previous-{os.getpid()}")
+    try:
+        fill(staging)
+        os.chmod(staging, DIR_MODE)  # mkdtemp makes it private; the folder is meant to be shared
+        if out.exists():
+            os.replace(out, previous)
+        try:
+            os.replace(staging, out)
+        except OSError:
+            if previous.exists():
+                os.replace(previous, out)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(previous, ignore_errors=True)
+    return out
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:

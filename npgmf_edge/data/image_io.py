@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,31 @@ def read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB from any supported file (greyscale, RGB, RGBA, 8 or 16 bit), reduced at decode
     when it has more than `max_pixels` pixels (None: any size OpenCV decodes)."""
     path = Path(path)
-    pixels = _decode(path, "image", max_pixels)
+    return _to_rgb(_decode(path, "image", max_pixels), path)
+
+
+def decode_image_bytes(data: bytes, max_pixels: int | None, name: str = "image") -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an encoded image in memory (PNG, JPEG, ...), with `read_image`'s rules.
+
+    For a server: an image whose header says it has more than `max_pixels` pixels is refused before
+    anything is decoded (not reduced, as `read_image` does), so one request cannot claim more memory than
+    the limit allows. `name` says which request item the error is about."""
+    width, height = imagesize.get(io.BytesIO(data))  # (-1, -1) when unknown or damaged: OpenCV decides
+    if max_pixels is not None and width > 0 and width * height > max_pixels:
+        raise DatasetError(
+            f"{name} is {width}x{height} ({width * height:,} pixels), above the limit of {max_pixels:,}; "
+            "shrink it before sending, or start the server with a larger --max-pixels"
+        )
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+    if pixels is None:
+        reason = "it is empty" if not buffer.size else "corrupt, truncated or not an image"
+        raise DatasetError(f"cannot read {name}: OpenCV cannot decode it ({reason})")
+    return _to_rgb(pixels, name)
+
+
+def _to_rgb(pixels: np.ndarray, path: Path | str) -> np.ndarray:
+    """Raw decoded pixels (any depth or channel count, BGR order) -> (H, W, 3) uint8 RGB."""
     if pixels.dtype == np.uint16:
         pixels = np.round(pixels / UINT16_TO_UINT8).astype(np.uint8)
     elif pixels.dtype != np.uint8:

@@ -1,0 +1,187 @@
+"""The batched infer function behind `npgmf-edge serve`: pure numpy, testable without Triton.
+
+Triton's dynamic batcher hands over several requests at once; `InspectorModel` flattens their images into
+one `Inspector.inspect` call (which splits it at the bundle's max batch) and splits the results back, one
+response per request. Each image gets its own answer: a corrupt or oversized one gets `verdict` "error",
+a NaN score and its `error` text, and the other images of the same batch are answered as usual.
+
+Two input kinds, served as two models over the same Inspector (server.py):
+    ENCODED  "image"   BYTES [1]        PNG / JPEG / ... file bytes; refused above max_pixels from the
+                                        header, before anything is decoded
+    RAW      "pixels"  UINT8 [-1,-1,3]  RGB pixels already decoded by the client (saves the server the
+                                        decode; same max_pixels bound)
+Outputs per image: score FP32 [1], threshold FP32 [1], verdict BYTES [1] ("good" | "anomalous" | "error"),
+precision BYTES [1] (the graph that answered), error BYTES [1] ("" when none), and, only when the request
+names it among its requested outputs, anomaly_map FP16 [-1,-1] (the fused map at the image's own size).
+
+Example:
+    >>> model = InspectorModel(Inspector.open(Path("bundle")), max_pixels=16_000_000)
+    >>> [response] = model.infer_encoded([{"image": np.array([[png_bytes]], dtype=object)}])
+    >>> response["verdict"][0, 0], response["score"][0, 0]
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from npgmf_edge.data import DEFAULT_MAX_PIXELS
+from npgmf_edge.data.image_io import decode_image_bytes
+from npgmf_edge.errors import DatasetError
+from npgmf_edge.inspection import Inspection
+
+DEFAULT_MODEL = "npgmf"  # the encoded-image model; the raw one is DEFAULT_MODEL + RAW_SUFFIX
+RAW_SUFFIX = "_raw"
+ENCODED_INPUT = "image"
+RAW_INPUT = "pixels"
+MAP_OUTPUT = "anomaly_map"
+SCALAR_OUTPUTS = ("score", "threshold", "verdict", "precision", "error")
+OUTPUTS = (*SCALAR_OUTPUTS, MAP_OUTPUT)
+DECODE_THREADS = 2  # cv2.imdecode releases the GIL: decode two images at once on a 2-core station
+
+
+@dataclass(frozen=True)
+class ServedImage:
+    """One image of a request after decoding: RGB pixels, or why there are none."""
+
+    pixels: np.ndarray | None
+    error: str | None = None
+
+
+def decode_encoded(blobs: Sequence[object], max_pixels: int | None, pool: ThreadPoolExecutor) -> list:
+    """Encoded image bytes -> ServedImage each; `pool` decodes them side by side."""
+
+    def one(blob: object) -> ServedImage:
+        if not isinstance(blob, bytes | np.bytes_):
+            return ServedImage(None, f"expected image file bytes, got {type(blob).__name__}")
+        try:
+            return ServedImage(decode_image_bytes(bytes(blob), max_pixels, "the image"))
+        except (DatasetError, MemoryError, ValueError) as exc:
+            return ServedImage(None, str(exc))
+
+    return list(pool.map(one, blobs))
+
+
+def check_raw(images: Sequence[np.ndarray], max_pixels: int | None) -> list[ServedImage]:
+    """Raw (H, W, 3) uint8 images -> ServedImage each, refused above `max_pixels` like encoded ones."""
+    served = []
+    for image in images:
+        height, width = image.shape[:2] if image.ndim == 3 else (0, 0)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(height, width) < 1:
+            problem = f"expected RGB uint8 pixels (H, W, 3), got {image.dtype} {image.shape}"
+        elif max_pixels is not None and height * width > max_pixels:
+            problem = (
+                f"the image is {width}x{height} ({height * width:,} pixels), above the limit of "
+                f"{max_pixels:,}; shrink it, or start the server with a larger --max-pixels"
+            )
+        else:
+            served.append(ServedImage(np.ascontiguousarray(image)))
+            continue
+        served.append(ServedImage(None, problem))
+    return served
+
+
+def _bytes_column(values: Sequence[str]) -> np.ndarray:
+    return np.array([[value.encode()] for value in values], dtype=object).reshape(len(values), 1)
+
+
+def response_arrays(results: Sequence[Inspection], precision: str, with_map: bool) -> dict[str, np.ndarray]:
+    """One request's results as Triton output arrays (batch first). A non-finite score is never a verdict:
+    `Inspection.verdict` is then "error" and `error` says why."""
+    outputs = {
+        "score": np.array([[r.score] for r in results], dtype=np.float32).reshape(len(results), 1),
+        "threshold": np.array([[r.threshold] for r in results], dtype=np.float32).reshape(len(results), 1),
+        "verdict": _bytes_column([r.verdict for r in results]),
+        "precision": _bytes_column([precision] * len(results)),
+        "error": _bytes_column([r.problem or "" for r in results]),
+    }
+    if with_map:
+        outputs[MAP_OUTPUT] = stack_maps([r.anomaly_map for r in results])
+    return outputs
+
+
+def stack_maps(maps: Sequence[np.ndarray | None]) -> np.ndarray:
+    """(N, H, W) float16: each map at its image's own size, NaN-padded to the largest of the request
+    (one image per request, what `ServeClient` sends, is never padded); NaN for an image without a map."""
+    height = max((m.shape[0] for m in maps if m is not None), default=1)
+    width = max((m.shape[1] for m in maps if m is not None), default=1)
+    stacked = np.full((len(maps), height, width), np.nan, dtype=np.float16)
+    for row, anomaly_map in enumerate(maps):
+        if anomaly_map is not None:
+            stacked[row, : anomaly_map.shape[0], : anomaly_map.shape[1]] = anomaly_map
+    return stacked
+
+
+class InspectorModel:
+    """Answers a dynamic batch of Triton requests with one `Inspector.inspect` call.
+
+    `requests` are mappings of input name -> array (PyTriton's `Request` is one); `requested` gives, per
+    request, the output names it asked for (None: all of them, Triton's default)."""
+
+    def __init__(self, inspector, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.inspector = inspector
+        self.max_pixels = max_pixels
+        self._pool = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode")
+        self._busy_lock = threading.Lock()
+        self._running = 0  # batches being answered now
+        self._last_done = time.monotonic()
+
+    def idle_seconds(self) -> float:
+        """0 while a batch is being answered, else the seconds since the last one finished: how the
+        server's drain knows the batches Triton had accepted are done (server._drain)."""
+        with self._busy_lock:
+            return 0.0 if self._running else time.monotonic() - self._last_done
+
+    def infer_encoded(
+        self, requests: Sequence[Mapping[str, np.ndarray]], requested: Sequence[Sequence[str] | None] = ()
+    ) -> list[dict[str, np.ndarray]]:
+        per_request = [np.asarray(request[ENCODED_INPUT], dtype=object).reshape(-1) for request in requests]
+        blobs = [blob for request_blobs in per_request for blob in request_blobs]
+        served = decode_encoded(blobs, self.max_pixels, self._pool)
+        return self._answer(served, [len(blobs) for blobs in per_request], requested)
+
+    def infer_raw(
+        self, requests: Sequence[Mapping[str, np.ndarray]], requested: Sequence[Sequence[str] | None] = ()
+    ) -> list[dict[str, np.ndarray]]:
+        per_request = [np.asarray(request[RAW_INPUT]) for request in requests]
+        served = check_raw([image for batch in per_request for image in batch], self.max_pixels)
+        return self._answer(served, [len(batch) for batch in per_request], requested)
+
+    def _answer(
+        self, served: list[ServedImage], counts: list[int], requested: Sequence[Sequence[str] | None]
+    ) -> list[dict[str, np.ndarray]]:
+        with self._busy_lock:
+            self._running += 1
+        try:
+            return self._respond(served, counts, requested)
+        finally:
+            with self._busy_lock:
+                self._running -= 1
+                self._last_done = time.monotonic()
+
+    def _respond(
+        self, served: list[ServedImage], counts: list[int], requested: Sequence[Sequence[str] | None]
+    ) -> list[dict[str, np.ndarray]]:
+        good = [item.pixels for item in served if item.pixels is not None]
+        inspected = iter(self.inspector.inspect(good) if good else [])
+        threshold = self.inspector.calibration.threshold
+        results = [
+            next(inspected) if item.pixels is not None else Inspection.failed(threshold, item.error or "")
+            for item in served
+        ]
+        responses, start = [], 0
+        for k, count in enumerate(counts):
+            names = requested[k] if k < len(requested) else None
+            with_map = names is None or MAP_OUTPUT in names
+            chunk = results[start : start + count]
+            responses.append(response_arrays(chunk, self.inspector.precision, with_map))
+            start += count
+        return responses
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

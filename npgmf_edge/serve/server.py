@@ -1,0 +1,235 @@
+"""`npgmf-edge serve`: a bundle's Inspector as NVIDIA Triton models, through PyTriton.
+
+PyTriton starts a real Triton server (HTTP, gRPC, Prometheus metrics); its dynamic batcher collects
+concurrent requests into batches of up to `max_batch` images, waiting at most `max_queue_delay_us` for
+more, and hands each batch to `model.InspectorModel` in this process (one Inspector, shared by
+`instances` Triton model instances, each a thread: while one decodes images another runs the graph).
+
+Two models over the same Inspector, because Triton batches only requests that carry the same inputs:
+    <name>      input "image"  BYTES [1]        encoded PNG / JPEG bytes, decoded by the server
+    <name>_raw  input "pixels" UINT8 [-1,-1,3]  RGB pixels decoded by the client
+One model with two optional inputs would mix both kinds in one batch and let a request carry neither.
+
+Shutdown: SIGTERM (or SIGINT) drains first (`_drain`: both models are unloaded, so Triton refuses new
+requests and answers every accepted one, waiting up to `exit_timeout_s`), then stops Triton; exit code 0.
+
+Example:
+    >>> serve_bundle(Path("bundle"), ServeOptions(http_port=8000, grpc_port=8001), log=print)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from npgmf_edge.data import DEFAULT_MAX_PIXELS
+from npgmf_edge.errors import ServeError
+from npgmf_edge.serve.model import (
+    DEFAULT_MODEL,
+    ENCODED_INPUT,
+    MAP_OUTPUT,
+    RAW_INPUT,
+    RAW_SUFFIX,
+    InspectorModel,
+)
+from npgmf_edge.serve.stub_env import libpython_dir, python_backend_env
+
+Log = Callable[[str], None]
+MONITOR_PERIOD_S = 1.0  # how often the main thread checks that Triton and the models are alive
+QUIET_S = 0.5  # drained: no batch answered for this long (or 4 queue delays) after the unload
+# Triton's own exit timeout, once `_drain` has seen every accepted batch answered: time for the last
+# responses to leave, and for clients to close idle keep-alive connections, before it exits anyway.
+IDLE_EXIT_TIMEOUT_S = 3
+
+
+@dataclass
+class ServeOptions:
+    """Where and how `serve` listens and batches; `max_batch` None means the bundle's own maximum."""
+
+    host: str = "0.0.0.0"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch: int | None = None
+    max_queue_delay_us: int = 2000
+    instances: int = 2
+    precision: str | None = None
+    backend: str = "auto"
+    device: str = "cpu"
+    threads: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    model_name: str = DEFAULT_MODEL
+    exit_timeout_s: int = 30
+
+    def validate(self, bundle_max_batch: int) -> None:
+        ports = (self.http_port, self.grpc_port, self.metrics_port)
+        if any(not 1 <= port <= 65535 for port in ports) or len(set(ports)) != 3:
+            raise ServeError(f"HTTP, gRPC and metrics ports must be 3 different ports in 1..65535: {ports}")
+        if self.max_batch is not None and not 1 <= self.max_batch <= bundle_max_batch:
+            raise ServeError(
+                f"--max-batch {self.max_batch} is outside 1..{bundle_max_batch}, what the bundle's graphs "
+                "accept; choose a smaller one or re-export with a larger --max-batch"
+            )
+        if self.max_queue_delay_us < 0 or self.instances < 1 or self.max_pixels < 1:
+            raise ServeError("--max-queue-delay-us must be >= 0, --instances and --max-pixels >= 1")
+
+    @property
+    def raw_model_name(self) -> str:
+        return self.model_name + RAW_SUFFIX
+
+
+def _point_stub_at(env: Path | None) -> None:
+    """Make PyTriton start its backend stub in `env` (stub_env.py says why) and with this interpreter's own
+    libpython. PyTriton reads the stub's environment from one module function and LD_LIBRARY_PATH from
+    os.environ when it starts the server; both are set here, before it does."""
+    if env is not None:
+        from pytriton.server import triton_server
+
+        triton_server.get_triton_python_backend_python_env = lambda: env
+    folder = libpython_dir()
+    if folder:
+        current = os.environ.get("LD_LIBRARY_PATH", "")
+        if folder not in current.split(":"):
+            os.environ["LD_LIBRARY_PATH"] = f"{folder}:{current}" if current else folder
+
+
+def _drain(options: ServeOptions, access_token: str, model: InspectorModel) -> bool:
+    """Unload both models through Triton's model-control API, then wait until the batches Triton had
+    accepted are answered. From the unload on, Triton refuses new requests for the models (the client's
+    error says the model has no available versions; /v2/health/ready turns false), so what is left is the
+    queue: it reaches the infer function within the queue delay, or as soon as an instance is free, which
+    `model.idle_seconds` would show. Stopping Triton directly would not do: it keeps accepting requests on
+    open connections until its exit timeout and then drops whatever is in flight.
+    False when the infer function was still busy after `exit_timeout_s`."""
+    import tritonclient.http as http
+    from pytriton.client.auth import create_auth_headers
+    from tritonclient.utils import InferenceServerException
+
+    headers = create_auth_headers(access_token, "http")  # PyTriton guards model control with a token
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host
+    url = f"{host}:{options.http_port}"
+    with http.InferenceServerClient(url, network_timeout=options.exit_timeout_s) as client:
+        for name in (options.model_name, options.raw_model_name):
+            try:
+                client.unload_model(name, headers=headers)
+            except InferenceServerException as exc:  # already gone: nothing left to drain
+                logging.getLogger(__name__).warning("unloading %s: %s", name, exc)
+    quiet_s = max(QUIET_S, 4 * options.max_queue_delay_us / 1e6)
+    deadline = time.monotonic() + options.exit_timeout_s
+    while time.monotonic() < deadline:
+        if model.idle_seconds() >= quiet_s:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _tensors():
+    from pytriton.model_config import Tensor
+
+    outputs = [
+        Tensor(name="score", dtype=np.float32, shape=(1,)),
+        Tensor(name="threshold", dtype=np.float32, shape=(1,)),
+        Tensor(name="verdict", dtype=np.bytes_, shape=(1,)),
+        Tensor(name="precision", dtype=np.bytes_, shape=(1,)),
+        Tensor(name="error", dtype=np.bytes_, shape=(1,)),
+        Tensor(name=MAP_OUTPUT, dtype=np.float16, shape=(-1, -1)),
+    ]
+    encoded = [Tensor(name=ENCODED_INPUT, dtype=np.bytes_, shape=(1,))]
+    raw = [Tensor(name=RAW_INPUT, dtype=np.uint8, shape=(-1, -1, 3))]
+    return encoded, raw, outputs
+
+
+def _infer_function(answer: Callable) -> Callable:
+    """A PyTriton infer callable (a list of requests in, a list of output dicts out) around `answer`."""
+
+    def infer(requests):
+        return answer(requests, [request.requested_output_names for request in requests])
+
+    return infer
+
+
+def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) -> None:
+    """Serve `bundle` until SIGTERM or SIGINT; returns after Triton has drained and stopped."""
+    from npgmf_edge.runtime import Inspector
+
+    log = log or (lambda message: None)
+    try:
+        from pytriton.model_config import DynamicBatcher, ModelConfig
+        from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+    except ImportError as exc:
+        raise ServeError(
+            f"serving needs PyTriton ({exc}): pip install 'npgmf-edge[serve]' && pip install --no-deps "
+            "'nvidia-pytriton>=0.5' (docs/SERVE.md)"
+        ) from exc
+    _point_stub_at(python_backend_env())  # before the bundle is opened: a missing stub env fails fast
+    inspector = Inspector.open(
+        Path(bundle), options.backend, options.device, options.precision, options.threads, options.max_pixels
+    )
+    try:
+        options.validate(inspector.manifest.max_batch)
+    except ServeError:
+        inspector.close()
+        raise
+    max_batch = options.max_batch or inspector.manifest.max_batch
+    model = InspectorModel(inspector, options.max_pixels)
+    config = TritonConfig(
+        http_address=options.host,
+        http_port=options.http_port,
+        grpc_address=options.host,
+        grpc_port=options.grpc_port,
+        metrics_port=options.metrics_port,
+        exit_timeout_secs=IDLE_EXIT_TIMEOUT_S,
+    )
+    batching = ModelConfig(
+        max_batch_size=max_batch,
+        batcher=DynamicBatcher(max_queue_delay_microseconds=options.max_queue_delay_us),
+    )
+    encoded, raw, outputs = _tensors()
+    stop, drained = threading.Event(), False
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        access_token = secrets.token_urlsafe(32)
+        with Triton(config=config, security_config=TritonSecurityConfig(access_token=access_token)) as triton:
+            for name, inputs, answer in (
+                (options.model_name, encoded, model.infer_encoded),
+                (options.raw_model_name, raw, model.infer_raw),
+            ):
+                triton.bind(
+                    model_name=name,
+                    infer_func=[_infer_function(answer) for _ in range(options.instances)],
+                    inputs=inputs,
+                    outputs=outputs,
+                    config=batching,
+                    strict=True,
+                )
+            triton.run()  # starts Triton and waits until both models are ready
+            log(
+                f"serving {bundle} ({inspector.precision}, max batch {max_batch}, queue delay "
+                f"{options.max_queue_delay_us} us, {options.instances} instances) as models "
+                f"{options.model_name!r} (encoded images) and {options.raw_model_name!r} (RGB uint8) on "
+                f"http {options.host}:{options.http_port}, grpc {options.grpc_port}; ready: GET "
+                f"/v2/health/ready; metrics: :{options.metrics_port}/metrics; SIGTERM drains and stops"
+            )
+            while not stop.wait(MONITOR_PERIOD_S):
+                if not triton.is_alive():
+                    raise ServeError(f"Triton or a model stopped unexpectedly while serving {bundle}")
+            log("stopping: refusing new requests, answering the accepted ones")
+            drained = _drain(options, access_token, model)
+            if not drained:
+                log(f"warning: the models were still answering after {options.exit_timeout_s} s; stopping")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        model.close()
+        inspector.close()
+    if drained:
+        log("stopped: every accepted request was answered")

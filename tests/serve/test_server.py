@@ -1,0 +1,238 @@
+"""`npgmf-edge serve` for real: PyTriton's Triton server started as a child process on free ports, good,
+corrupt and oversized images sent concurrently over HTTP and gRPC, every answer compared with
+`Inspector.inspect` on the same file in this process; SIGTERM under load."""
+
+import json
+import math
+import platform
+import shutil
+import signal
+import threading
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from npgmf_edge.data import read_image
+from npgmf_edge.errors import ServeError
+from npgmf_edge.runtime import Inspector
+
+
+def _pytriton_cannot_run() -> str | None:
+    """Why the PyTriton wheel cannot run here (it is built for glibc 2.35+ Linux on x86_64 / aarch64)."""
+    libc, version = platform.libc_ver()
+    if platform.system() != "Linux" or libc != "glibc":
+        return f"the PyTriton wheel needs glibc Linux, this is {platform.system()} {libc or 'without glibc'}"
+    if tuple(int(p) for p in version.split(".")[:2]) < (2, 35):
+        return f"the PyTriton wheel needs glibc 2.35 or newer, this has {version}"
+    if platform.machine() not in ("x86_64", "aarch64"):
+        return f"the PyTriton wheel is built for x86_64 and aarch64, not {platform.machine()}"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_pytriton_cannot_run() is not None, reason=str(_pytriton_cannot_run()))
+
+LIMIT = 1_000_000  # --max-pixels of the servers below
+CLIENTS = 8
+
+
+@pytest.fixture(scope="module")
+def cases(tiny_run, tmp_path_factory):
+    """Good images (PNG and JPEG files, distinct scores), corrupt and oversized ones, with the answer the
+    in-process Inspector gives for each file (None: the server must refuse it)."""
+    from npgmf_edge.serve.process import ServerProcess  # noqa: F401 - fail here if the extra is missing
+
+    _, dataset = tiny_run
+    folder = tmp_path_factory.mktemp("serve_images")
+    paths = [s.image_path for s in dataset.test[::5]][:12]
+    for path in paths[:2]:
+        jpeg = folder / f"{path.parent.name}_{path.stem}.jpg"
+        cv2.imwrite(str(jpeg), cv2.imread(str(path)), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    good = [*paths, *sorted(folder.glob("*.jpg"))]
+    png = paths[0].read_bytes()
+    (folder / "truncated.png").write_bytes(png[: len(png) // 2])
+    (folder / "noise.png").write_bytes(np.random.default_rng(0).bytes(2000))
+    cv2.imwrite(str(folder / "oversized.png"), np.zeros((1200, 1000, 3), np.uint8))
+    bad = {name: folder / name for name in ("truncated.png", "noise.png", "oversized.png")}
+    return good, bad, folder
+
+
+@pytest.fixture(scope="module")
+def reference(graph_bundle, cases):
+    good, _, _ = cases
+    with Inspector.open(graph_bundle) as inspector:
+        results = inspector.inspect(good)
+    scores = [r.score for r in results]
+    assert len(set(scores)) == len(scores), "distinct scores are what makes a swapped answer visible"
+    return {path: result for path, result in zip(good, results, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def server(graph_bundle, tmp_path_factory):
+    from npgmf_edge.serve.process import ServerProcess
+
+    log = tmp_path_factory.mktemp("serve_log") / "server.log"
+    args = ("--max-pixels", str(LIMIT), "--max-queue-delay-us", "20000")
+    with ServerProcess(graph_bundle, *args, log_path=log) as running:
+        yield running
+
+
+def _send_all(server, payloads: list[tuple[object, bytes | np.ndarray]]) -> dict:
+    """Send every (key, payload) from CLIENTS threads, half over HTTP and half over gRPC, one image per
+    request; {index: (key, protocol, result or the exception)}."""
+    from npgmf_edge.serve.client import ServeClient
+
+    answers, lock = {}, threading.Lock()
+
+    def work(worker: int) -> None:
+        url = server.grpc_url if worker % 2 else server.http_url
+        with ServeClient(url) as client:
+            for index in range(worker, len(payloads), CLIENTS):
+                key, payload = payloads[index]
+                try:
+                    if isinstance(payload, np.ndarray):
+                        result = client.inspect_pixels(payload)
+                    else:
+                        result = client.inspect_bytes(payload)
+                except ServeError as exc:
+                    result = exc
+                with lock:
+                    answers[index] = (key, client.protocol, result)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def _metric(server, name: str, model: str) -> float:
+    """One of Triton's Prometheus counters for `model` (version 1)."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    prefix = f'{name}{{model="{model}",version="1"}} '
+    return float(next(line for line in lines if line.startswith(prefix))[len(prefix) :])
+
+
+def test_concurrent_good_corrupt_and_oversized_images_over_http_and_grpc(server, cases, reference) -> None:
+    good, bad, _ = cases
+    files = [*good, *bad.values()] * 3
+    payloads = [(path, path.read_bytes()) for path in files]
+    answers = _send_all(server, payloads)
+
+    assert sorted(answers) == list(range(len(payloads))), "every request got an answer"
+    assert {protocol for _, protocol, _ in answers.values()} == {"http", "grpc"}
+    for key, _, result in answers.values():
+        assert not isinstance(result, Exception), f"{key}: {result}"
+        if key in reference:
+            expected = reference[key]
+            assert result.score == pytest.approx(expected.score, rel=1e-5), key
+            assert (result.verdict, result.error, result.precision) == (expected.verdict, None, "fp32")
+            assert result.threshold == pytest.approx(expected.threshold, rel=1e-6)
+        else:
+            assert result.verdict == "error" and math.isnan(result.score), key
+            words = "above the limit of 1,000,000" if key.name == "oversized.png" else "cannot read"
+            assert words in result.error, key
+    names = ("nv_inference_count", "nv_inference_exec_count")
+    images, batches = (_metric(server, name, "npgmf") for name in names)
+    assert images > batches, "the dynamic batcher put several requests into one batch"
+
+
+def test_raw_pixels_and_maps_on_request(server, cases, reference) -> None:
+    from npgmf_edge.serve.client import ServeClient
+
+    good, _, _ = cases
+    payloads = [(path, read_image(path)) for path in good[:6]] * 2
+    payloads.append(("oversized", np.zeros((1200, 1000, 3), np.uint8)))
+    answers = _send_all(server, payloads)
+    for key, _, result in answers.values():
+        if key == "oversized":
+            assert result.verdict == "error" and "above the limit" in result.error
+        else:
+            assert result.score == pytest.approx(reference[key].score, rel=1e-5)
+    for url in (server.http_url, server.grpc_url):
+        with ServeClient(url) as client:
+            plain = client.inspect_path(good[0])
+            mapped = client.inspect_path(good[0], with_map=True)
+        expected = reference[good[0]].anomaly_map
+        assert plain.anomaly_map is None and mapped.anomaly_map.shape == expected.shape
+        np.testing.assert_allclose(mapped.anomaly_map, expected, rtol=1e-3, atol=1e-2)
+
+
+def test_readiness_and_prometheus_metrics(server) -> None:
+    with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=10) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'nv_inference_request_success{model="npgmf",version="1"}' in metrics
+
+
+def test_serve_bench_checks_every_answer(server, cases, graph_bundle, cli, tmp_path) -> None:
+    good, bad, _ = cases
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in [*good[:4], bad["truncated.png"]]:
+        shutil.copy(path, folder / f"{path.parent.name}_{path.name}")
+    code, out, err = cli(
+        "serve-bench", server.grpc_url, "--images", folder, "--concurrency", 4, "--duration", 2,
+        "--bundle", graph_bundle, "--json",
+    )  # fmt: skip
+    report = json.loads(out)
+    assert code == 0, err
+    assert report["checked"] and report["mismatches"] == report["lost"] == 0
+    assert report["answered"] > 5 and report["errors"] > 0  # the truncated file: its own error, counted
+
+
+def test_sigterm_under_load_answers_every_accepted_request(graph_bundle, cases, reference, tmp_path) -> None:
+    """Requests sent before SIGTERM must all be answered, correctly; later ones may be refused (Triton
+    unloads the models first, so a refusal says the model is gone); the process exits 0."""
+    from npgmf_edge.serve.client import ServeClient
+    from npgmf_edge.serve.process import ServerProcess
+
+    good, _, _ = cases
+    blobs = [(path, path.read_bytes()) for path in good]
+    events, lock, stop = [], threading.Lock(), threading.Event()
+    server = ServerProcess(graph_bundle, "--max-queue-delay-us", "20000", log_path=tmp_path / "log")
+    server.wait_ready()
+
+    def work(worker: int) -> None:
+        url = server.grpc_url if worker % 2 else server.http_url
+        with ServeClient(url, timeout_s=60) as client:
+            k = worker
+            while not stop.is_set():
+                path, blob = blobs[k % len(blobs)]
+                k += 1
+                sent = time.monotonic()
+                try:
+                    outcome = client.inspect_bytes(blob)
+                except ServeError as exc:
+                    outcome = exc
+                with lock:
+                    events.append((sent, path, outcome))
+                if isinstance(outcome, Exception):
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    while len(events) < 40:
+        time.sleep(0.05)
+    term_at = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    exit_code = server.process.wait(timeout=120)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    server.stop()
+
+    assert exit_code == 0
+    before = [(path, outcome) for sent, path, outcome in events if sent < term_at]
+    assert len(before) >= 40
+    lost = [(path, outcome) for path, outcome in before if isinstance(outcome, Exception)]
+    assert not lost, f"accepted before SIGTERM but not answered: {lost[:3]}"
+    for _, path, outcome in events:
+        if not isinstance(outcome, Exception):
+            assert outcome.score == pytest.approx(reference[path].score, rel=1e-5), path
