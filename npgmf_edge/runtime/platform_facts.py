@@ -3,11 +3,12 @@
 Recorded in the manifest by the export (beside the self-test's expected results) and reported by a
 station whose self-test fails, so the message can say *why* the numbers differ: an x86 CPU without
 `avx512_vnni` / `avx_vnni` sums INT8 products through saturating int16 pairs, an ARM core without
-`asimddp` (dotprod) takes another int8 path, a GPU runs another TensorRT version. Standard library only.
+`asimddp` (dotprod) takes another int8 path, a GPU runs another TensorRT version. Standard library and
+numpy only.
 
 Example:
     >>> machine_facts()["cpu_features"]
-    ['avx2', 'avx512_vnni', 'avx512f', 'avx_vnni', 'f16c', 'fma']
+    ['avx2', 'avx512_bf16', 'avx512_vnni', 'avx512bw', 'avx512f', 'avx_vnni', 'f16c', 'fma']
 """
 
 from __future__ import annotations
@@ -18,29 +19,51 @@ from pathlib import Path
 from typing import Any
 
 CPUINFO = Path("/proc/cpuinfo")
-# The flags that change which INT8 / FP16 kernels a backend picks (x86 "flags", ARM "Features").
-RELEVANT_CPU_FEATURES = frozenset(
-    {
-        "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
-        "asimd", "asimddp", "asimdhp", "i8mm", "sve", "sve2",
-    }
-)  # fmt: skip
+# The features that change which INT8 / FP16 kernels a backend picks, by numpy's CPUID-based names.
+NUMPY_FEATURES = {
+    "AVX2": "avx2", "FMA3": "fma", "F16C": "f16c", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
+    "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16",
+    "ASIMD": "asimd", "ASIMDDP": "asimddp", "ASIMDHP": "asimdhp", "SVE": "sve",
+}  # fmt: skip
+# Relevant features numpy does not detect, read from the kernel's list (x86 "flags", ARM "Features").
+CPUINFO_ONLY_FEATURES = frozenset({"avx_vnni", "amx_int8", "i8mm", "sve2"})
 VNNI_FEATURES = frozenset({"avx512_vnni", "avx_vnni"})
 BACKEND_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu-cu12", "numpy", "tensorrt")
 
 
-def cpu_features(cpuinfo: str | None = None) -> list[str]:
-    """The RELEVANT_CPU_FEATURES this CPU reports (Linux /proc/cpuinfo; empty where unreadable)."""
+def _cpuinfo_flags(cpuinfo: str) -> set[str]:
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def _numpy_cpuid() -> dict[str, bool]:
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    return dict(__cpu_features__)
+
+
+def cpu_features(cpuinfo: str | None = None, cpuid: dict[str, bool] | None = None) -> list[str]:
+    """The features this process's CPU offers, as the kernels' dispatch sees them.
+
+    numpy's CPUID-based detection first: unlike /proc/cpuinfo it tells what this process runs on, also
+    under an emulator (`qemu-x86_64 -cpu Haswell` shows the host's /proc/cpuinfo, AVX-512 and VNNI
+    included). The few features numpy does not detect (CPUINFO_ONLY_FEATURES, AVX-VNNI among them) come
+    from /proc/cpuinfo, on x86 only when it describes the same CPU (both agree on AVX-512F)."""
     if cpuinfo is None:
         try:
             cpuinfo = CPUINFO.read_text(errors="replace")
         except OSError:
-            return []
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return sorted(RELEVANT_CPU_FEATURES & set(value.split()))
-    return []
+            cpuinfo = ""
+    cpuid = _numpy_cpuid() if cpuid is None else cpuid
+    found = {name for key, name in NUMPY_FEATURES.items() if cpuid.get(key)}
+    flags = _cpuinfo_flags(cpuinfo)
+    x86 = any(key.startswith("AVX") or key.startswith("SSE") for key, value in cpuid.items() if value)
+    if not x86 or ("avx512f" in flags) == ("avx512f" in found):
+        found |= CPUINFO_ONLY_FEATURES & flags
+    return sorted(found)
 
 
 def _cpu_name(cpuinfo: str) -> str:

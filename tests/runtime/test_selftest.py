@@ -151,12 +151,21 @@ def test_a_non_finite_result_never_passes() -> None:
 
 
 CPUINFO_EPYC = "processor\t: 0\nmodel name\t: AMD EPYC 7B12\nflags\t\t: fpu sse2 avx avx2 fma f16c bmi2\n"
-CPUINFO_ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp asimdhp\nCPU part\t: 0xd0c\n"
+CPUID_EPYC = {"SSE2": True, "AVX": True, "AVX2": True, "FMA3": True, "F16C": True, "AVX512F": False}
+CPUINFO_ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp asimdhp i8mm\nCPU part\t: 0xd0c\n"
+CPUID_ARM = {"NEON": True, "ASIMD": True, "ASIMDDP": True, "ASIMDHP": True}
+# qemu-x86_64 -cpu Haswell on this VM: the emulated CPUID says AVX2, /proc/cpuinfo still shows the host.
+CPUINFO_HOST = "flags\t\t: avx2 fma f16c avx512f avx512bw avx512_vnni avx_vnni\n"
+CPUID_HASWELL = {"AVX": True, "AVX2": True, "FMA3": True, "F16C": True}
+CPUID_ALDER_LAKE = {"AVX": True, "AVX2": True, "FMA3": True, "F16C": True}  # AVX-VNNI, no AVX-512
 
 
 def test_cpu_features_and_their_description() -> None:
-    assert cpu_features(CPUINFO_EPYC) == ["avx2", "f16c", "fma"]
-    assert cpu_features(CPUINFO_ARM) == ["asimd", "asimddp", "asimdhp"]
+    assert cpu_features(CPUINFO_EPYC, CPUID_EPYC) == ["avx2", "f16c", "fma"]
+    assert cpu_features(CPUINFO_ARM, CPUID_ARM) == ["asimd", "asimddp", "asimdhp", "i8mm"]
+    assert cpu_features(CPUINFO_HOST, CPUID_HASWELL) == ["avx2", "f16c", "fma"]  # not the host's VNNI
+    alder_lake = "flags\t\t: avx2 fma f16c avx_vnni\n"
+    assert cpu_features(alder_lake, CPUID_ALDER_LAKE) == ["avx2", "avx_vnni", "f16c", "fma"]
     epyc = {"machine": "x86_64", "cpu_features": ["avx2", "fma"], "backends": {"onnxruntime": "1.32.0"}}
     assert describe(epyc) == "x86_64 with avx2, fma (no VNNI); onnxruntime 1.32.0"
     arm = {"machine": "aarch64", "cpu_features": ["asimddp"], "backends": {}}
