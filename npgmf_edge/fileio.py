@@ -46,7 +46,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 def atomic_directory(out: Path, fill: Callable[[Path], None]) -> Path:
     """Let `fill` write a whole folder into a hidden staging folder beside `out`, then rename it into
     place; a previous `out` is removed only after that succeeded, and a failure leaves it untouched and no
-    staging folder behind. (The bundle writer does the same with its own staging folder.)"""
+    staging folder behind. The bundle writer and the Triton repository writer use it."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a directory; choose another output folder")

@@ -8,14 +8,15 @@
       coreset.faiss + coreset.npy (knn "faiss"), TensorRT engines (where TensorRT is importable)
       -> manifest.json (runtime.manifest writes it, last, with the SHA-256 of every file)
 
-Everything is written into a temporary folder beside `out` and renamed into place at the end, so an
-export killed midway leaves the previous bundle untouched. FP16 and INT8 shift the score distribution,
-so each precision gets its own calibration, and the cost of each against FP32 on the validation images is
-recorded (map differences, score rank correlation, relative score drift, verdict agreement). An INT8
-graph is refused, with those numbers, when its verdicts disagree with FP32's on more than
-`int8_max_disagreement` of the validation images, its scores rank them differently (Spearman below
-INT8_MIN_RANK_CORRELATION: its own calibration can hide a shift, not a reordering), or they drift by more
-than INT8_MAX_SCORE_DRIFT of FP32's; the written graph is held to the same drift on the self-test images.
+Everything is written into a temporary folder beside `out` and renamed into place at the end
+(`fileio.atomic_directory`), so an export killed midway leaves the previous bundle untouched. FP16 and
+INT8 shift the score distribution, so each precision gets its own calibration, and the cost of each
+against FP32 on the validation images is recorded (map differences, score rank correlation, relative
+score drift, verdict agreement). An INT8 graph is refused, with those numbers, when its verdicts disagree
+with FP32's on more than `int8_max_disagreement` of the validation images, its scores rank them
+differently (Spearman below INT8_MIN_RANK_CORRELATION: its own calibration can hide a shift, not a
+reordering), or they drift by more than INT8_MAX_SCORE_DRIFT of FP32's; the written graph is held to the
+same drift on the self-test images.
 
 Last, the bundle gets its golden set (`runtime.selftest`): a few validation images, each precision's
 scores and map digests for them as the written graphs compute them here, and this machine's CPU
@@ -27,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -55,6 +55,7 @@ from npgmf_edge.export.graph_heads import (
     KnnHead,
 )
 from npgmf_edge.export.onnx_graph import export_onnx
+from npgmf_edge.fileio import atomic_directory
 from npgmf_edge.knn import BruteForceNN, FaissNN
 from npgmf_edge.models.inspection_net import INPUT_NAME, OUTPUT_NAMES
 from npgmf_edge.postprocess import gaussian_sigma_for
@@ -261,16 +262,14 @@ def export_bundle(
         )
     build_engines = _engines_wanted(options.tensorrt)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    manifest: dict[str, Any] = {}  # filled by `fill`, inside the staging folder
+
+    def fill(staging: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="npgmf-export-") as work:
             exporter = _Exporter(run, options, Path(work), staging, log)
-            manifest = _write_bundle(exporter, build_engines, out)
-        _replace_directory(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            manifest.update(_write_bundle(exporter, build_engines, out))
+
+    atomic_directory(out, fill)
     return {
         "bundle": str(out),
         "precisions": list(options.precisions),
@@ -335,7 +334,8 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
             ex.to_precision(full_fp32, precision, calib_pixels, target)
         else:
             shutil.copyfile(base, target)
-        precision_ops.check_no_saturation(onnx.load(str(target)), target)  # the int8 kNN search, too
+        if options.knn_search == "int8" and precision != "int8":  # quantize_int8 checked the int8 graph
+            precision_ops.check_no_saturation(onnx.load(str(target)), target)
         outputs = _run_graph(target, ex.spec(precision, options.knn), val_pixels[:1], options.threads)
         graphs[precision] = _graph_entry(target, ex.spec(precision, options.knn), outputs)
         calibrations[precision] = calibration.to_dict()
@@ -478,22 +478,3 @@ def _build_engines(ex: _Exporter, graphs: dict, build: bool, out: Path) -> tuple
             timing_cache_path=cache,
         )
     return engines, "built"
-
-
-def _replace_directory(staging: Path, out: Path) -> None:
-    """Move the finished bundle into place; the previous one is removed only after that succeeded."""
-    if out.exists() and not out.is_dir():
-        raise BundleError(f"{out} exists and is not a directory; choose another --out")
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
-    previous = None
-    if out.exists():
-        previous = out.with_name(f".{out.name}.previous-{os.getpid()}")
-        os.replace(out, previous)
-    try:
-        os.replace(staging, out)
-    except OSError:
-        if previous is not None:
-            os.replace(previous, out)
-        raise
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)

@@ -192,25 +192,37 @@ class Inspector:
         inspector = cls._open_precision(manifest, precision, backend, device, threads, max_pixels)
         if not self_test:
             return inspector
-        inspector.self_test = run_self_test(inspector)
-        if inspector.self_test is None:
-            log.warning("%s has no self-test images (exported before them); re-export to get one", bundle)
-        elif not inspector.self_test.passed:
-            message = failure_message(inspector.self_test, inspector)
-            inspector.close()
-            if fallback is None or fallback == precision:
-                raise SelfTestError(message)
-            log.warning("%s; answering in %s (fallback)", message, fallback)
-            answering = cls.open(bundle, backend, device, fallback, threads, max_pixels, self_test=True)
-            answering.requested_precision, answering.fallback_reason = precision, message
-            return answering
-        else:
-            log.info(
-                "%s %s self-test passed in %.3f s (score drift %.2g <= %.2g)",
-                bundle, precision, inspector.self_test.seconds, inspector.self_test.score_drift,
-                inspector.self_test.tolerance,
-            )  # fmt: skip
-        return inspector
+        problem = inspector._run_self_test()
+        if problem is None:
+            return inspector
+        inspector.close()
+        if fallback is None or fallback == precision:
+            raise SelfTestError(problem)
+        log.warning("%s; answering in %s (fallback)", problem, fallback)
+        answering = cls._open_precision(manifest, fallback, backend, device, threads, max_pixels)
+        fallback_problem = answering._run_self_test()
+        if fallback_problem is not None:
+            answering.close()
+            raise SelfTestError(fallback_problem)
+        answering.requested_precision, answering.fallback_reason = precision, problem
+        return answering
+
+    def _run_self_test(self) -> str | None:
+        """Run the bundle's golden set here (result in `self_test`); the failure message, or None."""
+        self.self_test = run_self_test(self)
+        if self.self_test is None:
+            log.warning(
+                "%s has no self-test images (exported before them); re-export to get one", self.manifest.root
+            )
+            return None
+        if not self.self_test.passed:
+            return failure_message(self.self_test, self)
+        log.info(
+            "%s %s self-test passed in %.3f s (score drift %.2g <= %.2g)",
+            self.manifest.root, self.precision, self.self_test.seconds, self.self_test.score_drift,
+            self.self_test.tolerance,
+        )  # fmt: skip
+        return None
 
     @classmethod
     def _open_precision(

@@ -191,11 +191,10 @@ def failure_message(result: SelfTestResult, inspector: Inspector) -> str:
 def self_test_bundle(bundle: Path, backend: str = "auto", device: str = "cpu") -> dict[str, Any]:
     """`npgmf-edge verify BUNDLE` on a station: each precision's self-test here, with this machine's facts."""
     from npgmf_edge.runtime.inspector import Inspector
+    from npgmf_edge.runtime.manifest import read_manifest
 
     rows = []
-    opened = Inspector.open(Path(bundle), backend=backend, device=device, self_test=False)
-    manifest = opened.manifest
-    opened.close()
+    manifest = read_manifest(Path(bundle))
     for precision in manifest.precisions:
         with Inspector.open(bundle, backend, device, precision, self_test=False) as inspector:
             result = run_self_test(inspector)
