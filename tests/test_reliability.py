@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -163,7 +164,7 @@ def write_bad_inputs(folder: Path, good: Path) -> dict[str, str | None]:
         "rgba.png": None,
         "sixteen_bit.png": None,
         "one_pixel.png": None,
-        "huge.png": "is 1100x1100 (1 MP), too large to decode under the limit of 0 MP",
+        "huge.png": "is 1100x1100 (1 MP), too large to decode under the limit of 65,536 pixels",
         "huge.jpg": None,
     }
 
@@ -306,6 +307,64 @@ def test_a_full_disk_or_read_only_folder_is_one_line(
     assert code == 1 and "Traceback" not in err
     assert err.splitlines()[-1] == f"error: {text} ({tmp_path / 'out' / 'predictions.csv'})"
     assert not (tmp_path / "out" / LOCK_FILE).exists()
+
+
+# --- decode bombs (issue 24): a header's claim is checked before a byte is decoded ----------------------
+
+BOMB_RSS_BYTES = 200 * 2**20  # the issue's bound; predict on a bundle peaks at about 130 MB here
+PREDICT = [sys.executable, "-m", "npgmf_edge", "predict"]
+BOMBS = ("gif", "png", "jpeg", "bmp", "tiff", "webp", "pnm", "pam", "hdr", "sunras")
+
+
+def test_the_issues_gif_bomb_is_refused_by_predict_under_200_mb(graph_bundle, peak_rss, tmp_path) -> None:
+    """Repro (issue 24): make any small GIF, write struct.pack('<HH', 32768, 8000) into bytes 6:10, then
+    `predict BUNDLE g.gif --max-pixels 1000`. It decoded in full (7.3 GB RSS, 36 s): imagesize read the
+    sides as signed shorts, and a negative size was taken as "unknown", so as no limit. Its error row is
+    one clear line, not OpenCV's assertion text."""
+    gif = cv2.imencode(".gif", np.full((8, 8, 3), 90, np.uint8))[1]
+    data = bytearray(gif.tobytes())
+    data[6:10] = struct.pack("<HH", 32768, 8000)
+    (tmp_path / "g.gif").write_bytes(bytes(data))
+    code, output, peak = peak_rss(
+        [*PREDICT, graph_bundle, tmp_path / "g.gif", "--max-pixels", "1000", "--out", tmp_path / "out"]
+    )
+    assert code == 1, output
+    assert peak < BOMB_RSS_BYTES
+    (row,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"]
+    assert row["verdict"] == "error"
+    assert row["error"] == (
+        f"image {tmp_path / 'g.gif'} is 32768x8000 (262 MP), too large to decode under the limit of 1,000 "
+        "pixels (only JPEG is reduced while decoding; other formats up to 16,000 pixels); shrink it, save it "
+        "as JPEG, or raise --max-pixels"
+    )
+
+
+def test_decode_bombs_of_every_format_are_refused_by_predict(
+    graph_bundle, craft_bomb, peak_rss, good_image, tmp_path
+) -> None:
+    """Headers claiming 15000 x 15000 (16000 for WebP's 14-bit sides) with bodies of a few bytes, each
+    format OpenCV decodes, beside a good image: every bomb its own error row naming the claimed size, the
+    good image its verdict, and the process's peak RSS bounded."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(good_image, folder / "good.png")
+    sides = {fmt: 16000 if fmt == "webp" else 15000 for fmt in BOMBS}
+    for fmt, side in sides.items():
+        (folder / f"bomb_{fmt}.png").write_bytes(craft_bomb(fmt, side, side))  # the name does not matter
+    code, output, peak = peak_rss(
+        [*PREDICT, graph_bundle, folder, "--max-pixels", MAX_PIXELS, "--out", tmp_path / "out"]
+    )
+    assert code == 1, output
+    assert peak < BOMB_RSS_BYTES
+    rows = {
+        Path(r["image"]).name: r
+        for r in json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"]
+    }
+    assert rows.pop("good.png")["verdict"] in ("good", "anomalous")
+    for fmt, side in sides.items():
+        row = rows[f"bomb_{fmt}.png"]
+        assert row["verdict"] == "error" and f" is {side}x{side} (" in row["error"], (fmt, row["error"])
+        assert "too large to decode under the limit of 65,536 pixels" in row["error"], fmt
 
 
 # --- training options, dataset size and memory, checked before any work --------------------------------
