@@ -24,7 +24,7 @@ import tifffile
 
 from npgmf_edge.config import get_preset
 from npgmf_edge.detector import RunDetector
-from npgmf_edge.errors import OutputError
+from npgmf_edge.errors import CheckpointError, OutputError
 from npgmf_edge.fileio import LOCK_FILE, output_lock
 from npgmf_edge.rundir import RUN_MANIFEST, write_run_manifest
 from npgmf_edge.workflows import overlay_names
@@ -85,6 +85,79 @@ def test_a_run_without_a_manifest_loads_after_one_warning(run_copy: Path, good_i
     assert warnings == [
         f"{run_copy} has no {RUN_MANIFEST} (an older run): its files cannot be checked for damage"
     ]
+
+
+def _demo_layout(tiny_run, work: Path) -> tuple[Path, dict[str, list[str]]]:
+    """work/demo_out/run and work/demo_out/data, as `make demo` lays them out: copies of the tiny run and its
+    data; returns the run and its image lists relative to the data root."""
+    run_dir, dataset = tiny_run
+    run = Path(
+        shutil.copytree(run_dir, work / "demo_out" / "run", ignore=shutil.ignore_patterns("checkpoint.*"))
+    )
+    shutil.copytree(dataset.root, work / "demo_out" / "data")
+    lists = {
+        "validation_images": [os.path.relpath(s.image_path, dataset.root) for s in dataset.validation],
+        "train_images": [os.path.relpath(s.image_path, dataset.root) for s in dataset.train],
+    }
+    return run, lists
+
+
+def test_a_run_trained_before_issue_24_and_moved_with_its_data_finds_its_images(
+    cli, tiny_run, tmp_path: Path, monkeypatch
+) -> None:
+    """Repro (issue 24, item 10c): a run stored its image paths as given, relative to the folder it was
+    trained from, so exporting it after a move failed on "image demo_out/... does not exist". Its old
+    dataset.json is read by looking for that folder above the run."""
+    from npgmf_edge.rundir import DATASET_FILE, read_provenance
+
+    run, lists = _demo_layout(tiny_run, tmp_path / "trained_here")
+    old = {"root": "demo_out/data", "format": "mvtec_loco", "category": tiny_run[1].category, "n_train": 60,
+           **{key: [f"demo_out/data/{p}" for p in paths] for key, paths in lists.items()}}  # fmt: skip
+    (run / DATASET_FILE).write_text(json.dumps(old))
+    shutil.move(tmp_path / "trained_here", tmp_path / "moved")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    provenance = read_provenance(tmp_path / "moved" / "demo_out" / "run")
+    data = tmp_path / "moved" / "demo_out" / "data"
+    assert provenance["validation_images"] == [str(data / p) for p in lists["validation_images"]]
+    assert provenance["train_images"] == [str(data / p) for p in lists["train_images"]]
+    moved_run = tmp_path / "moved" / "demo_out" / "run"
+    code, _, err = cli(
+        "export", moved_run, "--out", tmp_path / "bundle", "--precision", "fp32", "--no-tensorrt"
+    )
+    assert code == 0, err
+
+
+def test_a_run_finds_its_data_moved_with_it_or_left_behind_and_says_when_it_cannot(
+    tiny_run, tmp_path
+) -> None:
+    """New runs record the data root relative to the run and absolute, the images relative to the root."""
+    from npgmf_edge.rundir import DATASET_FILE, provenance_record, read_provenance
+
+    run, lists = _demo_layout(tiny_run, tmp_path / "a")
+    data = tmp_path / "a" / "demo_out" / "data"
+    record = provenance_record(data, run, {key: [data / p for p in paths] for key, paths in lists.items()})
+    assert (record["root"], record["root_from_run"]) == (str(data), os.path.join("..", "data"))
+    assert record["validation_images"] == lists["validation_images"]
+    (run / DATASET_FILE).write_text(json.dumps(record))
+
+    def found(run_dir: Path) -> list[Path]:
+        return [Path(p).resolve() for p in read_provenance(run_dir)["train_images"]]
+
+    shutil.move(tmp_path / "a", tmp_path / "b")  # the run and its data moved together
+    moved = tmp_path / "b" / "demo_out"
+    assert found(moved / "run") == [(moved / "data" / p).resolve() for p in lists["train_images"]]
+    (tmp_path / "c").mkdir()
+    shutil.move(moved / "run", tmp_path / "c" / "run")  # the run alone, its data not where it was recorded
+    with pytest.raises(CheckpointError) as refused:
+        read_provenance(tmp_path / "c" / "run")
+    assert str(refused.value) == (
+        f"{tmp_path / 'c' / 'run'}: the data it was trained on ({data}) is found neither beside the run nor "
+        "where it was; move the dataset back, or run from the folder the run was trained in"
+    )
+    data.parent.mkdir(parents=True)
+    shutil.move(moved / "data", data)  # the data back where it was recorded
+    assert found(tmp_path / "c" / "run") == [(data / p).resolve() for p in lists["train_images"]]
 
 
 def _truncate(text: str) -> str:
@@ -277,7 +350,7 @@ def test_the_lock_of_a_killed_writer_is_free_at_once(tmp_path: Path) -> None:
 
 RACE_FOR_LOCK = """
 import os, sys, time
-from npgmf_edge.errors import OutputError
+from npgmf_edge.errors import CheckpointError, OutputError
 from npgmf_edge.fileio import output_lock
 folder, go = sys.argv[1], sys.argv[2]
 while not os.path.exists(go):
