@@ -90,7 +90,12 @@ def _reduction(path: Path, max_pixels: int | None) -> int:
     factor = next((f for f in REDUCED_DECODING if pixels <= max_pixels * f * f), None)
     scaled_while_decoding = header.format == "jpeg"
     affordable = scaled_while_decoding or pixels * header.decode_weight <= FULL_DECODE_FACTOR * max_pixels
-    if affordable and factor is not None and pixels <= opencv_pixel_limit():
+    if pixels > opencv_pixel_limit():
+        raise DatasetError(
+            f"image {path} is {header.width}x{header.height} ({_amount(pixels)}), more than OpenCV decodes "
+            f"here ({_amount(opencv_pixel_limit())}, OPENCV_IO_MAX_IMAGE_PIXELS); shrink it"
+        )
+    if affordable and factor is not None:
         return factor
     raise DatasetError(
         f"image {path} is {header.width}x{header.height} ({_amount(pixels)}), too large to decode under the "

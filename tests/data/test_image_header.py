@@ -128,3 +128,16 @@ def test_a_wall_already_in_the_environment_is_kept(peak_rss, tmp_path: Path) -> 
         == f"100 cannot read image {path}: it is larger than OpenCV decodes here (100 pixels, "
         + ("OPENCV_IO_MAX_IMAGE_PIXELS); shrink it")
     )
+
+
+def test_a_jpeg_above_opencvs_own_limit_is_refused_from_its_header(craft_bomb, tmp_path: Path) -> None:
+    """JPEG is reduced while decoding, so the pixel limit allows it up to 64 x; OpenCV's own limit (256 MP,
+    checked on the full size) still refuses it, and says so, before it is handed to OpenCV."""
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(craft_bomb("jpeg", 20000, 20000))
+    with pytest.raises(DatasetError) as refused:
+        read_image(path, max_pixels=16_000_000)
+    assert str(refused.value) == (
+        f"image {path} is 20000x20000 (400 MP), more than OpenCV decodes here (256 MP, "
+        "OPENCV_IO_MAX_IMAGE_PIXELS); shrink it"
+    )
