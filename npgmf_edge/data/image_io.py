@@ -90,18 +90,18 @@ def _reduction(path: Path, max_pixels: int | None) -> int:
     factor = next((f for f in REDUCED_DECODING if pixels <= max_pixels * f * f), None)
     scaled_while_decoding = header.format == "jpeg"
     affordable = scaled_while_decoding or pixels * header.decode_weight <= FULL_DECODE_FACTOR * max_pixels
-    if pixels > opencv_pixel_limit():
+    if not affordable or factor is None:
+        raise DatasetError(
+            f"image {path} is {header.width}x{header.height} ({_amount(pixels)}), too large to decode under "
+            f"the limit of {_amount(max_pixels)} (only JPEG is reduced while decoding; other formats up to "
+            f"{_amount(FULL_DECODE_FACTOR * max_pixels)}); shrink it, save it as JPEG, or raise --max-pixels"
+        )
+    if pixels > opencv_pixel_limit():  # OpenCV checks the full size, even when decoding reduced
         raise DatasetError(
             f"image {path} is {header.width}x{header.height} ({_amount(pixels)}), more than OpenCV decodes "
             f"here ({_amount(opencv_pixel_limit())}, OPENCV_IO_MAX_IMAGE_PIXELS); shrink it"
         )
-    if affordable and factor is not None:
-        return factor
-    raise DatasetError(
-        f"image {path} is {header.width}x{header.height} ({_amount(pixels)}), too large to decode under the "
-        f"limit of {_amount(max_pixels)} (only JPEG is reduced while decoding; other formats up to "
-        f"{_amount(FULL_DECODE_FACTOR * max_pixels)}); shrink it, save it as JPEG, or raise --max-pixels"
-    )
+    return factor
 
 
 def _amount(pixels: int) -> str:
