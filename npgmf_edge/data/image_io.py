@@ -78,12 +78,13 @@ def _header(source: Path | bytes, name: str, max_pixels: int | None) -> ImageHea
     return header
 
 
-def _reduction(path: Path, max_pixels: int | None) -> int:
-    """1, or the smallest reduced-decoding factor bringing `path` under `max_pixels` (from its header);
+def _reduction(data: bytes, path: Path, max_pixels: int | None) -> int:
+    """1, or the smallest reduced-decoding factor bringing `path` (its bytes `data`) under `max_pixels`
+    (from its header);
     DatasetError when decoding it would cost too much: more than 1/8 can bring under the limit, more than
     OpenCV decodes at all, or (for formats OpenCV decodes in full before reducing: all but JPEG) more than
     FULL_DECODE_FACTOR x the limit at full size (weighted by what the format's decoder costs per pixel)."""
-    header = _header(path, f"image {path}", max_pixels)
+    header = _header(data, f"image {path}", max_pixels)
     if max_pixels is None or header is None or header.pixels <= max_pixels:
         return 1
     pixels = header.pixels
@@ -144,12 +145,14 @@ def _decode(path: Path, what: str, max_pixels: int | None = None) -> np.ndarray:
         raise DatasetError(f"{what} {path} is a directory, not an image file")
     if not path.is_file():
         raise DatasetError(f"{what} {path} does not exist")
-    if path.stat().st_size == 0:
+    # Read once: the header checked is the one decoded (a file replaced in between cannot slip past), and
+    # imdecode over a byte buffer instead of imread, which cannot read non-ASCII paths on Windows.
+    data = path.read_bytes()
+    if not data:
         raise DatasetError(f"cannot read {what} {path}: OpenCV cannot decode it (the file is empty)")
-    factor = _reduction(path, max_pixels)
+    factor = _reduction(data, path, max_pixels)
     flags = REDUCED_DECODING[factor] | cv2.IMREAD_IGNORE_ORIENTATION if factor > 1 else cv2.IMREAD_UNCHANGED
-    # imdecode over a byte buffer instead of imread: imread cannot read non-ASCII paths on Windows.
-    pixels = _opencv_decode(np.fromfile(path, dtype=np.uint8), flags, f"{what} {path}")
+    pixels = _opencv_decode(np.frombuffer(data, dtype=np.uint8), flags, f"{what} {path}")
     if pixels is None:
         raise DatasetError(f"cannot read {what} {path}: {UNDECODABLE}")
     return pixels
