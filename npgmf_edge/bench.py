@@ -209,6 +209,12 @@ def run_bench(bundle: Path, options: BenchOptions, log: Log | None = None) -> di
     options.validate()
     log = log or (lambda message: None)
     manifest = read_manifest(bundle)
+    largest = max(options.batches)
+    if largest > manifest.max_batch:
+        raise ConfigError(
+            f"--batch {largest} is above the bundle's max batch of {manifest.max_batch} (the most its graphs "
+            "take in one call); bench batches up to it, or re-export with a larger --max-batch"
+        )
     precision = options.precision or manifest.precisions[0]
     paths = options.backends or default_paths(options.run, options.device)
     report: dict[str, Any] = {"machine": describe_machine(), "bundle": str(bundle), "precision": precision,

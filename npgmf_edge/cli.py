@@ -480,7 +480,7 @@ def predict(
                 f"answered in {summary['precision']}, not {summary['requested_precision']}: "
                 f"{summary['fallback_reason']}"
             )
-    if summary["errors"]:
+    if summary["errors"] or summary["unwritten_overlays"]:
         raise typer.Exit(1)
 
 

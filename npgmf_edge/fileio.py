@@ -1,10 +1,10 @@
-"""Atomic file writes (a run killed at any moment leaves either the old file or the new one, never half)
-and the lock that keeps two processes from writing into one output folder.
+"""Atomic file writes (a run killed at any moment, or a full disk, leaves either the old file or the new one,
+never half) and the lock that keeps two processes from writing into one output folder.
 
-Every writer of results (checkpoints, configs, summaries, ONNX graphs, FAISS indexes) goes through
-`atomic_write`: the content is written to a temporary file in the target's folder, flushed to disk, given
-ordinary permissions, and renamed over the target (`os.replace`). numpy and the standard library only, so
-the runtime can use it too.
+Every writer of results (checkpoints, configs, summaries, overlays, ONNX graphs, FAISS indexes) goes
+through `atomic_write`: the content is written to a temporary file in the target's folder, flushed to disk,
+given ordinary permissions, and renamed over the target (`os.replace`); a failed write removes its temporary
+file. The standard library and `filelock` only, so the runtime can use it too.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from npgmf_edge.errors import OutputError
 
@@ -78,47 +80,33 @@ def save_json(obj: Any, path: Path) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def _lock_holder_gone(lock: Path) -> bool:
-    """True when the lock names a process that no longer runs (POSIX only: elsewhere a lock stays put)."""
-    try:
-        pid = int(lock.read_text().strip())
-    except (OSError, ValueError):
-        return False
-    if os.name != "posix":
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by another user
-        return False
-    return False
-
-
 @contextlib.contextmanager
 def output_lock(folder: Path) -> Iterator[Path]:
-    """Hold `folder`/.npgmf-edge.lock while writing into `folder`; a second writer is refused (OutputError
-    naming the holder), a lock left by a killed process is taken over."""
+    """Hold `folder`/.npgmf-edge.lock while writing into `folder`; a second writer is refused at once
+    (OutputError naming the holder's pid).
+
+    A real file lock (`filelock`: flock on POSIX, LockFileEx on Windows), not a pid file: taking it is one
+    atomic call, and the kernel releases it when its holder exits, however it dies, so a killed writer's
+    lock needs no takeover. The file stays after release (removing it would let two writers lock two
+    different files of the same name); it holds the last holder's pid, for the message."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
-            break
-        except FileExistsError:
-            if not _lock_holder_gone(lock):
-                holder = lock.read_text().strip() if lock.is_file() else "?"
-                raise OutputError(
-                    f"{folder} is being written by another npgmf-edge process (pid {holder}, lock {lock}); "
-                    "wait for it to finish or choose another --out (delete the lock if no such process runs)"
-                ) from None
-            lock.unlink(missing_ok=True)
-    else:
-        raise OutputError(f"cannot take the lock {lock}; choose another --out")
+    path = folder / LOCK_FILE
+    lock = FileLock(path, timeout=0)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        yield lock
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = path.read_text().strip() or "?"
+        except OSError:
+            holder = "?"
+        raise OutputError(
+            f"{folder} is being written by another npgmf-edge process (pid {holder}, lock {path}); "
+            "wait for it to finish or choose another --out"
+        ) from None
+    try:
+        with contextlib.suppress(OSError):  # only informs a refused writer (Windows locks forbid the write)
+            path.write_text(str(os.getpid()))
+        yield path
     finally:
-        lock.unlink(missing_ok=True)
+        lock.release()

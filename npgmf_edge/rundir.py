@@ -3,7 +3,9 @@
 Training writes through these names; the detector, calibration and export read through `load_run`.
 
     config.json              the full NpgmfConfig
-    dataset.json             where the data came from, and which images were used for validation
+    dataset.json             where the data came from, and which images were used for training and validation
+                             (relative to the data root, which is recorded relative to the run and absolute,
+                             so a run moved with its data, or alone, still finds them: `read_provenance`)
     logical/                 config.json, checkpoint.safetensors (resumable), model.safetensors, summary.json
     structural/              config.json, extractor.safetensors, coreset.npy, coreset.faiss, summary.json
     calibration.json         branch statistics and verdict threshold (only with --branch all)
@@ -23,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,9 +204,57 @@ def bank_built_on(run_dir: Path) -> str | None:
     return str(load_json(path)["device"]).split(":")[0] if path.is_file() else None
 
 
+IMAGE_LISTS = ("validation_images", "train_images")
+RELATIVE_TO_ROOT = "relative to the data root"  # dataset.json's "image_paths" since issue 24
+
+
+def provenance_record(root: Path, run_dir: Path, lists: dict[str, list[Path]]) -> dict[str, Any]:
+    """dataset.json's paths: the data root relative to the run directory and absolute, and each image list
+    relative to the root, so `read_provenance` finds them after the run moves, with its data or alone."""
+    root = Path(root).absolute()
+    return {
+        "root": str(root),
+        "root_from_run": _relative(root, Path(run_dir).absolute()),
+        "image_paths": RELATIVE_TO_ROOT,
+        **{key: [_relative(Path(p).absolute(), root) for p in paths] for key, paths in lists.items()},
+    }
+
+
+def _relative(path: Path, start: Path) -> str:
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:  # another drive (Windows): no relative path exists
+        return str(path)
+
+
 def read_provenance(run_dir: Path) -> dict[str, Any]:
-    """dataset.json: the data root, format, category and the validation images of the run."""
-    return load_json(Path(run_dir) / DATASET_FILE)
+    """dataset.json: the data root, format, category and the training and validation images of the run,
+    the images as paths that exist here (CheckpointError naming the fix when the data cannot be found).
+
+    The root is looked for beside the run (where it was relative to the run when trained), then at its
+    absolute path. Runs trained before issue 24 recorded paths as given, relative to the folder `train`
+    ran in: that folder is looked for as the current one, then each folder above the run (a run trained
+    into a subfolder of it and moved together with its data keeps that layout)."""
+    run_dir = Path(run_dir)
+    data = load_json(run_dir / DATASET_FILE)
+    recorded = Path(data["root"])
+    if data.get("image_paths") == RELATIVE_TO_ROOT:
+        relative = {key: [Path(p) for p in data.get(key, [])] for key in IMAGE_LISTS}
+        candidates = [run_dir / data["root_from_run"], recorded]
+    else:
+        relative = {
+            key: [Path(os.path.relpath(p, recorded)) for p in data.get(key, [])] for key in IMAGE_LISTS
+        }
+        above = [] if recorded.is_absolute() else [folder / recorded for folder in run_dir.absolute().parents]
+        candidates = [recorded, *above]
+    probe = next((paths[0] for paths in relative.values() if paths), None)
+    root = next((c for c in candidates if c.is_dir() and (probe is None or (c / probe).is_file())), None)
+    if root is None:
+        raise CheckpointError(
+            f"{run_dir}: the data it was trained on ({recorded}) is found neither beside the run nor where "
+            "it was; move the dataset back, or run from the folder the run was trained in"
+        )
+    return {**data, "root": str(root), **{k: [str(root / p) for p in v] for k, v in relative.items()}}
 
 
 @dataclass

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from npgmf_edge.fileio import atomic_write_bytes
 from npgmf_edge.inspection import Inspection
 
 MAX_OVERLAY_ALPHA = 0.6
@@ -46,7 +47,9 @@ def inspection_overlay(image: np.ndarray, inspection: Inspection, low: float, hi
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Write an RGB image as PNG, raising OSError naming the file when OpenCV cannot."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"cannot write {path}")
+    """Write an RGB image as PNG atomically (a full disk leaves no truncated picture, `fileio.atomic_write`);
+    OSError naming the file when it cannot be encoded or written."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"cannot encode {path} as PNG")
+    atomic_write_bytes(Path(path), encoded.tobytes())

@@ -193,18 +193,52 @@ def overlay_names(images: Sequence[Path]) -> list[str]:
     return names
 
 
-def _clear_previous(out: Path) -> int:
-    """Remove the files a previous `predict` listed in `out` (so no overlay is left that the new summary
-    does not list); returns how many overlays went."""
+def _earlier_outputs(out: Path) -> set[str] | None:
+    """Names of the files an earlier `predict` wrote into `out`: its summaries and the overlays its
+    predictions.json lists (empty: no summary there); None when a predictions.json is there that is not
+    one of ours."""
+    summary = out / PREDICTIONS_JSON
+    if not summary.is_file():
+        return set()
     try:
-        previous = json.loads((out / PREDICTIONS_JSON).read_text())
-        listed = [Path(row["overlay"]) for row in previous["predictions"] if row.get("overlay")]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # not our summary: leave the folder be
-        return 0
+        rows = json.loads(summary.read_text())["predictions"]
+        return {PREDICTIONS_CSV, PREDICTIONS_JSON} | {
+            Path(row["overlay"]).name for row in rows if row["overlay"]
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def check_out(out: Path, images: Sequence[Path]) -> set[str]:
+    """Refuse an --out that `predict` could not write without replacing a file it did not write: one
+    holding an input image, or a file named like an overlay or summary it would write that no earlier
+    `predict` wrote there (docs/RELIABILITY.md). Returns the names an earlier `predict` wrote (replaced)."""
+    if not out.is_dir():
+        return set()
+    root = out.resolve()
+    inside = next((image for image in images if root in Path(image).resolve().parents), None)
+    if inside is not None:
+        raise OutputError(
+            f"--out {out} holds the input image {inside}; choose an --out outside the inputs "
+            "(predict never writes among the images it reads)"
+        )
+    earlier = _earlier_outputs(out) or set()
+    for name in (*overlay_names(images), PREDICTIONS_CSV, PREDICTIONS_JSON):
+        if os.path.lexists(out / name) and name not in earlier:
+            raise OutputError(
+                f"--out {out} already holds {out / name}, which no earlier predict wrote; choose another "
+                "--out (predict never replaces a file it did not write)"
+            )
+    return earlier
+
+
+def _clear_previous(out: Path, earlier: set[str]) -> int:
+    """Remove the files an earlier `predict` wrote into `out` (so no overlay is left that the new summary
+    does not list); returns how many overlays went."""
     removed = 0
-    for path in listed:
-        if path.parent.absolute() == out.absolute() and path.is_file():
-            path.unlink()
+    for name in earlier - {PREDICTIONS_CSV, PREDICTIONS_JSON}:
+        if (out / name).is_file():
+            (out / name).unlink()
             removed += 1
     for name in (PREDICTIONS_CSV, PREDICTIONS_JSON):
         (out / name).unlink(missing_ok=True)
@@ -236,14 +270,17 @@ def predict_images(
     `model` is a run directory or a bundle (its `precision`, or `fallback` where that one fails its
     self-test; the summary says which answered), run on `device`. An image without a verdict (unreadable, too
     large, or a score that is not a finite number) gets a row with verdict "error" and the reason, and no
-    overlay. `out` is created only once the model opened; when it already holds an earlier prediction,
-    that one's overlays are removed first (and `log` says so)."""
+    overlay; an overlay that cannot be written (a full disk) leaves its row's verdict and says why. `out` is
+    refused when it holds an input image or a file of an output's name that no earlier prediction wrote
+    (`check_out`), and created only once the model opened; when it holds an earlier prediction, that one's
+    overlays are removed first (and `log` says so)."""
     images = [Path(p) for p in images]
     out = Path(out)
     if not images:
         raise DatasetError("no images to inspect")
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder; choose a folder for the predictions")
+    check_out(out, images)  # before the model opens: a refused --out costs nothing
     detector = open_detector(
         model, max_pixels=max_pixels, device=device, precision=precision, fallback=fallback
     )
@@ -254,8 +291,9 @@ def predict_images(
     threshold = detector.calibration.threshold
     reused = out.is_dir()
     rows: list[dict[str, Any]] = []
+    unwritten: list[str] = []
     with output_lock(out):
-        removed = _clear_previous(out) if reused else 0
+        removed = _clear_previous(out, check_out(out, images))  # again under the lock
         if reused and log is not None:
             log(
                 f"writing into the existing folder {out}"
@@ -273,16 +311,21 @@ def predict_images(
                         rows.append(_row(path, Inspection.failed(threshold, item), ""))
                         continue
                     image, inspection = next(inspected)
-                    overlay = ""
+                    overlay, problem = "", None
                     if inspection.problem is None:
-                        overlay = str(_overlay(out / names[start + offset], image, inspection))
-                    rows.append(_row(path, inspection, overlay))
+                        overlay, problem = _written_overlay(out / names[start + offset], image, inspection)
+                    if problem is not None:
+                        unwritten.append(problem)
+                    rows.append(_row(path, inspection, overlay, problem))
                 report.advance(len(chunk))
+        if unwritten and log is not None:
+            log(f"{len(unwritten)} overlays not written ({unwritten[0]}); the summary has every verdict")
         _write_csv(rows, out / PREDICTIONS_CSV)
         summary = {
             "images": len(rows),
             "anomalous": sum(r["verdict"] == "anomalous" for r in rows),
             "errors": sum(r["verdict"] == "error" for r in rows),
+            "unwritten_overlays": len(unwritten),
             "out": str(out),
             "reused_out": reused,
             **_answered_by(detector),
@@ -290,6 +333,15 @@ def predict_images(
         }
         save_json(summary, out / PREDICTIONS_JSON)
     return summary
+
+
+def _written_overlay(path: Path, image: np.ndarray, inspection: Inspection) -> tuple[str, str | None]:
+    """(the overlay's path, None), or ("", why not) when it cannot be written (a full disk, a read-only
+    folder): the verdict stands without its picture, and the write leaves no partial file."""
+    try:
+        return str(_overlay(path, image, inspection)), None
+    except OSError as exc:
+        return "", f"overlay not written: {exc.strerror or exc} ({path})"
 
 
 def _answered_by(detector: Any) -> dict[str, Any]:
@@ -304,7 +356,7 @@ def _answered_by(detector: Any) -> dict[str, Any]:
     }
 
 
-def _row(image: Path, inspection: Inspection, overlay: str) -> dict[str, Any]:
+def _row(image: Path, inspection: Inspection, overlay: str, problem: str | None = None) -> dict[str, Any]:
     return {
         "image": str(image),
         "score": round(inspection.score, 6) if inspection.problem is None else None,
@@ -312,7 +364,7 @@ def _row(image: Path, inspection: Inspection, overlay: str) -> dict[str, Any]:
         "verdict": inspection.verdict,
         "precision": inspection.precision or "",
         "overlay": overlay,
-        "error": inspection.problem or "",
+        "error": inspection.problem or problem or "",
     }
 
 

@@ -84,6 +84,19 @@ def test_bad_options_are_refused_before_any_work(options, message) -> None:
         options.validate()
 
 
+def test_a_batch_above_the_bundles_max_batch_is_one_line_before_any_work(cli, graph_bundle) -> None:
+    """Issue 24, item 11: `bench --batch 100000` had no bound (400,000 image paths, 100,000 maps of full
+    size held per call). The bundle's graphs take at most its max batch per call: that is the bound."""
+    max_batch = read_manifest(graph_bundle).max_batch
+    code, out, err = cli("bench", graph_bundle, "--batch", 1, "--batch", 100000)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"error: --batch 100000 is above the bundle's max batch of {max_batch} (the most its graphs take in "
+        "one call); bench batches up to it, or re-export with a larger --max-batch\n"
+    )
+    assert cli("bench", graph_bundle, "--batch", max_batch, "--iters", 1, "--warmup", 0)[0] == 0
+
+
 @pytest.mark.gpu
 def test_torch_cuda_path_agrees_with_the_cpu_runtime_within_fp16_error(
     faiss_bundle, tiny_run, tmp_path

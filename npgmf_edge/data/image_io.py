@@ -5,10 +5,14 @@ Every image becomes (H, W, 3) uint8 RGB, whatever it was on disk:
 - an alpha channel is dropped (colour kept as stored, not composited over a guessed background);
 - 16-bit pixels are scaled linearly from the full 0..65535 range (value / 257, rounded);
 - EXIF orientation is ignored, so an image stays pixel-aligned with its mask (masks carry no EXIF);
-- with `max_pixels`, an image with more pixels (read from its header first) is decoded reduced by 2, 4 or 8
-  (OpenCV's reduced decoding). JPEG scales while decoding (a 20000 x 20000 JPEG costs ~100 MB); other
-  formats are decoded in full and then shrunk (3 bytes per pixel), so they are refused above
-  FULL_DECODE_FACTOR x the limit, as is any image that 1/8 cannot bring under it.
+- with `max_pixels`, an image with more pixels (read from its header first, `image_header`) is decoded
+  reduced by 2, 4 or 8 (OpenCV's reduced decoding). JPEG scales while decoding (a 16000 x 16000 JPEG costs
+  ~100 MB); other formats are decoded in full and then shrunk, so they are refused above FULL_DECODE_FACTOR
+  x the limit (less for formats whose decoders cost more per pixel: GIF, JPEG 2000, AVIF, HDR, PFM), as is
+  any image that 1/8 cannot bring under it, and any whose header states no size (a damaged header, or no
+  format OpenCV reads): a header's claim is checked before a byte is decoded;
+- behind that, OpenCV refuses to decode more than `opencv_pixel_limit()` pixels (OPENCV_IO_MAX_IMAGE_PIXELS,
+  which importing npgmf_edge sets), whatever a header says.
 Masks keep their raw 8-bit values, because MVTec LOCO AD tells defect types apart by pixel value.
 OpenCV's own log lines (libpng warnings on a truncated file) are silenced: every failure is a DatasetError.
 
@@ -19,16 +23,17 @@ Example:
 
 from __future__ import annotations
 
-import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import imagesize
 import numpy as np
 
+from npgmf_edge import OPENCV_WALL_SET_BEFORE_IMPORT
 from npgmf_edge.data.dataset import DefectSpec, Sample
+from npgmf_edge.data.image_header import ImageHeader, read_header
 from npgmf_edge.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -40,9 +45,9 @@ REDUCED_DECODING = {
     4: cv2.IMREAD_REDUCED_COLOR_4,
     8: cv2.IMREAD_REDUCED_COLOR_8,
 }
-OPENCV_MAX_PIXELS = 1 << 30  # OpenCV refuses to decode more (its CV_IO_MAX_IMAGE_PIXELS default)
-FULL_DECODE_FACTOR = 16  # non-JPEG files above the limit: decoded in full (3 bytes/pixel) up to 16 x limit
-JPEG_MAGIC = b"\xff\xd8\xff"
+OPENCV_DEFAULT_MAX_PIXELS = 1 << 30  # OpenCV's CV_IO_MAX_IMAGE_PIXELS when its environment sets none
+UNDECODABLE = "OpenCV cannot decode it (corrupt, truncated or not an image)"
+FULL_DECODE_FACTOR = 16  # non-JPEG files above the limit: decoded in full (~6 bytes/pixel) up to 16 x limit
 
 cv2.utils.logging.setLogLevel(
     cv2.utils.logging.LOG_LEVEL_SILENT
@@ -54,39 +59,83 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _reduction(path: Path, max_pixels: int | None) -> int:
-    """1, or the smallest reduced-decoding factor bringing `path` under `max_pixels` (from its header);
+def opencv_pixel_limit() -> int:
+    """The most pixels OpenCV decodes in this process: OPENCV_IO_MAX_IMAGE_PIXELS as it was when cv2 was
+    imported (npgmf_edge sets it first), or OpenCV's default when cv2 was imported before npgmf_edge."""
+    value = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", "") if OPENCV_WALL_SET_BEFORE_IMPORT else ""
+    return int(value) if value.isdigit() else OPENCV_DEFAULT_MAX_PIXELS
+
+
+def _header(source: Path | bytes, name: str, max_pixels: int | None) -> ImageHeader | None:
+    """The header of `source`; with a limit, one that states no size is a DatasetError (an unreadable
+    size is never taken as "no limit")."""
+    header = read_header(source)
+    if header is None and max_pixels is not None:
+        raise DatasetError(
+            f"cannot read {name}: {UNDECODABLE[:-1]}: its header states no size, so the pixel limit "
+            "cannot be checked)"
+        )
+    return header
+
+
+def _reduction(data: bytes, path: Path, max_pixels: int | None) -> int:
+    """1, or the smallest reduced-decoding factor bringing `path` (its bytes `data`) under `max_pixels`
+    (from its header);
     DatasetError when decoding it would cost too much: more than 1/8 can bring under the limit, more than
     OpenCV decodes at all, or (for formats OpenCV decodes in full before reducing: all but JPEG) more than
-    FULL_DECODE_FACTOR x the limit at full size."""
-    width, height = imagesize.get(path)  # (-1, -1) when the header is unknown or damaged: OpenCV decides
-    pixels = width * height
-    if max_pixels is None or width < 0 or pixels <= max_pixels:
+    FULL_DECODE_FACTOR x the limit at full size (weighted by what the format's decoder costs per pixel)."""
+    header = _header(data, f"image {path}", max_pixels)
+    if max_pixels is None or header is None or header.pixels <= max_pixels:
         return 1
+    pixels = header.pixels
     factor = next((f for f in REDUCED_DECODING if pixels <= max_pixels * f * f), None)
-    with path.open("rb") as handle:
-        scaled_while_decoding = handle.read(len(JPEG_MAGIC)) == JPEG_MAGIC
-    affordable = scaled_while_decoding or pixels <= FULL_DECODE_FACTOR * max_pixels
-    if affordable and factor is not None and pixels <= OPENCV_MAX_PIXELS:
-        return factor
-    raise DatasetError(
-        f"image {path} is {width}x{height} ({pixels / 1e6:.0f} MP), too large to decode under the limit of "
-        f"{max_pixels / 1e6:.0f} MP (only JPEG is reduced while decoding; other formats up to "
-        f"{FULL_DECODE_FACTOR * max_pixels / 1e6:.0f} MP); shrink it, save it as JPEG, or raise --max-pixels"
-    )
+    scaled_while_decoding = header.format == "jpeg"
+    affordable = scaled_while_decoding or pixels * header.decode_weight <= FULL_DECODE_FACTOR * max_pixels
+    if not affordable or factor is None:
+        raise DatasetError(
+            f"image {path} is {header.width}x{header.height} ({_amount(pixels)}), too large to decode under "
+            f"the limit of {_amount(max_pixels)} (only JPEG is reduced while decoding; other formats up to "
+            f"{_amount(FULL_DECODE_FACTOR * max_pixels)}); shrink it, save it as JPEG, or raise --max-pixels"
+        )
+    if pixels > opencv_pixel_limit():  # OpenCV checks the full size, even when decoding reduced
+        raise DatasetError(
+            f"image {path} is {header.width}x{header.height} ({_amount(pixels)}), more than OpenCV decodes "
+            f"here ({_amount(opencv_pixel_limit())}, OPENCV_IO_MAX_IMAGE_PIXELS); shrink it"
+        )
+    return factor
+
+
+def _amount(pixels: int) -> str:
+    """A pixel count as a person reads it: megapixels from 1 MP up, else the count."""
+    return f"{pixels / 1e6:.0f} MP" if pixels >= 1_000_000 else f"{pixels:,} pixels"
 
 
 def check_pixel_limit(paths: Sequence[Path], max_pixels: int) -> None:
-    """Refuse the first image whose header says it has more than `max_pixels` pixels. For evaluation,
-    which scores maps at each image's original size against its masks, so it cannot decode reduced."""
+    """Refuse the first image whose header says it has more than `max_pixels` pixels, or states no size.
+    For evaluation, which scores maps at each image's original size against its masks, so it cannot
+    decode reduced."""
     for path in paths:
-        width, height = imagesize.get(path)  # (-1, -1) for an unknown header: decoding will judge it
-        if width * height > max_pixels and width > 0:
+        header = _header(path, f"image {path}", max_pixels)
+        if header.pixels > max_pixels:
             raise DatasetError(
-                f"image {path} is {width}x{height} ({width * height:,} pixels), above the limit of "
-                f"{max_pixels:,}; evaluation scores maps at the original size against the masks, "
+                f"image {path} is {header.width}x{header.height} ({header.pixels:,} pixels), above the limit "
+                f"of {max_pixels:,}; evaluation scores maps at the original size against the masks, "
                 "so it cannot decode it reduced: raise --max-pixels or shrink the image and its masks"
             )
+
+
+def _opencv_decode(data: np.ndarray, flags: int, name: str) -> np.ndarray | None:
+    """cv2.imdecode, its errors as one-line DatasetErrors (never OpenCV's multi-line assertion text)."""
+    try:
+        return cv2.imdecode(data, flags)
+    except cv2.error as exc:
+        if "CV_IO_MAX_IMAGE" in str(exc.err):
+            raise DatasetError(
+                f"cannot read {name}: it is larger than OpenCV decodes here ({opencv_pixel_limit():,} "
+                "pixels, OPENCV_IO_MAX_IMAGE_PIXELS); shrink it"
+            ) from None
+        reason = str(exc.err).strip().splitlines()[0] if str(exc.err).strip() else "decoder error"
+        raise DatasetError(f"cannot read {name}: OpenCV cannot decode it ({reason})") from None
 
 
 def _decode(path: Path, what: str, max_pixels: int | None = None) -> np.ndarray:
@@ -96,14 +145,16 @@ def _decode(path: Path, what: str, max_pixels: int | None = None) -> np.ndarray:
         raise DatasetError(f"{what} {path} is a directory, not an image file")
     if not path.is_file():
         raise DatasetError(f"{what} {path} does not exist")
-    factor = _reduction(path, max_pixels)
+    # Read once: the header checked is the one decoded (a file replaced in between cannot slip past), and
+    # imdecode over a byte buffer instead of imread, which cannot read non-ASCII paths on Windows.
+    data = path.read_bytes()
+    if not data:
+        raise DatasetError(f"cannot read {what} {path}: OpenCV cannot decode it (the file is empty)")
+    factor = _reduction(data, path, max_pixels)
     flags = REDUCED_DECODING[factor] | cv2.IMREAD_IGNORE_ORIENTATION if factor > 1 else cv2.IMREAD_UNCHANGED
-    # imdecode over a byte buffer instead of imread: imread cannot read non-ASCII paths on Windows.
-    data = np.fromfile(path, dtype=np.uint8)
-    pixels = cv2.imdecode(data, flags) if data.size else None
+    pixels = _opencv_decode(np.frombuffer(data, dtype=np.uint8), flags, f"{what} {path}")
     if pixels is None:
-        reason = "the file is empty" if not data.size else "corrupt, truncated or not an image"
-        raise DatasetError(f"cannot read {what} {path}: OpenCV cannot decode it ({reason})")
+        raise DatasetError(f"cannot read {what} {path}: {UNDECODABLE}")
     return pixels
 
 
@@ -120,17 +171,17 @@ def decode_image_bytes(data: bytes, max_pixels: int | None, name: str = "image")
     For a server: an image whose header says it has more than `max_pixels` pixels is refused before
     anything is decoded (not reduced, as `read_image` does), so one request cannot claim more memory than
     the limit allows. `name` says which request item the error is about."""
-    width, height = imagesize.get(io.BytesIO(data))  # (-1, -1) when unknown or damaged: OpenCV decides
-    if max_pixels is not None and width > 0 and width * height > max_pixels:
+    if not data:
+        raise DatasetError(f"cannot read {name}: OpenCV cannot decode it (it is empty)")
+    header = _header(bytes(data), name, max_pixels)
+    if max_pixels is not None and header.pixels > max_pixels:
         raise DatasetError(
-            f"{name} is {width}x{height} ({width * height:,} pixels), above the limit of {max_pixels:,}; "
-            "shrink it before sending, or start the server with a larger --max-pixels"
+            f"{name} is {header.width}x{header.height} ({header.pixels:,} pixels), above the limit of "
+            f"{max_pixels:,}; shrink it before sending, or start the server with a larger --max-pixels"
         )
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+    pixels = _opencv_decode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED, name)
     if pixels is None:
-        reason = "it is empty" if not buffer.size else "corrupt, truncated or not an image"
-        raise DatasetError(f"cannot read {name}: OpenCV cannot decode it ({reason})")
+        raise DatasetError(f"cannot read {name}: {UNDECODABLE}")
     return _to_rgb(pixels, name)
 
 

@@ -27,6 +27,7 @@ from npgmf_edge.rundir import (
     LOGICAL_DIR,
     RUN_MANIFEST,
     STRUCTURAL_DIR,
+    provenance_record,
     write_run_manifest,
 )
 
@@ -190,13 +191,13 @@ def train_run(
     if cfg.logical.prompt is None:
         cfg.logical.prompt = dataset.category.replace("_", " ")
     cfg.save(out / CONFIG_FILE)
+    images = {"validation_images": [s.image_path for s in dataset.validation],
+              "train_images": [s.image_path for s in dataset.train]}  # fmt: skip
     provenance = {
-        "root": str(dataset.root),
         "format": dataset.format,
         "category": dataset.category,
         "n_train": len(dataset.train),
-        "validation_images": [str(s.image_path) for s in dataset.validation],
-        "train_images": [str(s.image_path) for s in dataset.train],
+        **provenance_record(dataset.root, out, images),
     }
     save_json(provenance, out / DATASET_FILE)
     summary: dict[str, Any] = {"run": str(out), "category": dataset.category, "preset": cfg.preset}

@@ -236,3 +236,34 @@ def test_sigterm_under_load_answers_every_accepted_request(graph_bundle, cases, 
     for _, path, outcome in events:
         if not isinstance(outcome, Exception):
             assert outcome.score == pytest.approx(reference[path].score, rel=1e-5), path
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    """VmHWM of a live process: its peak resident memory since it started (exec resets it)."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_decode_bombs_are_refused_per_item_and_the_server_stays_small(server, craft_bomb, cases) -> None:
+    """Issue 24: a 138-byte GIF claiming 32768 x 8000 (its sides were read as signed shorts, so "unknown
+    size", so no limit) was scored at about 1.3 GB per request. Now it and a PNG claiming 15000 x 15000
+    each get their own error among good requests, and the server's peak memory does not move by a bomb."""
+    from npgmf_edge.serve.client import ServeClient
+
+    good, _, _ = cases
+    before = _peak_rss_bytes(server.process.pid)
+    bombs = {"gif": craft_bomb("gif", 32768, 8000), "png": craft_bomb("png", 15000, 15000)}
+    for url in (server.http_url, server.grpc_url):
+        with ServeClient(url) as client:
+            for fmt, data in bombs.items():
+                result = client.inspect_bytes(data)
+                side = "32768x8000" if fmt == "gif" else "15000x15000"
+                assert result.verdict == "error" and math.isnan(result.score), fmt
+                assert result.error.startswith(f"the image is {side} ("), result.error
+                assert result.error.endswith(
+                    "above the limit of 1,000,000; shrink it before sending, or start the server with a "
+                    "larger --max-pixels"
+                )
+            assert client.inspect_path(good[0]).verdict in ("good", "anomalous")
+    assert _peak_rss_bytes(server.process.pid) - before < 100 * 2**20
