@@ -242,12 +242,7 @@ class Inspector:
 
     def _run_self_test(self) -> str | None:
         """Run the bundle's golden set here (result in `self_test`); the failure message, or None."""
-        try:
-            self.self_test = run_self_test(self)
-        except BackendError as exc:  # the golden images do not fit the graph the manifest describes
-            raise BundleError(
-                f"{self.manifest.root}: the {self.precision} self-test cannot run ({exc})"
-            ) from exc
+        self.self_test = run_self_test(self)
         if self.self_test is None:
             log.warning(
                 "%s has no self-test images (exported before them); re-export to get one", self.manifest.root

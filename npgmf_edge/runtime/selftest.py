@@ -33,6 +33,7 @@ import numpy as np
 
 from npgmf_edge.errors import BundleError
 from npgmf_edge.runtime import platform_facts
+from npgmf_edge.runtime.backends.base import BackendError
 
 if TYPE_CHECKING:
     from npgmf_edge.runtime.inspector import Inspector
@@ -152,7 +153,12 @@ def run_self_test(inspector: Inspector) -> SelfTestResult | None:
             f"{inspector.manifest.root / entry['file']}: cannot read the self-test images ({exc}); re-export"
         ) from exc
     tick = time.perf_counter()
-    scores, digests = golden_outputs(inspector, pixels)
+    try:
+        scores, digests = golden_outputs(inspector, pixels)
+    except BackendError as exc:  # the golden images do not fit the graph the manifest describes
+        raise BundleError(
+            f"{inspector.manifest.root}: the {inspector.precision} self-test cannot run ({exc}); re-export"
+        ) from exc
     seconds = time.perf_counter() - tick
     return SelfTestResult(
         precision=inspector.precision,

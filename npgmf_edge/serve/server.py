@@ -173,7 +173,12 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
         ) from exc
     _point_stub_at(python_backend_env())  # before the bundle is opened: a missing stub env fails fast
     inspector = Inspector.open(
-        Path(bundle), options.backend, options.device, options.precision, options.threads, options.max_pixels,
+        Path(bundle),
+        options.backend,
+        options.device,
+        options.precision,
+        options.threads,
+        options.max_pixels,
         trust=options.trust,
     )
     try:

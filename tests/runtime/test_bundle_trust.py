@@ -167,13 +167,6 @@ def test_a_manifest_with_its_selftest_deleted_is_refused(bundle) -> None:
         Inspector.open(bundle)
 
 
-def test_a_schema_1_bundle_without_selftest_still_opens_after_a_warning(bundle, caplog) -> None:
-    edit_manifest(bundle, lambda d: (d.pop("selftest"), d.update(schema_version=1)))
-    with Inspector.open(bundle) as inspector:
-        assert inspector.self_test is None
-    assert "no self-test images" in caplog.text
-
-
 def test_a_raised_selftest_tolerance_is_refused(bundle) -> None:
     edit_manifest(bundle, lambda d: d["selftest"]["precisions"]["int8"].update(tolerance=1e9))
     with pytest.raises(BundleError, match=r"int8 self-test tolerance 1e\+09 is above what the export"):
