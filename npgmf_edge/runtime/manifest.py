@@ -210,8 +210,8 @@ def _bounded_int(value: Any, name: str, upper: int, lower: int = 1) -> int:
 
 
 def _shape(value: Any, name: str) -> list[int]:
-    if not isinstance(value, list) or not 1 <= len(value) <= 4:
-        raise ValueError(f"{name} must be a list of 1 to 4 sizes, got {value!r}")
+    if not isinstance(value, list) or len(value) > 4:
+        raise ValueError(f"{name} must be a list of at most 4 sizes, got {value!r}")
     return [_bounded_int(v, name, 1 << 20) for v in value]
 
 
