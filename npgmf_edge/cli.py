@@ -398,6 +398,10 @@ def verify(
     from npgmf_edge.data import load_dataset
     from npgmf_edge.export.verify import format_verify_table, verify_bundle
 
+    if trust is not None:  # the signature first, as on a station
+        from npgmf_edge.runtime.manifest import read_manifest
+
+        read_manifest(bundle, trust=trust)
     report = verify_bundle(bundle, run, load_dataset(data, category=category))
     typer.echo(json.dumps(report, indent=2) if as_json else format_verify_table(report))
     if not report["passed"]:
