@@ -355,6 +355,20 @@ def _finite_list(value: Any, name: str, length: int) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
+def _check_machine(machine: Any) -> None:
+    """The export machine's facts are only reported (`platform_facts.describe`), but in their own shape:
+    strings, a list of CPU feature names, backend name -> version."""
+    features, backends = machine.get("cpu_features", []), machine.get("backends", {})
+    if not (
+        isinstance(features, list)
+        and all(isinstance(f, str) for f in features)
+        and isinstance(backends, dict)
+        and all(isinstance(v, str) for v in backends.values())
+        and all(isinstance(machine.get(k, ""), str) for k in ("machine", "cpu"))
+    ):
+        raise ValueError("selftest.machine must hold strings, a list of cpu_features, backend versions")
+
+
 def _check_selftest(
     manifest: Manifest, path: Path, exported_schema: int, named: dict[str, str], required: bool
 ) -> None:
@@ -374,8 +388,7 @@ def _check_selftest(
         raise ValueError("selftest must be an object with precisions")
     images = _bounded_int(entry["images"], "selftest.images", MAX_GOLDEN_IMAGES)
     _bounded_int(entry.get("digest_grid", selftest.DIGEST_GRID), "selftest.digest_grid", 64)
-    if not isinstance(entry.get("machine", {}), dict):
-        raise ValueError("selftest.machine must be an object")
+    _check_machine(entry.get("machine", {}))
     missing = set(manifest.graphs) - set(entry["precisions"])
     if missing and not older:
         raise BundleError(f"{path}: no self-test for {', '.join(sorted(missing))}; re-export the bundle")
