@@ -78,6 +78,14 @@ def _emit(result: dict, as_json: bool) -> None:
 
 
 ExistingPath = Annotated[Path, typer.Argument(exists=True, help="Dataset root (format detected).")]
+TrustOption = Annotated[
+    Path | None,
+    typer.Option(
+        exists=True,
+        help="Accept only bundles signed by this Ed25519 public key (or by a key in this folder); "
+        "refuse unsigned or edited ones (docs/SECURITY.md).",
+    ),
+]
 
 
 @app.command("make-data")
@@ -318,6 +326,10 @@ def export(
     int8_max_score_drift: Annotated[
         float, typer.Option(help="Refuse INT8 when mean |score - FP32 score| / mean |FP32 score| is larger.")
     ] = 0.1,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(exists=True, help="Sign the bundle with this Ed25519 private key (`keygen`)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Write a self-contained deployable bundle: ONNX graphs, coreset index, manifest, engines."""
@@ -333,6 +345,7 @@ def export(
         int8_max_disagreement=int8_max_disagreement,
         int8_min_rank_correlation=int8_min_rank_correlation,
         int8_max_score_drift=int8_max_score_drift,
+        sign_key=sign_key,
     )
     summary = export_bundle(run, out, options, log=_stderr_log)
     if as_json:
@@ -349,6 +362,8 @@ def export(
             f"score drift {report['score_drift']:.4f}"
         )
     typer.echo(f"tensorrt:  {summary['tensorrt']}")
+    if summary["signed_by"]:
+        typer.echo(f"signed:    key {summary['signed_by'][:16]}")
 
 
 @app.command()
@@ -364,6 +379,7 @@ def verify(
     category: Annotated[str | None, typer.Option(help="Category inside DATA.")] = None,
     backend: Annotated[str, typer.Option(help="Without --run: auto, onnxruntime or tensorrt.")] = "auto",
     device: Annotated[str, typer.Option(help="Without --run: cpu, or cuda.")] = "cpu",
+    trust: TrustOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Without --run: the bundle's self-test on this station, every precision (exit 1 if one fails).
@@ -372,7 +388,7 @@ def verify(
     if run is None:
         from npgmf_edge.runtime.selftest import format_self_test_table, self_test_bundle
 
-        report = self_test_bundle(bundle, backend=backend, device=device)
+        report = self_test_bundle(bundle, backend=backend, device=device, trust=trust)
         typer.echo(json.dumps(report, indent=2) if as_json else format_self_test_table(report))
         if not report["passed"]:
             raise typer.Exit(1)
@@ -382,10 +398,42 @@ def verify(
     from npgmf_edge.data import load_dataset
     from npgmf_edge.export.verify import format_verify_table, verify_bundle
 
+    if trust is not None:  # the signature first, as on a station
+        from npgmf_edge.runtime.manifest import read_manifest
+
+        read_manifest(bundle, trust=trust)
     report = verify_bundle(bundle, run, load_dataset(data, category=category))
     typer.echo(json.dumps(report, indent=2) if as_json else format_verify_table(report))
     if not report["passed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option(help="Folder for npgmf-signing.key (private) and .pub (public).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Make an Ed25519 key pair for signing bundles: keep the private key off the stations, copy the public
+    key to each station's --trust."""
+    from npgmf_edge.runtime.signing import generate_key_pair, key_id, load_public_key
+
+    private, public = generate_key_pair(out)
+    _emit({"private_key": private, "public_key": public, "key_id": key_id(load_public_key(public).key)},
+          as_json)  # fmt: skip
+
+
+@app.command()
+def sign(
+    bundle: Annotated[Path, typer.Argument(exists=True, help="Bundle directory from `export`.")],
+    key: Annotated[Path, typer.Option(exists=True, help="Ed25519 private key (`keygen`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Sign a bundle already written: its manifest (and so every file it hashes) is checked, then signed
+    in BUNDLE/signature.json (written atomically; a previous signature is replaced)."""
+    from npgmf_edge.runtime.signing import SIGNATURE_FILE, sign_bundle
+
+    entry = sign_bundle(bundle, key)
+    _emit({"bundle": bundle, "signature": bundle / SIGNATURE_FILE, "key_id": entry["key_id"]}, as_json)
 
 
 @app.command()
@@ -448,6 +496,7 @@ def predict(
         Precision | None,
         typer.Option(help="A bundle's graph to answer with when --precision fails its self-test here."),
     ] = None,
+    trust: TrustOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Inspect images: score, verdict, anomaly map and overlay picture for each (exit 1 if any failed)."""
@@ -462,6 +511,7 @@ def predict(
         log=_stderr_log,
         precision=precision.value if precision else None,
         fallback=fallback.value if fallback else None,
+        trust=trust,
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -510,6 +560,7 @@ def serve(
     model_name: Annotated[
         str, typer.Option(help="Triton model name; the raw-pixel model is NAME_raw.")
     ] = "npgmf",
+    trust: TrustOption = None,
 ) -> None:
     """Serve a bundle on NVIDIA Triton (PyTriton) with dynamic batching until SIGTERM (docs/SERVE.md)."""
     from npgmf_edge.serve.server import ServeOptions, serve_bundle
@@ -528,6 +579,7 @@ def serve(
         threads=threads,
         max_pixels=max_pixels,
         model_name=model_name,
+        trust=trust,
     )
     serve_bundle(bundle, options, log=_stderr_log)
 

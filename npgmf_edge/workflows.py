@@ -66,6 +66,7 @@ class BundleDetector:
         device: str = "cpu",
         precision: str | None = None,
         fallback: str | None = None,
+        trust: Path | None = None,
     ) -> None:
         from npgmf_edge.runtime import Inspector
 
@@ -76,6 +77,7 @@ class BundleDetector:
             max_pixels=max_pixels,
             precision=precision,
             fallback=fallback,
+            trust=trust,
         )
         self.calibration = self.inspector.calibration
 
@@ -135,19 +137,29 @@ def open_detector(
     device: str = "cpu",
     precision: str | None = None,
     fallback: str | None = None,
+    trust: Path | None = None,
 ):
     """A bundle (a folder with manifest.json: the runtime, no torch) or a run directory (torch), run on
-    `device` ("auto", "cpu" or "cuda"); `precision` and `fallback` choose a bundle's graph."""
+    `device` ("auto", "cpu" or "cuda"); `precision` and `fallback` choose a bundle's graph, `trust` the
+    keys its signature must be made with (a run directory is then refused: it cannot be signed)."""
     from npgmf_edge.runtime.manifest import MANIFEST_FILE
 
     model = Path(model)
-    if (model / MANIFEST_FILE).is_file():
+    if (model / MANIFEST_FILE).is_file() or trust is not None:
         return BundleDetector(
             model,
             max_pixels=max_pixels,
             device=_bundle_device(device),
             precision=precision,
             fallback=fallback,
+            trust=trust,
+        )
+    from npgmf_edge.rundir import CONFIG_FILE  # imports torch: only for a run directory
+
+    if not (model / CONFIG_FILE).is_file():
+        raise CheckpointError(
+            f"no {MANIFEST_FILE} in {model}, and no {CONFIG_FILE} either: it is neither a complete bundle "
+            "(re-export it) nor a run directory from `npgmf-edge train`"
         )
     if precision is not None or fallback is not None:
         raise ConfigError(f"--precision and --fallback choose a bundle's graph; {model} is a run directory")
@@ -264,6 +276,7 @@ def predict_images(
     log: Callable[[str], None] | None = None,
     precision: str | None = None,
     fallback: str | None = None,
+    trust: Path | None = None,
 ) -> dict[str, Any]:
     """Score, verdict and overlay PNG per image, plus `predictions.csv` and `predictions.json` in `out`.
 
@@ -282,7 +295,7 @@ def predict_images(
         raise OutputError(f"--out {out} is a file, not a folder; choose a folder for the predictions")
     check_out(out, images)  # before the model opens: a refused --out costs nothing
     detector = open_detector(
-        model, max_pixels=max_pixels, device=device, precision=precision, fallback=fallback
+        model, max_pixels=max_pixels, device=device, precision=precision, fallback=fallback, trust=trust
     )
     if detector.calibration is None:
         raise CheckpointError(

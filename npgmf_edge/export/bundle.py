@@ -69,12 +69,14 @@ from npgmf_edge.runtime.manifest import (
     CORESET_FAISS,
     CORESET_NPY,
     KNN_MODES,
+    MANIFEST_FILE,
     PRECISIONS,
     TIMING_CACHE,
     graph_file,
     sha256_file,
     write_manifest,
 )
+from npgmf_edge.runtime.signing import key_id, load_private_key, sign_manifest_bytes
 
 DEFAULT_MAX_BATCH = 8
 DEFAULT_CALIBRATION_IMAGES = 32
@@ -96,6 +98,7 @@ class ExportOptions:
     int8_min_rank_correlation: float = INT8_MIN_RANK_CORRELATION
     int8_max_score_drift: float = INT8_MAX_SCORE_DRIFT
     threads: int | None = None
+    sign_key: Path | None = None  # an Ed25519 private key: the bundle is signed inside the staging folder
 
     def validate(self) -> None:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -261,6 +264,7 @@ def export_bundle(
             "train it with `npgmf-edge train --branch all`"
         )
     build_engines = _engines_wanted(options.tensorrt)
+    signing_key = load_private_key(options.sign_key) if options.sign_key else None  # a bad key fails now
     out = Path(out)
     manifest: dict[str, Any] = {}  # filled by `fill`, inside the staging folder
 
@@ -268,6 +272,8 @@ def export_bundle(
         with tempfile.TemporaryDirectory(prefix="npgmf-export-") as work:
             exporter = _Exporter(run, options, Path(work), staging, log)
             manifest.update(_write_bundle(exporter, build_engines, out))
+        if signing_key is not None:  # before the rename: the bundle appears signed, or not at all
+            sign_manifest_bytes(staging, (staging / MANIFEST_FILE).read_bytes(), signing_key)
 
     atomic_directory(out, fill)
     return {
@@ -279,6 +285,7 @@ def export_bundle(
         "quality": manifest["quality"],
         "engines": manifest["engines"],
         "tensorrt": manifest["tensorrt"],
+        "signed_by": key_id(signing_key.public_key()) if signing_key else None,
         "seconds": round(time.perf_counter() - started, 2),
     }
 
@@ -406,6 +413,7 @@ def _golden_set(
             precision=precision,
             threads=ex.options.threads,
             self_test=False,
+            require_selftest=False,  # this is what writes it
         )
         with inspector:
             scores[precision], digests[precision] = selftest.golden_outputs(inspector, pixels)

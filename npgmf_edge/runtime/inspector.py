@@ -36,7 +36,7 @@ from npgmf_edge.errors import BundleError
 from npgmf_edge.inspection import Inspection
 from npgmf_edge.knn import FaissNN, NearestNeighbourScorer
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
-from npgmf_edge.runtime.backends.base import Backend
+from npgmf_edge.runtime.backends.base import Backend, BackendError
 from npgmf_edge.runtime.manifest import CORESET_FAISS, TIMING_CACHE, Manifest, read_manifest
 from npgmf_edge.runtime.selftest import SelfTestError, SelfTestResult, failure_message, run_self_test
 
@@ -49,6 +49,7 @@ BACKENDS = {
 }
 ImageInput = Path | str | np.ndarray
 STAGES = ("decode", "preprocess", "graph", "knn", "post")  # seconds per stage, as `bench` reports them
+FAISS_HEADER_SLACK = 4096  # bytes an IndexFlatL2 file holds besides its vectors (about 50)
 
 
 def _backend_class(name: str) -> type[Backend]:
@@ -126,6 +127,32 @@ def open_tensorrt(manifest: Manifest, precision: str) -> Backend:
     return trt_backend.TensorRTBackend(engine, spec)
 
 
+def _load_coreset(manifest: Manifest, device: str, threads: int | None) -> FaissNN:
+    """coreset.faiss, refused in one line when faiss cannot read it or it holds another count or dimension
+    than the manifest says (a truncated or inflated file whose hash was recomputed). The file's size is
+    checked first: faiss would otherwise allocate whatever count its header claims."""
+    path, count, dim = manifest.root / CORESET_FAISS, manifest.coreset["count"], manifest.coreset["dim"]
+    payload, size = count * dim * 4, path.stat().st_size
+    if not payload <= size <= payload + FAISS_HEADER_SLACK:
+        raise BundleError(
+            f"{path} is {size} bytes, but {count} vectors of dimension {dim} take {payload} (+ a header); "
+            "re-export the bundle"
+        )
+    try:
+        knn = FaissNN.load(path, on_gpu=device == "cuda", num_threads=threads)
+    except (RuntimeError, MemoryError) as exc:  # faiss reports a bad file as RuntimeError
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(
+            f"{path} is not a readable FAISS index ({first_line}); re-export the bundle"
+        ) from exc
+    if (len(knn.bank), knn.dim) != (count, dim):
+        raise BundleError(
+            f"{path} holds {len(knn.bank)} vectors of dimension {knn.dim}, the manifest {count} of {dim}; "
+            "re-export the bundle"
+        )
+    return knn
+
+
 def structural_maps(patch_features: np.ndarray, knn: NearestNeighbourScorer, image_size: int) -> np.ndarray:
     """(B, D, h, w) patch features -> (B, S, S) structural maps: one search for every patch of the batch,
     then one bilinear resize (half-pixel centres, as torch's align_corners=False) with the batch as channels.
@@ -174,14 +201,20 @@ class Inspector:
         *,
         self_test: bool = True,
         fallback: str | None = None,
+        trust: Path | None = None,
+        require_selftest: bool = True,
     ) -> Inspector:
         """Read and check `bundle`, open `precision` (default: the first of fp32, fp16, int8 it has) and
         run its self-test; images above `max_pixels` are decoded reduced (`data.read_image`).
 
         A precision that fails its self-test raises `SelfTestError` (one line: by how much, on what), unless
         `fallback` names another precision: that one is opened (and self-tested) instead, with a warning,
-        and `precision` / `requested_precision` / `fallback_reason` say which answered and why."""
-        manifest = read_manifest(Path(bundle))
+        and `precision` / `requested_precision` / `fallback_reason` say which answered and why.
+
+        `trust` (a public key file or a folder of them): refuse, in one line, a bundle not signed by one of
+        them or changed since (`runtime.signing`). `require_selftest=False` is for the export's staging
+        folder only."""
+        manifest = read_manifest(Path(bundle), trust=trust, require_selftest=require_selftest)
         precision = precision or manifest.precisions[0]
         for name in (precision, fallback):
             if name is not None and name not in manifest.graphs:
@@ -234,10 +267,11 @@ class Inspector:
         threads: int | None,
         max_pixels: int | None,
     ) -> Inspector:
-        runner = _open_backend(manifest, precision, backend, device, threads)
-        knn = None
-        if manifest.knn == "faiss":
-            knn = FaissNN.load(manifest.root / CORESET_FAISS, on_gpu=device == "cuda", num_threads=threads)
+        try:
+            runner = _open_backend(manifest, precision, backend, device, threads)
+        except BackendError as exc:
+            raise BundleError(f"{manifest.root}: cannot open its {precision} graph ({exc})") from exc
+        knn = _load_coreset(manifest, device, threads) if manifest.knn == "faiss" else None
         return cls(manifest, precision, runner, knn, max_pixels)
 
     def run(self, pixels: np.ndarray, stages: dict[str, float] | None = None) -> dict[str, np.ndarray]:

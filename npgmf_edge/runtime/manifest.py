@@ -12,6 +12,13 @@ A bundle is a directory:
 dimension differs from the graph's patch features. Older schema versions go through `MIGRATIONS`, so old
 bundles keep loading. numpy and the standard library only: the runtime imports this without torch.
 
+Every value is hostile until checked (docs/SECURITY.md): the JSON's nesting is bounded before it is parsed;
+every file the manifest names (graphs, coreset, self-test, engines) must be a plain file name inside the
+bundle, no symlink out, and among the hashed `files`; sizes and batch limits are bounded integers; from
+schema 2 on, the `selftest` section is mandatory and each tolerance at most what the export's own
+measurement allows. With `trust` (a public key or a folder of them), the manifest's bytes must carry a
+signature by a trusted key (`runtime.signing`) before anything else is read.
+
 Example:
     >>> manifest = read_manifest(Path("bundle"))
     >>> manifest.graphs["fp32"].file, manifest.calibration["fp32"].threshold
@@ -21,17 +28,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.errors import BundleError
 from npgmf_edge.fileio import save_json
+from npgmf_edge.runtime import selftest
 from npgmf_edge.runtime.backends.base import GraphSpec
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+SELFTEST_REQUIRED_FROM = 2  # schema 2: `selftest` mandatory, its tolerances checked against the export's
 MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 KNN_MODES = ("faiss", "graph")
@@ -40,9 +56,22 @@ CORESET_NPY = "coreset.npy"
 TIMING_CACHE = "timing.cache"
 HASH_CHUNK = 1 << 20
 SELF_HASH_KEY = "manifest_sha256"
+MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few KB
+MAX_NESTING = 32  # a real manifest nests 5 deep; checked before parsing (200k `[` overflow json's recursion)
+MAX_INPUT_SIZE = 8192  # input side in pixels: one float32 image of 8192² is already 805 MB
+MAX_BATCH_LIMIT = 4096
+MAX_GOLDEN_IMAGES = 256
+
+
+def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 -> 2: nothing to convert; schema 2 only reads stricter (`selftest` mandatory, tolerances
+    checked against the export's measurement), which a schema-1 bundle cannot satisfy, so it is not held
+    to that (a warning says so)."""
+    return data
+
 
 # schema_version n -> function turning a version-n manifest dict into version n + 1.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_schema_1}
 
 
 def graph_file(precision: str) -> str:
@@ -149,57 +178,246 @@ def _graph_spec(precision: str, entry: dict[str, Any], knn: str, max_batch: int)
         file=entry["file"],
         precision=precision,
         knn=knn,
-        input_name=entry["input"]["name"],
-        input_shape=tuple(entry["input"]["shape"]),
+        input_name=str(entry["input"]["name"]),
+        input_shape=tuple(_shape(entry["input"]["shape"], f"graphs.{precision}.input.shape")),
         max_batch=max_batch,
-        outputs={name: tuple(shape) for name, shape in entry["outputs"].items()},
+        outputs={
+            str(name): tuple(_shape(shape, f"graphs.{precision}.outputs.{name}"))
+            for name, shape in entry["outputs"].items()
+        },
     )
 
 
-def read_manifest(root: Path, *, check_files: bool = True) -> Manifest:
-    """Read, migrate and check a bundle's manifest (and, by default, the SHA-256 of every file)."""
+def _calibration(precision: str, entry: Any) -> Calibration:
+    """`Calibration.from_dict` (keys present, values finite) and the ranges a calibration can have: a
+    standard deviation above 0, weights and smoothing at least 0, a false-alarm rate in [0, 1]."""
+    calibration = Calibration.from_dict(entry)
+    stds = (calibration.structural.std, calibration.logical.std)
+    weights = (calibration.weight_structural, calibration.weight_logical, calibration.gaussian_sigma)
+    if min(stds) <= 0 or min(weights) < 0 or not 0 <= calibration.false_alarm_rate <= 1:
+        raise ValueError(
+            f"calibration.{precision} is out of range (std {stds}, weights and sigma {weights}, false-alarm "
+            f"rate {calibration.false_alarm_rate})"
+        )
+    return calibration
+
+
+def _bounded_int(value: Any, name: str, upper: int, lower: int = 1) -> int:
+    """`value` as an int in lower..upper (a JSON bool, float or string is not one), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lower <= value <= upper:
+        raise ValueError(f"{name} must be an integer in {lower}..{upper}, got {value!r}")
+    return value
+
+
+def _shape(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or len(value) > 4:
+        raise ValueError(f"{name} must be a list of at most 4 sizes, got {value!r}")
+    return [_bounded_int(v, name, 1 << 20) for v in value]
+
+
+def _nesting_depth(text: bytes) -> int:
+    """How deep `[` and `{` nest in JSON `text`, brackets inside strings not counted: vectorised and
+    linear, no recursion, so a hostile manifest is refused before `json.loads` recurses through it."""
+    chars = np.frombuffer(text, dtype=np.uint8)
+    index = np.arange(len(chars))
+    backslash = chars == ord("\\")
+    last_other = np.maximum.accumulate(np.where(backslash, -1, index))  # backslash runs end where this lags
+    run_before = np.concatenate(([0], (index - last_other)[:-1]))  # backslashes just before each char
+    quote = (chars == ord('"')) & (run_before % 2 == 0)
+    outside = np.cumsum(quote) % 2 == 0  # a bracket after an even count of real quotes is structural
+    opens = np.isin(chars, np.frombuffer(b"[{", np.uint8)) & outside
+    closes = np.isin(chars, np.frombuffer(b"]}", np.uint8)) & outside
+    return int(np.cumsum(opens.astype(np.int64) - closes).max(initial=0))
+
+
+def _load_json(root: Path, path: Path, trust: Path | None) -> dict[str, Any]:
+    """The manifest's JSON object, its bytes read once: the signature (with `trust`), the nesting and the
+    parse all see the same bytes."""
+    from npgmf_edge.runtime.signing import check_signature
+
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path} is {size} bytes, not a manifest (at most {MAX_MANIFEST_BYTES}); re-export")
+    data = path.read_bytes()
+    if trust is not None:
+        check_signature(root, data, Path(trust))
+    try:
+        if _nesting_depth(data) > MAX_NESTING:
+            raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+        value = json.loads(data.decode())
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise BundleError(f"cannot read {path} ({exc}); re-export the bundle") from exc
+    if not isinstance(value, dict):
+        raise BundleError(f"{path} is not a JSON object; re-export the bundle")
+    return value
+
+
+def read_manifest(
+    root: Path, *, check_files: bool = True, trust: Path | None = None, require_selftest: bool = True
+) -> Manifest:
+    """Read, migrate and check a bundle's manifest (and, by default, the SHA-256 of every file).
+
+    `trust`: a public key file or a folder of them; the bundle must then be signed by one of them
+    (`runtime.signing.SignatureError` otherwise). `require_selftest=False` only for the export's own
+    staging folder, read before its self-test is written."""
     root = Path(root)
     path = root / MANIFEST_FILE
     if not root.is_dir():
         raise BundleError(f"{root} is not a bundle directory; create one with `npgmf-edge export RUN`")
     if not path.is_file():
-        raise BundleError(f"{path} is missing: {root} is not a complete bundle; re-export it")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"cannot read {path} ({exc}); re-export the bundle") from exc
-    if not isinstance(data, dict):
-        raise BundleError(f"{path} is not a JSON object; re-export the bundle")
+        raise BundleError(f"no {MANIFEST_FILE} in {root}: it is not a complete bundle; re-export it")
+    data = _load_json(root, path, trust)
     if data.get(SELF_HASH_KEY) != _content_sha256(data):
         raise BundleError(f"{path} was changed after export (its content hash does not match); re-export it")
+    exported_schema = data.get("schema_version")
     data = _migrate(data, path)
     try:
+        named = _check_named_files(root, data)
         if check_files:
             verify_files(root, data["files"])
-        knn, max_batch = data["knn"], int(data["input"]["max_batch"])
+        knn = data["knn"]
+        max_batch = _bounded_int(data["input"]["max_batch"], "input.max_batch", MAX_BATCH_LIMIT)
+        image_size = _bounded_int(data["input"]["size"], "input.size", MAX_INPUT_SIZE, lower=8)
         if knn not in KNN_MODES:
             raise BundleError(f"{path}: unknown knn mode {knn!r}; expected one of {', '.join(KNN_MODES)}")
         graphs = {p: _graph_spec(p, g, knn, max_batch) for p, g in data["graphs"].items()}
-        calibration = {p: Calibration.from_dict(c) for p, c in data["calibration"].items()}
+        calibration = {p: _calibration(p, c) for p, c in data["calibration"].items()}
+        coreset = data.get("coreset")
+        if coreset is not None and not isinstance(coreset, dict):
+            raise ValueError(f"coreset must be an object, got {coreset!r}")
         manifest = Manifest(
             root=root,
             schema_version=data["schema_version"],
             toolkit_version=str(data["toolkit_version"]),
             category=str(data["category"]),
             preset=str(data["preset"]),
-            image_size=int(data["input"]["size"]),
+            image_size=image_size,
             max_batch=max_batch,
             knn=knn,
             graphs=graphs,
             calibration=calibration,
-            coreset=data.get("coreset"),
+            coreset=coreset,
             engines=dict(data.get("engines", {})),
             raw=data,
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        _check_consistency(manifest, path)
+        _check_selftest(manifest, path, exported_schema, named, require_selftest)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise BundleError(f"{path} is malformed ({type(exc).__name__}: {exc}); re-export the bundle") from exc
-    _check_consistency(manifest, path)
     return manifest
+
+
+def _named_files(data: dict[str, Any]) -> dict[str, Any]:
+    """Every file the manifest refers to, by where it is named (graphs, coreset, self-test, engines)."""
+    named: dict[str, Any] = {f"graphs.{p}.file": g["file"] for p, g in data["graphs"].items()}
+    coreset = data.get("coreset") or {}
+    named.update({f"coreset.files[{i}]": name for i, name in enumerate(coreset.get("files", []))})
+    if data.get("selftest"):
+        named["selftest.file"] = data["selftest"]["file"]
+    named.update({f"engines.{p}.file": e["file"] for p, e in (data.get("engines") or {}).items()})
+    return named
+
+
+def _check_named_files(root: Path, data: dict[str, Any]) -> dict[str, str]:
+    """Each file the manifest names, and each hashed one, is a plain file name (no folder, `..` or absolute
+    path), a regular file that does not resolve outside the bundle, and the named ones are hashed; returns
+    the named ones."""
+    files = data["files"]
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ValueError(f"files must map file names to SHA-256 digests, got {type(files).__name__}")
+    named = _named_files(data)
+    inside = root.resolve()
+    for where, name in [*named.items(), *((f"files[{n!r}]", n) for n in files)]:
+        if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name:
+            raise BundleError(
+                f"{root / MANIFEST_FILE}: {where} is {name!r}, not a plain file name inside the bundle (no "
+                "folders, '..' or absolute paths); re-export the bundle"
+            )
+        if name not in files:
+            raise BundleError(
+                f"{root / MANIFEST_FILE}: {where} names {name}, which is not among the hashed files; "
+                "re-export the bundle"
+            )
+        target = (root / name).resolve()
+        if target.parent != inside:
+            raise BundleError(
+                f"{root / name} leads outside the bundle (to {target}); a bundle holds its own files, "
+                "re-export it"
+            )
+    return named
+
+
+def _finite_list(value: Any, name: str, length: int) -> np.ndarray:
+    if not isinstance(value, list) or len(value) != length:
+        raise ValueError(f"{name} must be a list of {length} numbers")
+    if not all(not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) for v in value):
+        raise ValueError(f"{name} must hold finite numbers only")
+    return np.asarray(value, dtype=np.float64)
+
+
+def _check_machine(machine: Any) -> None:
+    """The export machine's facts are only reported (`platform_facts.describe`), but in their own shape:
+    strings, a list of CPU feature names, backend name -> version."""
+    features, backends = machine.get("cpu_features", []), machine.get("backends", {})
+    if not (
+        isinstance(features, list)
+        and all(isinstance(f, str) for f in features)
+        and isinstance(backends, dict)
+        and all(isinstance(v, str) for v in backends.values())
+        and all(isinstance(machine.get(k, ""), str) for k in ("machine", "cpu"))
+    ):
+        raise ValueError("selftest.machine must hold strings, a list of cpu_features, backend versions")
+
+
+def _check_selftest(
+    manifest: Manifest, path: Path, exported_schema: int, named: dict[str, str], required: bool
+) -> None:
+    """From schema 2 on: a self-test for every graph, each tolerance at most what the export measured
+    (`selftest.tolerance_for` of its scores and the FP32 reference it stores), so it cannot be raised at will.
+    Schema 1 bundles keep loading without one, or without the reference, after a warning."""
+    entry = manifest.raw.get("selftest")
+    older = exported_schema < SELFTEST_REQUIRED_FROM
+    if not entry:
+        if required and not older:
+            raise BundleError(
+                f"{path} has no selftest section, which schema {manifest.schema_version} requires (deleted "
+                "after export?); re-export the bundle"
+            )
+        return
+    if not isinstance(entry, dict) or not isinstance(entry.get("precisions"), dict):
+        raise ValueError("selftest must be an object with precisions")
+    images = _bounded_int(entry["images"], "selftest.images", MAX_GOLDEN_IMAGES)
+    _bounded_int(entry.get("digest_grid", selftest.DIGEST_GRID), "selftest.digest_grid", 64)
+    _check_machine(entry.get("machine", {}))
+    missing = set(manifest.graphs) - set(entry["precisions"])
+    if missing and not older:
+        raise BundleError(f"{path}: no self-test for {', '.join(sorted(missing))}; re-export the bundle")
+    reference = entry.get("reference")
+    if older and reference is None:
+        log.warning(
+            "%s is schema %s: its self-test tolerances cannot be checked against the export's measurement; "
+            "re-export the bundle to get them checked", path, exported_schema,
+        )  # fmt: skip
+    elif reference is None:
+        raise BundleError(f"{path}: the selftest section lacks its FP32 reference scores; re-export")
+    else:
+        reference = _finite_list(reference, "selftest.reference", images)
+    for precision, expected in entry["precisions"].items():
+        name = f"selftest.precisions.{precision}"
+        if precision not in manifest.graphs or not isinstance(expected, dict):
+            raise ValueError(f"{name}: no such graph, or not an object")
+        scores = _finite_list(expected["scores"], f"{name}.scores", images)
+        tolerance = expected["tolerance"]
+        if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not tolerance >= 0:
+            raise ValueError(f"{name}.tolerance must be a number >= 0, got {tolerance!r}")
+        if reference is None:
+            continue
+        bound = selftest.tolerance_for(precision, scores, reference)
+        if not tolerance <= bound * (1 + 1e-9):
+            raise BundleError(
+                f"{path}: the {precision} self-test tolerance {tolerance:.4g} is above what the export "
+                f"measured allows ({bound:.4g}); the manifest was edited, re-export the bundle"
+            )
 
 
 def _check_consistency(manifest: Manifest, path: Path) -> None:
@@ -211,9 +429,22 @@ def _check_consistency(manifest: Manifest, path: Path) -> None:
     missing = set(manifest.graphs) - set(manifest.calibration)
     if missing:
         raise BundleError(f"{path}: no calibration for precision(s) {', '.join(sorted(missing))}; re-export")
+    size = manifest.image_size
+    for spec in manifest.graphs.values():
+        if spec.input_shape != (3, size, size):
+            raise BundleError(
+                f"{path}: {spec.file} takes input {list(spec.input_shape)}, but input.size is {size} "
+                f"(expected [3, {size}, {size}]); re-export the bundle"
+            )
+    if manifest.coreset is not None and manifest.coreset.get("search", "exact") not in ("exact", "int8"):
+        raise ValueError(f"coreset.search must be exact or int8, got {manifest.coreset['search']!r}")
     if manifest.knn == "faiss":
         if manifest.coreset is None:
             raise BundleError(f"{path}: a knn 'faiss' bundle needs a coreset entry; re-export")
+        _bounded_int(manifest.coreset["count"], "coreset.count", 1 << 31)
+        _bounded_int(manifest.coreset["dim"], "coreset.dim", 1 << 16)
+        if CORESET_FAISS not in manifest.coreset.get("files", []):
+            raise BundleError(f"{path}: the coreset entry does not list {CORESET_FAISS}; re-export")
         for spec in manifest.graphs.values():
             dim = spec.outputs["patch_features"][0]
             if dim != manifest.coreset["dim"]:

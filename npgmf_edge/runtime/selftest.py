@@ -33,6 +33,7 @@ import numpy as np
 
 from npgmf_edge.errors import BundleError
 from npgmf_edge.runtime import platform_facts
+from npgmf_edge.runtime.backends.base import BackendError
 
 if TYPE_CHECKING:
     from npgmf_edge.runtime.inspector import Inspector
@@ -123,11 +124,13 @@ def expectations(
     scores: dict[str, np.ndarray], fp32: np.ndarray, images: int, machine: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The manifest's `selftest` entry: per precision its scores and tolerance (from its distance to the
-    FP32 run's scores `fp32`), and the export machine."""
+    FP32 run's scores `fp32`, stored as `reference` so a reader can bound each tolerance), and the export
+    machine."""
     return {
         "file": SELFTEST_FILE,
         "images": images,
         "digest_grid": DIGEST_GRID,
+        "reference": np.asarray(fp32, dtype=np.float64).tolist(),
         "precisions": {
             p: {"scores": s.tolist(), "tolerance": tolerance_for(p, s, fp32)} for p, s in scores.items()
         },
@@ -150,7 +153,12 @@ def run_self_test(inspector: Inspector) -> SelfTestResult | None:
             f"{inspector.manifest.root / entry['file']}: cannot read the self-test images ({exc}); re-export"
         ) from exc
     tick = time.perf_counter()
-    scores, digests = golden_outputs(inspector, pixels)
+    try:
+        scores, digests = golden_outputs(inspector, pixels)
+    except BackendError as exc:  # the golden images do not fit the graph the manifest describes
+        raise BundleError(
+            f"{inspector.manifest.root}: the {inspector.precision} self-test cannot run ({exc}); re-export"
+        ) from exc
     seconds = time.perf_counter() - tick
     return SelfTestResult(
         precision=inspector.precision,
@@ -188,15 +196,18 @@ def failure_message(result: SelfTestResult, inspector: Inspector) -> str:
     )
 
 
-def self_test_bundle(bundle: Path, backend: str = "auto", device: str = "cpu") -> dict[str, Any]:
-    """`npgmf-edge verify BUNDLE` on a station: each precision's self-test here, with this machine's facts."""
+def self_test_bundle(
+    bundle: Path, backend: str = "auto", device: str = "cpu", trust: Path | None = None
+) -> dict[str, Any]:
+    """`npgmf-edge verify BUNDLE` on a station: each precision's self-test here, with this machine's facts
+    (with `trust`, first the bundle's signature by one of those keys)."""
     from npgmf_edge.runtime.inspector import Inspector
     from npgmf_edge.runtime.manifest import read_manifest
 
     rows = []
-    manifest = read_manifest(Path(bundle))
+    manifest = read_manifest(Path(bundle), trust=trust)
     for precision in manifest.precisions:
-        with Inspector.open(bundle, backend, device, precision, self_test=False) as inspector:
+        with Inspector.open(bundle, backend, device, precision, self_test=False, trust=trust) as inspector:
             result = run_self_test(inspector)
             rows.append(
                 {"precision": precision, "backend": inspector.backend.describe(), "passed": None}

@@ -69,6 +69,7 @@ class ServeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     model_name: str = DEFAULT_MODEL
     exit_timeout_s: int = 30
+    trust: Path | None = None  # accept only a bundle signed by this public key (or a key in this folder)
 
     def validate(self, bundle_max_batch: int) -> None:
         ports = (self.http_port, self.grpc_port, self.metrics_port)
@@ -172,7 +173,13 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
         ) from exc
     _point_stub_at(python_backend_env())  # before the bundle is opened: a missing stub env fails fast
     inspector = Inspector.open(
-        Path(bundle), options.backend, options.device, options.precision, options.threads, options.max_pixels
+        Path(bundle),
+        options.backend,
+        options.device,
+        options.precision,
+        options.threads,
+        options.max_pixels,
+        trust=options.trust,
     )
     try:
         options.validate(inspector.manifest.max_batch)

@@ -114,9 +114,10 @@ def test_predict_refuses_or_falls_back_as_asked(cli, drifting_bundle, tiny_run, 
 
 
 def test_a_bundle_from_before_the_self_test_still_opens(graph_bundle, tmp_path: Path, caplog) -> None:
+    """Schema 1 (before the self-test was mandatory); schema 2 refuses it (test_bundle_trust.py)."""
     bundle = tmp_path / "old"
     shutil.copytree(graph_bundle, bundle)
-    rehash(bundle, lambda manifest: manifest.pop("selftest"))
+    rehash(bundle, lambda manifest: (manifest.pop("selftest"), manifest.update(schema_version=1)))
     with Inspector.open(bundle, precision="int8") as inspector:
         assert inspector.self_test is None
     assert "no self-test images" in caplog.text

@@ -52,6 +52,12 @@ class OnnxRuntimeBackend(Backend):
             options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(model_path), options, providers=wanted)
         self.output_names = [o.name for o in self.session.get_outputs()]
+        inputs = [i.name for i in self.session.get_inputs()]
+        if inputs != [spec.input_name] or set(self.output_names) != set(spec.outputs or self.output_names):
+            raise BackendError(  # a manifest that does not describe this graph
+                f"{model_path} takes {inputs} and gives {self.output_names}, the manifest says "
+                f"{spec.input_name!r} and {sorted(spec.outputs)}"
+            )
         self.device = device
         self.version = ort.__version__
 
