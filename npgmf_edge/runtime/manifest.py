@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from npgmf_edge.calibration import Calibration
+from npgmf_edge.calibration.calibrate import upgrade_legacy_calibration
 from npgmf_edge.errors import BundleError
 from npgmf_edge.fileio import save_json
 from npgmf_edge.runtime.backends.base import GraphSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 KNN_MODES = ("faiss", "graph")
@@ -41,8 +42,21 @@ TIMING_CACHE = "timing.cache"
 HASH_CHUNK = 1 << 20
 SELF_HASH_KEY = "manifest_sha256"
 
+
+def _fusion_choice_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 -> v2: each precision's calibration gains the fusion level, the branch image-score statistics
+    and the record of how the fusion was chosen; a v1 bundle fused at pixel level with fixed weights,
+    which is what it keeps doing."""
+    calibration = data.get("calibration")
+    if isinstance(calibration, dict):
+        data["calibration"] = {
+            p: upgrade_legacy_calibration(c) if isinstance(c, dict) else c for p, c in calibration.items()
+        }
+    return data
+
+
 # schema_version n -> function turning a version-n manifest dict into version n + 1.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _fusion_choice_v2}
 
 
 def graph_file(precision: str) -> str:
