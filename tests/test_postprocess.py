@@ -1,5 +1,7 @@
 """Fusion (Eq. 11), smoothing and image scores against independent references."""
 
+import dataclasses
+
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
@@ -67,7 +69,8 @@ def test_image_level_score_is_the_weighted_sum_of_standardised_branch_maxima() -
     structural[1, 3, 3], logical[1, 2, 2] = 1.0, 12.0
     params = _image_level(BranchStats(2.0, 5.0), BranchStats(4.0, 4.0), sigma=0.0)
     _, scores = post_process(structural, logical, params)
-    # image 0: 1 * (7 - 2) / 5 + 0.5 * (2 - 4) / 4 = 1 - 0.25; image 1: (1 - 2) / 5 + 0.5 * (12 - 4) / 4 = -0.2 + 1
+    # image 0: 1 * (7 - 2) / 5 + 0.5 * (2 - 4) / 4 = 1 - 0.25
+    # image 1: 1 * (1 - 2) / 5 + 0.5 * (12 - 4) / 4 = -0.2 + 1
     assert np.allclose(scores, [0.75, 0.8])
 
 
@@ -84,7 +87,7 @@ def test_image_level_branch_scores_are_maxima_of_smoothed_maps() -> None:
     rng = np.random.default_rng(4)
     structural, logical = rng.random((2, 2, 32, 32)).astype(np.float32)
     params = _image_level(BranchStats(0.0, 1.0), BranchStats(0.0, 1.0), sigma=2.0)
-    params = FusionParams(**{**params.__dict__, "weight_logical": 0.0})
+    params = dataclasses.replace(params, weight_logical=0.0)
     _, scores = post_process(structural, logical, params)
     expected = [gaussian_filter(m, sigma=2.0, mode="reflect", truncate=4.0).max() for m in structural]
     assert np.allclose(scores, expected, atol=1e-3)

@@ -80,7 +80,8 @@ def format_fusion_table(calibration: Calibration) -> str:
             c.weight_logical,
         )
         weights = f"{cand.weight_structural:g}:{cand.weight_logical:g}"
+        mark = "*" if chosen else ""
         lines.append(
-            f"{cand.level:<5}  {weights:>7}  {cand.auroc:.3f}  {cand.lift_low:>8.3f}  {'*' if chosen else ''}".rstrip()
+            f"{cand.level:<5}  {weights:>7}  {cand.auroc:.3f}  {cand.lift_low:>8.3f}  {mark}".rstrip()
         )
     return "\n".join(lines)
