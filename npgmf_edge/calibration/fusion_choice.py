@@ -7,9 +7,9 @@ weighted sum of the branches' standardised image scores), by its image AUROC (sc
 pseudo-anomalies against the normal validation images, and keeps the best; the paper's 1:3 at pixel level
 where it is within `PAPER_TIE_MARGIN` of the best. The pseudo-anomalies are few (a few dozen), so an
 AUROC differs between candidates by chance too: a candidate that gives the logical branch weight is taken
-over the structural branch alone only when its gain is more than chance, i.e. when the
-`LIFT_QUANTILE` quantile of its gain over `BOOTSTRAP_ROUNDS` paired bootstrap resamples of the images is
-above 0 (recorded as `lift_low`); otherwise the structural branch alone is kept. Among exactly tied
+over the structural branch alone only when its gain is at least `LIFT_MARGIN` and not chance, i.e. its
+gain is >= 0 in all but `LIFT_QUANTILE` of `BOOTSTRAP_ROUNDS` paired bootstrap resamples of the images
+(that quantile is recorded as `lift_low`); otherwise the structural branch alone is kept. Among exactly tied
 candidates the first in grid order wins: pixel level before image level, smaller logical weights first.
 Modes "paper" and "fixed" (weights S:L) keep their weights at pixel level, and the AUROCs are still
 measured and recorded.
@@ -37,7 +37,8 @@ PAPER_WEIGHTS = (1.0, 3.0)  # w_S : w_L of the paper (Xu et al. 2025, on MVTec L
 LOGICAL_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 3.0)  # with structural weight 1; 0 = structural alone, 3 = paper's
 PAPER_TIE_MARGIN = 0.005  # pseudo-anomaly AUROC within which the paper's fusion is kept over the best
 BOOTSTRAP_ROUNDS = 200  # paired resamples of normal and pseudo images for the chance level of a gain
-LIFT_QUANTILE = 0.05  # a gain over the structural branch alone counts when this quantile of it is above 0
+LIFT_QUANTILE = 0.05  # a gain over the structural branch alone counts when this quantile of it is >= 0
+LIFT_MARGIN = 0.005  # ... and the gain itself is at least this
 BOOTSTRAP_SEED = 0
 
 
@@ -138,8 +139,8 @@ def _auroc_rows(normal: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
 
 def _best(candidates: list[FusionCandidate]) -> tuple[str, float, float]:
     """The paper's fusion where within the margin of the best; else the best of those whose gain over the
-    structural branch alone is more than chance (first in grid order among exact ties); else that branch
-    alone."""
+    structural branch alone is large enough and not chance (first in grid order among exact ties); else
+    that branch alone."""
     best = max(candidates, key=lambda c: c.auroc)  # max keeps the first of equal keys
     paper = next(
         c
@@ -149,6 +150,6 @@ def _best(candidates: list[FusionCandidate]) -> tuple[str, float, float]:
     if paper.auroc >= best.auroc - PAPER_TIE_MARGIN:
         return paper.level, paper.weight_structural, paper.weight_logical
     structural = next(c for c in candidates if c.level == "pixel" and c.weight_logical == 0.0)
-    lifted = [c for c in candidates if c.lift_low > 0.0 and c.auroc > structural.auroc]
+    lifted = [c for c in candidates if c.lift_low >= 0.0 and c.auroc >= structural.auroc + LIFT_MARGIN]
     chosen = max(lifted, key=lambda c: c.auroc) if lifted else structural
     return chosen.level, chosen.weight_structural, chosen.weight_logical
