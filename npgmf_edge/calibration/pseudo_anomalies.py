@@ -4,7 +4,7 @@ images; the same seed gives the same images).
 Structural-like, as the field makes them for training and validation without defect labels:
 - "perlin": a Perlin-noise mask blends a foreign texture into the image (DRAEM, Zavrtanik et al. ICCV 2021;
   anomalib's `PerlinAnomalyGenerator`): mask = rotated noise > 0.5, out = (1 - beta) texture + beta image
-  inside it, beta uniform in [0, 0.8);
+  inside it, beta uniform in [0, 0.8); lattice cells of at least `MIN_PERLIN_CELL` px;
 - "scar": a thin stroke of a contrasting colour (CutPaste's scar, drawn instead of cut);
 - "blotch": a soft-edged ellipse of another colour.
 Logical-like, on a square region of object size (the most textured of a few random candidates, so it
@@ -34,7 +34,9 @@ STRUCTURAL_KINDS = ("perlin", "scar", "blotch")
 LOGICAL_KINDS = ("move", "duplicate", "remove")
 KINDS = STRUCTURAL_KINDS + LOGICAL_KINDS
 PERLIN_THRESHOLD = 0.5  # DRAEM: the noise (range about [-1, 1]) above this is the anomaly mask
-PERLIN_SCALE_EXPONENTS = (0, 6)  # DRAEM: lattice periods 2^k per side, k uniform in [0, 6)
+PERLIN_SCALE_EXPONENTS = (0, 6)  # DRAEM: lattice periods 2^k per side, k uniform in [0, 6) ...
+MIN_PERLIN_CELL = 16  # ... but cells of at least this many pixels: at 128 px DRAEM's finest 4 px cells
+# made a speckle over the whole image rather than a defect
 MAX_BETA = 0.8  # DRAEM: share of the original image kept inside the mask, uniform in [0, 0.8)
 REGION_SIDE = (0.15, 0.3)  # logical kinds: region side as a fraction of the image side
 REGION_TRIES = 8  # random candidate regions; the most textured one is used
@@ -85,6 +87,7 @@ def perlin_noise(shape: tuple[int, int], periods: tuple[int, int], rng: np.rando
 
 def _perlin_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     low, high = PERLIN_SCALE_EXPONENTS
+    high = max(low + 1, min(high, int(np.log2(max(min(shape) // MIN_PERLIN_CELL, 1))) + 1))
     for _ in range(MAX_MASK_TRIES):
         periods = (2 ** int(rng.integers(low, high)), 2 ** int(rng.integers(low, high)))
         noise = perlin_noise(shape, periods, rng).astype(np.float32)
