@@ -37,7 +37,10 @@ PERLIN_THRESHOLD = 0.5  # DRAEM: the noise (range about [-1, 1]) above this is t
 PERLIN_SCALE_EXPONENTS = (0, 6)  # DRAEM: lattice periods 2^k per side, k uniform in [0, 6) ...
 MIN_PERLIN_CELL = 16  # ... but cells of at least this many pixels: at 128 px DRAEM's finest 4 px cells
 # made a speckle over the whole image rather than a defect
-MAX_BETA = 0.8  # DRAEM: share of the original image kept inside the mask, uniform in [0, 0.8)
+BETA = (0.0, 0.8)  # DRAEM: share of the original image kept inside the mask, uniform in [0, 0.8)
+COLOUR_SHIFT = (60.0, 140.0)  # scar and blotch: distance of their colour from the local mean colour
+BLOTCH_ALPHA = (0.6, 0.9)  # blotch: opacity of its colour at the centre
+BLOTCH_AXIS = (0.04, 0.12)  # blotch: semi-axes as a fraction of the image side
 REGION_SIDE = (0.15, 0.3)  # logical kinds: region side as a fraction of the image side
 REGION_TRIES = 8  # random candidate regions; the most textured one is used
 MAX_MASK_TRIES = 10
@@ -107,7 +110,7 @@ def _ellipse_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarra
         int(rng.integers(width // 8, width - width // 8)),
         int(rng.integers(height // 8, height - height // 8)),
     )
-    axes = (max(2, int(rng.uniform(0.04, 0.12) * width)), max(2, int(rng.uniform(0.04, 0.12) * height)))
+    axes = (max(2, int(rng.uniform(*BLOTCH_AXIS) * width)), max(2, int(rng.uniform(*BLOTCH_AXIS) * height)))
     cv2.ellipse(mask, center, axes, float(rng.uniform(0, 180)), 0, 360, 1, thickness=-1)
     return mask.astype(bool)
 
@@ -128,7 +131,7 @@ def _perlin(
 ) -> tuple[np.ndarray, np.ndarray]:
     image = images[index].astype(np.float32)
     mask = _perlin_mask(image.shape[:2], rng)
-    beta = rng.uniform(0.0, MAX_BETA)
+    beta = rng.uniform(*BETA)
     blended = (1.0 - beta) * _texture(images, index, rng) + beta * image
     out = np.where(mask[..., None], blended, image)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), mask
@@ -139,7 +142,7 @@ def _contrasting_colour(image: np.ndarray, mask: np.ndarray, rng: np.random.Gene
     local = image[mask].mean(axis=0) if mask.any() else image.reshape(-1, 3).mean(axis=0)
     direction = rng.normal(size=3)
     direction /= np.linalg.norm(direction) + 1e-9
-    colour = local + rng.uniform(60, 140) * direction
+    colour = local + rng.uniform(*COLOUR_SHIFT) * direction
     return np.clip(colour, 0, 255)
 
 
@@ -171,7 +174,7 @@ def _blotch(
     mask = _ellipse_mask(image.shape[:2], rng)
     colour = _contrasting_colour(image, mask, rng)
     soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(1.0, 0.01 * image.shape[1]))
-    alpha = rng.uniform(0.6, 0.9) * soft[..., None]
+    alpha = rng.uniform(*BLOTCH_ALPHA) * soft[..., None]
     out = (1.0 - alpha) * image + alpha * colour
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), soft > 0.5
 
