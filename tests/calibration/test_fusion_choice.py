@@ -175,3 +175,9 @@ def test_the_bootstrap_auroc_of_many_rows_is_sklearns_with_ties() -> None:
     pseudo = rng.integers(2, 7, (4, 9)).astype(float)
     expected = [_auroc(n, p) for n, p in zip(normal, pseudo, strict=True)]
     assert np.allclose(_auroc_rows(normal, pseudo), expected)
+
+
+def test_train_refuses_bad_fusion_weights_in_one_line_before_reading_data(cli, tmp_path) -> None:
+    code, _, err = cli("train", tmp_path, "--fusion-weights", "1:2:3", "--out", tmp_path / "run")
+    assert code != 0 and err.count("\n") == 1 and "--fusion-weights" in err
+    assert not (tmp_path / "run").exists()
