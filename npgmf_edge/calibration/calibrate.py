@@ -141,7 +141,8 @@ class Calibration:
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         """Inverse of `to_dict`; ValueError naming the key when one is missing, unknown, or not a finite
         number (a string threshold must not reach a comparison). A calibration from before fusion was
-        chosen per run (`LEGACY_KEYS`) reads as the paper's pixel-level fusion. Callers name the file."""
+        chosen per run (`LEGACY_KEYS`) reads as pixel-level fusion with its own weights. Callers name
+        the file."""
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         names = {f.name for f in fields(cls)}
@@ -174,22 +175,15 @@ class Calibration:
         return cls(**values)
 
 
-NON_NUMBER_KEYS = {
-    "structural",
-    "logical",
-    "structural_image",
-    "logical_image",
-    "fusion_level",
-    "fusion_selection",
-}
-# The keys of a calibration written before the fusion level and weights were chosen per run.
-LEGACY_KEYS = {f.name for f in fields(Calibration)} - {
-    "fusion_level", "structural_image", "logical_image", "fusion_selection"
-}  # fmt: skip
+# Keys added when the fusion level and weights came to be chosen per run; a calibration without them is
+# from before, and fused at pixel level with its own weights.
+CHOICE_KEYS = frozenset({"fusion_level", "structural_image", "logical_image", "fusion_selection"})
+LEGACY_KEYS = {f.name for f in fields(Calibration)} - CHOICE_KEYS
+NON_NUMBER_KEYS = {"structural", "logical", *CHOICE_KEYS}
 
 
 def upgrade_legacy_calibration(data: dict[str, Any]) -> dict[str, Any]:
-    """A calibration dict from before per-run fusion, as the paper's pixel-level fusion it always was."""
+    """A calibration dict from before per-run fusion, as the pixel-level fusion it always was."""
     return {**data, "fusion_level": "pixel", "structural_image": None, "logical_image": None,
             "fusion_selection": None}  # fmt: skip
 
