@@ -86,8 +86,7 @@ class TorchPath:
             structural = structural_maps(features.numpy(), self.run.scorer, self.size)
             stages["knn"] += time.perf_counter() - tick
             tick = time.perf_counter()
-            fused = self.calibration.fuse(structural, logical_map[:, 0].numpy())
-            scores = fused.reshape(len(fused), -1).max(axis=1)
+            fused, scores = self.calibration.post(structural, logical_map[:, 0].numpy())
             stages["post"] += time.perf_counter() - tick
         results = _finish(decoded, fused, scores, self.calibration.threshold, stages)
         self.last_stages = stages

@@ -87,6 +87,15 @@ TrustOption = Annotated[
     ),
 ]
 
+FusionWeightsOption = Annotated[
+    str,
+    typer.Option(
+        help="How calibration fuses the branches: auto (weights and level chosen on pseudo-anomalies of "
+        "the validation images, the paper's 1:3 kept where it ties), paper (1:3, pixel level) or S:L "
+        "(e.g. 1:0.5, pixel level)."
+    ),
+]
+
 
 @app.command("make-data")
 def make_data(
@@ -165,6 +174,7 @@ def train(
         bool, typer.Option("--no-codebooks", help="Ablation: drop the normal codebooks.")
     ] = False,
     coreset_ratio: Annotated[float | None, typer.Option(help="Coreset fraction in (0, 1].")] = None,
+    fusion_weights: FusionWeightsOption = "auto",
     resume: Annotated[bool, typer.Option(help="Resume an interrupted run in OUT.")] = False,
     device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -199,6 +209,11 @@ def train(
     cfg.logical.use_codebooks = not no_codebooks
     if coreset_ratio is not None:
         cfg.structural.coreset_ratio = coreset_ratio
+    from npgmf_edge.calibration.fusion_choice import parse_fusion_weights
+
+    cfg.fusion.mode, cfg.fusion.weight_structural, cfg.fusion.weight_logical = parse_fusion_weights(
+        fusion_weights
+    )
     cfg.validate()  # every number checked before the dataset is read
 
     dataset = load_dataset(data, category=category)
@@ -214,6 +229,29 @@ def train(
         )
         raise typer.Exit(130) from None
     _emit(summary, as_json)
+
+
+@app.command()
+def calibrate(
+    run: Annotated[Path, typer.Argument(exists=True, help="Trained run directory (both branches).")],
+    fusion_weights: FusionWeightsOption = "auto",
+    device: DeviceOption = Device.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Calibrate a trained run again on its validation images: branch statistics, fusion and threshold."""
+    from npgmf_edge.training.run import recalibrate_run
+
+    calibration = recalibrate_run(run, fusion_weights, device=device.value)
+    selection = calibration.fusion_selection
+    text = {
+        "run": str(run),
+        "fusion": f"{calibration.fusion_level} level, weights {calibration.weight_structural:g}:"
+        f"{calibration.weight_logical:g} ({selection.mode})",
+        "pseudo-anomaly AUROC": f"structural {selection.structural_auroc:.3f}, logical "
+        f"{selection.logical_auroc:.3f}, fused {calibration.pseudo_auroc:.3f}",
+        "threshold": f"{calibration.threshold:.4f}",
+    }
+    _emit(calibration.to_dict() if as_json else text, as_json)
 
 
 @app.command()

@@ -22,6 +22,7 @@ from npgmf_edge.errors import ConfigError
 from npgmf_edge.fileio import save_json
 
 T = TypeVar("T")
+FUSION_MODES = ("auto", "paper", "fixed")  # how calibration sets the fusion (`calibration.fusion_choice`)
 
 
 @dataclass
@@ -132,6 +133,10 @@ class FusionConfig:
     weight_logical: float = 3.0
     gaussian_sigma: float = 4.0  # pixels at 256 px input; scaled with image_size
     false_alarm_rate: float = 0.01
+    # How calibration sets the weights and fusion level (`calibration.fusion_choice`): "auto" (chosen on
+    # validation pseudo-anomalies), "paper" (1:3, pixel level) or "fixed" (the weights above, pixel level).
+    mode: str = "auto"
+    pseudo_per_image: int = 2  # pseudo-anomalies made from each validation image to choose the fusion
 
 
 @dataclass
@@ -175,6 +180,12 @@ class NpgmfConfig:
                 raise ConfigError(f"fusion.{name} must be a finite number >= 0, got {value}")
         if not 0.0 <= f.false_alarm_rate < 1.0:
             raise ConfigError(f"fusion.false_alarm_rate must be in [0, 1), got {f.false_alarm_rate}")
+        if f.mode not in FUSION_MODES:
+            raise ConfigError(f"fusion.mode must be one of {', '.join(FUSION_MODES)}, got {f.mode!r}")
+        if f.weight_structural + f.weight_logical <= 0:
+            raise ConfigError("fusion weights must not both be 0")
+        if f.pseudo_per_image < 1:
+            raise ConfigError(f"fusion.pseudo_per_image must be >= 1, got {f.pseudo_per_image}")
         self.structural.validate()
 
     def to_dict(self) -> dict[str, Any]:

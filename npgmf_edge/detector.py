@@ -109,6 +109,11 @@ class RunDetector:
         unreadable image is a DatasetError (a dataset must be whole to be measured)."""
         return self._maps((read_image(p) for p in image_paths), len(image_paths), batch_size, progress)
 
+    @torch.no_grad()
+    def image_maps(self, images: Sequence[np.ndarray], progress: bool = False) -> dict[str, np.ndarray]:
+        """`branch_maps` of RGB uint8 images already in memory (calibration's pseudo-anomalies)."""
+        return self._maps(iter(images), len(images), DEFAULT_BATCH, progress)[0]
+
     def _maps(
         self, images: Iterable[np.ndarray], total: int, batch_size: int, progress: bool
     ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
@@ -124,12 +129,18 @@ class RunDetector:
                 report.advance(len(batch))
         return {name: np.concatenate(maps) for name, maps in out.items()}, sizes
 
-    def scored_maps(self, branch_maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Smoothed per-branch maps plus the fused map (when calibrated): what evaluation scores."""
+    def scored_maps(
+        self, branch_maps: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Smoothed per-branch maps plus the fused map (when calibrated), and their image scores (a branch's:
+        max of its map; the fused one's: the calibration's post stage): what evaluation scores."""
         scored = {name: smooth(maps, self.sigma) for name, maps in branch_maps.items()}
+        scores = {name: image_scores(maps) for name, maps in scored.items()}
         if self.calibration is not None and set(branch_maps) == set(BRANCH_NAMES):
-            scored["fused"] = self.calibration.fuse(branch_maps["structural"], branch_maps["logical"])
-        return scored
+            scored["fused"], scores["fused"] = self.calibration.post(
+                branch_maps["structural"], branch_maps["logical"]
+            )
+        return scored, scores
 
     def inspect(self, images: Sequence[ImageInput], progress: bool = False) -> list[Inspection]:
         """Fused score, verdict and original-resolution map for each image (paths or RGB uint8 arrays;
@@ -145,8 +156,8 @@ class RunDetector:
         if not good:
             return [Inspection.failed(threshold, reason) for reason in decoded]
         maps, sizes = self._maps(good, len(good), DEFAULT_BATCH, progress)
-        fused = self.scored_maps(maps)["fused"]
-        inspected = iter(zip(fused, image_scores(fused), sizes, strict=True))
+        fused, scores = self.calibration.post(maps["structural"], maps["logical"])
+        inspected = iter(zip(fused, scores, sizes, strict=True))
         results = []
         for item in decoded:
             if isinstance(item, str):

@@ -1,6 +1,9 @@
-"""Fusion of the two branch maps into one anomaly map (SPEC §2.3, Eq. 11), shared by every backend.
+"""Fusion of the two branch maps into one anomaly map and image score (SPEC §2.3, Eq. 11): the single post
+stage of every backend (torch detector, Inspector, verify, bench; `export.graph_heads` transcribes it).
 
-M = w_S (M_S - mu_S) / sigma_S + w_L (M_L - mu_L) / sigma_L, then Gaussian smoothing; image score = max(M).
+M = w_S (M_S - mu_S) / sigma_S + w_L (M_L - mu_L) / sigma_L, then Gaussian smoothing. The image score is
+either max(M) (fusion level "pixel", the paper's) or, level "image", the weighted sum of each branch's own
+image score max(smooth(M_X)) standardised by its mean and std on the normal validation images (late fusion).
 numpy + OpenCV only, so the runtime can import it without torch.
 """
 
@@ -12,6 +15,7 @@ import cv2
 import numpy as np
 
 REFERENCE_SIZE = 256  # the paper's sigma = 4 px is given at 256 px input
+FUSION_LEVELS = ("pixel", "image")  # where the branches meet for the image score: maps or image scores
 
 
 @dataclass(frozen=True)
@@ -66,3 +70,47 @@ def fuse(
 def image_scores(anomaly_maps: np.ndarray) -> np.ndarray:
     """Image score = maximum of its map; (B, H, W) -> (B,)."""
     return anomaly_maps.reshape(anomaly_maps.shape[0], -1).max(axis=1)
+
+
+@dataclass(frozen=True)
+class FusionParams:
+    """What the post stage needs besides the two branch maps: Eq. 11's statistics and weights, the
+    smoothing, the fusion level and (level "image") each branch's image-score statistics."""
+
+    structural: BranchStats
+    logical: BranchStats
+    weight_structural: float
+    weight_logical: float
+    sigma: float
+    level: str = "pixel"
+    structural_image: BranchStats | None = None
+    logical_image: BranchStats | None = None
+
+
+def branch_image_scores(branch_maps: np.ndarray, sigma: float) -> np.ndarray:
+    """One branch's own image scores: max of its smoothed map; (B, H, W) -> (B,)."""
+    return image_scores(smooth(branch_maps, sigma))
+
+
+def post_process(
+    structural: np.ndarray, logical: np.ndarray, params: FusionParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw (B, H, W) branch maps -> fused, smoothed (B, H, W) map (Eq. 11) and (B,) image scores."""
+    p = params
+    if p.level == "pixel":
+        fused = fuse(
+            structural, logical, p.structural, p.logical, p.weight_structural, p.weight_logical, p.sigma
+        )
+        return fused, image_scores(fused)
+    if p.level != "image" or p.structural_image is None or p.logical_image is None:
+        raise ValueError(f"fusion level {p.level!r} needs image statistics and one of {FUSION_LEVELS}")
+    # Smoothing is linear and its kernel sums to 1: smoothing each branch once serves both the fused map
+    # and the branch image scores.
+    smooth_s, smooth_l = smooth(structural, p.sigma), smooth(logical, p.sigma)
+    fused = p.weight_structural * standardize(smooth_s, p.structural) + p.weight_logical * standardize(
+        smooth_l, p.logical
+    )
+    scores = p.weight_structural * standardize(image_scores(smooth_s), p.structural_image) + (
+        p.weight_logical * standardize(image_scores(smooth_l), p.logical_image)
+    )
+    return fused.astype(np.float32), scores

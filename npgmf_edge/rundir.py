@@ -8,7 +8,8 @@ Training writes through these names; the detector, calibration and export read t
                              so a run moved with its data, or alone, still finds them: `read_provenance`)
     logical/                 config.json, checkpoint.safetensors (resumable), model.safetensors, summary.json
     structural/              config.json, extractor.safetensors, coreset.npy, coreset.faiss, summary.json
-    calibration.json         branch statistics and verdict threshold (only with --branch all)
+    calibration.json         branch statistics, the chosen fusion and verdict threshold (--branch all)
+    pseudo_anomalies.png     a sample of the validation pseudo-anomalies the fusion was chosen on
     run_manifest.json        SHA-256 of every config, weight, coreset and calibration file (RUN_FILES)
 
 `load_run` checks every file against run_manifest.json first, so a flipped byte in a weight file is a
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from npgmf_edge.calibration import Calibration, load_calibration
-from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
+from npgmf_edge.calibration.calibrate import CALIBRATION_FILE, PSEUDO_SAMPLE_FILE
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.errors import CheckpointError
 from npgmf_edge.fileio import save_json
@@ -75,7 +76,7 @@ RUN_FILES = (
 )
 _warned_unchecked: set[Path] = set()
 
-__all__ = ["CALIBRATION_FILE", "TrainedRun", "load_run"]
+__all__ = ["CALIBRATION_FILE", "PSEUDO_SAMPLE_FILE", "TrainedRun", "load_run"]
 
 
 def write_run_manifest(run_dir: Path) -> Path:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -10,7 +12,11 @@ import numpy as np
 from npgmf_edge.fileio import atomic_write_bytes
 from npgmf_edge.inspection import Inspection
 
+if TYPE_CHECKING:
+    from npgmf_edge.calibration.pseudo_anomalies import PseudoAnomaly
+
 MAX_OVERLAY_ALPHA = 0.6
+SHEET_COLUMNS = 6
 
 
 def heat_overlay(image: np.ndarray, anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -53,3 +59,29 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     if not ok:
         raise OSError(f"cannot encode {path} as PNG")
     atomic_write_bytes(Path(path), encoded.tobytes())
+
+
+def pseudo_anomaly_sheet(pseudo: Sequence[PseudoAnomaly], count: int = 2 * SHEET_COLUMNS) -> np.ndarray:
+    """A grid of the first pseudo-anomalies of each kind (up to `count`), the changed region outlined in
+    white and the kind written on each, so a person can judge what the fusion was chosen on."""
+    by_kind: dict[str, list[PseudoAnomaly]] = {}
+    for item in pseudo:
+        by_kind.setdefault(item.kind, []).append(item)
+    order: list[PseudoAnomaly] = []
+    for rank in range(max((len(items) for items in by_kind.values()), default=0)):
+        order.extend(items[rank] for items in by_kind.values() if rank < len(items))
+    order = order[:count]
+    tiles = []
+    for item in order:
+        tile = item.image.copy()
+        contours, _ = cv2.findContours(item.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(tile, contours, -1, (255, 255, 255), 1)
+        scale = max(tile.shape[1] / 320.0, 0.3)
+        origin, font = (3, int(14 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX
+        cv2.putText(tile, item.kind, origin, font, scale, (255, 255, 0), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    if not tiles:
+        raise ValueError("no pseudo-anomalies to draw")
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % SHEET_COLUMNS)
+    rows = [np.hstack(tiles[i : i + SHEET_COLUMNS]) for i in range(0, len(tiles), SHEET_COLUMNS)]
+    return np.vstack(rows)

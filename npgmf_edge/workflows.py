@@ -13,13 +13,14 @@ import csv
 import glob
 import json
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
+from npgmf_edge.calibration.calibrate import CALIBRATION_FILE, PSEUDO_SAMPLE_FILE
 from npgmf_edge.data import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -103,16 +104,19 @@ class BundleDetector:
                 images = [read_image(p) for p in image_paths[start : start + step]]
                 sizes.extend(image.shape[:2] for image in images)
                 maps = self.inspector.run(np.stack([to_model_input(image, size) for image in images]))
-                for name in ("structural", "logical", "fused"):
+                for name in ("structural", "logical", "fused", "score"):
                     out.setdefault(name, []).append(maps[name])
                 report.advance(len(images))
         return {name: np.concatenate(maps) for name, maps in out.items()}, sizes
 
-    def scored_maps(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Smoothed branch maps beside the bundle's own fused map (what evaluation scores)."""
+    def scored_maps(self, maps: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Smoothed branch maps beside the bundle's own fused map, and their image scores (the fused one's
+        as the bundle computed it): what evaluation scores."""
         sigma = self.calibration.gaussian_sigma
-        return {"structural": smooth(maps["structural"], sigma), "logical": smooth(maps["logical"], sigma),
-                "fused": maps["fused"]}  # fmt: skip
+        scored = {"structural": smooth(maps["structural"], sigma), "logical": smooth(maps["logical"], sigma)}
+        scores = {name: image_scores(branch) for name, branch in scored.items()}
+        scored["fused"], scores["fused"] = maps["fused"], maps["score"]
+        return scored, scores
 
 
 def _bundle_device(device: str) -> str:
@@ -390,7 +394,12 @@ def evaluate_run(
     With `maps_dir`, also writes each scored map (fused, or the only branch) as TIFF at original
     resolution in the official MVTec LOCO layout so other tools can cross-check.
     """
-    from npgmf_edge.evaluation import evaluate_maps, format_results_table, write_maps_tiff
+    from npgmf_edge.evaluation import (
+        evaluate_maps,
+        format_fusion_table,
+        format_results_table,
+        write_maps_tiff,
+    )
     from npgmf_edge.report import plot_roc_curves, plot_score_histogram, write_html_report
 
     detector = open_detector(run_dir, device=device)
@@ -398,7 +407,7 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     samples = dataset.test
     branch_maps, sizes = detector.maps_and_sizes([s.image_path for s in samples], progress=True)
-    scored = detector.scored_maps(branch_maps)
+    scored, scores = detector.scored_maps(branch_maps)
     primary = _primary_branch(scored)
 
     results: dict[str, dict] = {}
@@ -407,13 +416,13 @@ def evaluate_run(
             s.image_path: map_to_image_size(m, h, w)
             for s, m, (h, w) in zip(samples, maps, sizes, strict=True)
         }
-        results[branch] = evaluate_maps(dataset, full_res)
+        image_score = {s.image_path: float(v) for s, v in zip(samples, scores[branch], strict=True)}
+        results[branch] = evaluate_maps(dataset, full_res, image_scores=image_score)
         if maps_dir is not None and branch == primary:
             for sample in samples:
                 write_maps_tiff(maps_dir, dataset.category, sample, full_res[sample.image_path])
 
     labels = np.array([s.label for s in samples])
-    scores = {branch: image_scores(maps) for branch, maps in scored.items()}
     threshold = detector.calibration.threshold if detector.calibration is not None else None
     figures = [plot_roc_curves(labels, scores, out / "roc.png")]
     for branch, branch_scores in scores.items():
@@ -430,6 +439,11 @@ def evaluate_run(
         samples, scored[primary], scores[primary], sizes, out / "overlays", threshold
     )
     table = format_results_table(results)
+    if detector.calibration is not None:
+        table += "\n\n" + format_fusion_table(detector.calibration)
+    pseudo_sample = Path(run_dir) / PSEUDO_SAMPLE_FILE  # a run's; a bundle does not carry the picture
+    if pseudo_sample.is_file():
+        figures.append(Path(shutil.copyfile(pseudo_sample, out / PSEUDO_SAMPLE_FILE)))
     save_json(results, out / "metrics.json")
     report = write_html_report(
         out / "report.html", f"npgmf-edge evaluation: {dataset.category}", table, figures, overlays, results

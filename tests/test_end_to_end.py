@@ -21,7 +21,6 @@ from npgmf_edge.config import get_preset
 from npgmf_edge.data import load_dataset
 from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
 from npgmf_edge.detector import RunDetector
-from npgmf_edge.postprocess import image_scores
 from npgmf_edge.training.run import train_run
 
 
@@ -41,9 +40,9 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunDetector, 
 def image_aurocs(default_run) -> dict[str, float]:
     """Image AUROC of each branch and of the fused detector over all test anomalies."""
     detector, dataset = default_run
-    scored = detector.scored_maps(detector.branch_maps([s.image_path for s in dataset.test]))
+    _, scores = detector.scored_maps(detector.branch_maps([s.image_path for s in dataset.test]))
     labels = np.array([s.label for s in dataset.test])
-    return {branch: roc_auc_score(labels, image_scores(maps)) for branch, maps in scored.items()}
+    return {branch: roc_auc_score(labels, branch_scores) for branch, branch_scores in scores.items()}
 
 
 def test_fused_detector_is_at_least_as_good_as_the_better_branch(image_aurocs) -> None:

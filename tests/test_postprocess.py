@@ -1,9 +1,19 @@
 """Fusion (Eq. 11), smoothing and image scores against independent references."""
 
+import dataclasses
+
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from npgmf_edge.postprocess import BranchStats, fuse, gaussian_sigma_for, image_scores, smooth
+from npgmf_edge.postprocess import (
+    BranchStats,
+    FusionParams,
+    fuse,
+    gaussian_sigma_for,
+    image_scores,
+    post_process,
+    smooth,
+)
 
 
 def test_smoothing_matches_scipy_gaussian_filter() -> None:
@@ -37,3 +47,56 @@ def test_image_score_is_the_maximum_of_the_map() -> None:
 def test_sigma_scales_with_input_size() -> None:
     assert gaussian_sigma_for(256, 4.0) == 4.0
     assert gaussian_sigma_for(128, 4.0) == 2.0
+
+
+def _image_level(structural_image: BranchStats, logical_image: BranchStats, sigma: float) -> FusionParams:
+    return FusionParams(
+        BranchStats(1.0, 2.0),
+        BranchStats(4.0, 3.0),
+        1.0,
+        0.5,
+        sigma,
+        "image",
+        structural_image,
+        logical_image,
+    )
+
+
+def test_image_level_score_is_the_weighted_sum_of_standardised_branch_maxima() -> None:
+    structural = np.zeros((2, 8, 8), np.float32)
+    logical = np.zeros((2, 8, 8), np.float32)
+    structural[0, 1, 1], logical[0, 5, 5] = 7.0, 2.0
+    structural[1, 3, 3], logical[1, 2, 2] = 1.0, 12.0
+    params = _image_level(BranchStats(2.0, 5.0), BranchStats(4.0, 4.0), sigma=0.0)
+    _, scores = post_process(structural, logical, params)
+    # image 0: 1 * (7 - 2) / 5 + 0.5 * (2 - 4) / 4 = 1 - 0.25
+    # image 1: 1 * (1 - 2) / 5 + 0.5 * (12 - 4) / 4 = -0.2 + 1
+    assert np.allclose(scores, [0.75, 0.8])
+
+
+def test_image_level_fused_map_is_eq11_of_the_same_weights() -> None:
+    rng = np.random.default_rng(3)
+    structural, logical = rng.random((2, 3, 32, 32)).astype(np.float32)
+    params = _image_level(BranchStats(0.5, 0.2), BranchStats(0.4, 0.1), sigma=1.5)
+    fused, _ = post_process(structural, logical, params)
+    reference = fuse(structural, logical, params.structural, params.logical, 1.0, 0.5, 1.5)
+    assert np.abs(fused - reference).max() < 1e-4
+
+
+def test_image_level_branch_scores_are_maxima_of_smoothed_maps() -> None:
+    rng = np.random.default_rng(4)
+    structural, logical = rng.random((2, 2, 32, 32)).astype(np.float32)
+    params = _image_level(BranchStats(0.0, 1.0), BranchStats(0.0, 1.0), sigma=2.0)
+    params = dataclasses.replace(params, weight_logical=0.0)
+    _, scores = post_process(structural, logical, params)
+    expected = [gaussian_filter(m, sigma=2.0, mode="reflect", truncate=4.0).max() for m in structural]
+    assert np.allclose(scores, expected, atol=1e-3)
+
+
+def test_pixel_level_score_is_the_maximum_of_the_fused_map() -> None:
+    rng = np.random.default_rng(5)
+    structural, logical = rng.random((2, 2, 16, 16)).astype(np.float32)
+    params = FusionParams(BranchStats(0.5, 0.2), BranchStats(0.4, 0.1), 1.0, 3.0, 1.0)
+    fused, scores = post_process(structural, logical, params)
+    assert np.array_equal(fused, fuse(structural, logical, params.structural, params.logical, 1.0, 3.0, 1.0))
+    assert np.array_equal(scores, fused.reshape(2, -1).max(axis=1))

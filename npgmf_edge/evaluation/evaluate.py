@@ -6,7 +6,7 @@ them. Other formats have one subset, "all" (every anomalous test image with ever
 which needs a defects_config.json.
 
 The result is JSON-ready and uses the official script's keys where it has them:
-    classification.auc_roc.<subset>                image AUROC (image score = max of the map)
+    classification.auc_roc.<subset>                image AUROC (image score = max of the map, unless given)
     localization.auc_spro.<subset>.<max fpr>       AUC-sPRO, limits "0.01" "0.05" "0.1" "0.3" "1.0" (LOCO)
 and ours beside them:
     localization.auc_roc.<subset>                  pixel AUROC
@@ -99,8 +99,10 @@ def evaluate_maps(
     dataset: AnomalyDataset,
     maps: Mapping[Path, np.ndarray],
     max_fprs: Sequence[float] = MAX_FPRS,
+    image_scores: Mapping[Path, float] | None = None,
 ) -> dict[str, Any]:
     """All metrics of `dataset.test` from `maps` ({sample.image_path: (H, W) map}), per subset and mean.
+    Image scores are the maps' maxima unless `image_scores` gives them (a detector fusing at image level).
 
     Pixel metrics need a mask for every anomalous test image; without them only image AUROC is reported
     (`localization` is empty). Raises DatasetError for a missing map, a size mismatch, or a test split
@@ -116,6 +118,8 @@ def evaluate_maps(
 
     scored = {s.image_path: _map_of(maps, s) for s in dataset.test}
     scores = {path: float(amap.max()) for path, amap in scored.items()}
+    if image_scores is not None:
+        scores = {path: float(image_scores[path]) for path in scored}
     pixel_level = bool(dataset.defects_config) or dataset.has_pixel_masks
     truth: dict[Path, tuple[np.ndarray, list[SaturatedRegion]]] = {}
     if pixel_level:

@@ -174,10 +174,8 @@ def _quality(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
     """What a precision costs against FP32 on the same images, each with its own calibration."""
     from scipy.stats import spearmanr
 
-    ref_fused = ref_cal.fuse(reference["structural"], reference["logical"])
-    cand_fused = cand_cal.fuse(candidate["structural"], candidate["logical"])
-    ref_scores = ref_fused.reshape(len(ref_fused), -1).max(axis=1)
-    cand_scores = cand_fused.reshape(len(cand_fused), -1).max(axis=1)
+    ref_scores = ref_cal.post(reference["structural"], reference["logical"])[1]
+    cand_scores = cand_cal.post(candidate["structural"], candidate["logical"])[1]
     report: dict[str, Any] = {"images": len(ref_scores)}
     agreement = float(np.mean((ref_scores > ref_cal.threshold) == (cand_scores > cand_cal.threshold)))
     rank = float(spearmanr(ref_scores, cand_scores).statistic) if len(ref_scores) > 1 else 1.0
@@ -246,7 +244,10 @@ class _Exporter:
         return precision_ops.quantize_int8(fp32_graph, dst, batches, input_name=INPUT_NAME)
 
     def calibrate(self, maps: dict[str, np.ndarray]) -> Calibration:
-        return calibrate(maps["structural"], maps["logical"], self.run.cfg.fusion, self.sigma)
+        """This precision's statistics and threshold from its own maps, with the run's chosen fusion."""
+        return calibrate(
+            maps["structural"], maps["logical"], self.run.cfg.fusion, self.sigma, self.run.calibration
+        )
 
 
 def export_bundle(
@@ -387,14 +388,9 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
         "source_run": str(run.run_dir),
     }
     write_manifest(ex.staging, manifest)
-    reference_scores = _image_scores(reference, reference_cal)
+    reference_scores = reference_cal.post(reference["structural"], reference["logical"])[1]
     manifest["selftest"] = _golden_set(ex, val_pixels, reference_scores, manifest["quality"])
     return write_manifest(ex.staging, manifest)
-
-
-def _image_scores(maps: dict[str, np.ndarray], calibration: Calibration) -> np.ndarray:
-    fused = calibration.fuse(maps["structural"], maps["logical"])
-    return fused.reshape(len(fused), -1).max(axis=1)
 
 
 def _golden_set(

@@ -5,6 +5,7 @@
          (or, search "int8", that GEMM in INT8, TopK candidates and ||q - c|| over them: `KnnHead`)
       -> fusion: bilinear Resize to S x S, Eq. 11 with the calibration as constants, separable Gaussian
          (OpenCV's kernel and its BORDER_REFLECT padding, as Gathers) -> fused map, image score = ReduceMax
+         (fusion level "image": the weighted sum of each smoothed branch map's ReduceMax, standardised)
 
 This is the portable GPU path (there is no official FAISS GPU build for Jetson): one graph call maps an
 image to its fused map and score. It computes what the runtime computes around a plain graph
@@ -130,7 +131,9 @@ class Int8Scores(torch.autograd.Function):
 
 
 class FusionHead(nn.Module):
-    """Patch distances + logical map -> fused, smoothed map and image score (Eq. 11, constants inside)."""
+    """Patch distances + logical map -> fused, smoothed map and image score: `postprocess.post_process`
+    with the calibration as constants (Eq. 11; the image score max of the fused map, or at fusion level
+    "image" the weighted sum of the standardised branch image scores)."""
 
     def __init__(self, calibration: Calibration, image_size: int) -> None:
         super().__init__()
@@ -138,6 +141,12 @@ class FusionHead(nn.Module):
         self.scale_structural = c.weight_structural / c.structural.std
         self.scale_logical = c.weight_logical / c.logical.std
         self.offset = -(self.scale_structural * c.structural.mean + self.scale_logical * c.logical.mean)
+        self.image_level = c.fusion_level == "image"
+        if self.image_level:
+            si, li = c.structural_image, c.logical_image
+            self.image_scale_structural = c.weight_structural / si.std
+            self.image_scale_logical = c.weight_logical / li.std
+            self.image_offset = -(self.image_scale_structural * si.mean + self.image_scale_logical * li.mean)
         self.image_size = image_size
         self.sigma = c.gaussian_sigma
         if self.sigma > 0:
@@ -151,14 +160,33 @@ class FusionHead(nn.Module):
             index = np.concatenate([inner[:pad][::-1], inner, inner[-pad:][::-1]]) if pad else inner
             self.register_buffer("pad_index", torch.from_numpy(index.copy()).long())
 
+    def smooth(self, maps: torch.Tensor) -> torch.Tensor:
+        """Separable Gaussian of (B, 1, S, S) maps, as `postprocess.smooth`."""
+        if self.sigma <= 0:
+            return maps
+        maps = F.conv2d(maps.index_select(2, self.pad_index), self.kernel_rows)
+        return F.conv2d(maps.index_select(3, self.pad_index), self.kernel_cols)
+
     def forward(self, patch_distances: torch.Tensor, logical_map: torch.Tensor) -> tuple[torch.Tensor, ...]:
         size = (self.image_size, self.image_size)
         structural = F.interpolate(patch_distances[:, None], size=size, mode="bilinear", align_corners=False)
-        fused = self.scale_structural * structural + self.scale_logical * logical_map + self.offset
-        if self.sigma > 0:
-            fused = F.conv2d(fused.index_select(2, self.pad_index), self.kernel_rows)
-            fused = F.conv2d(fused.index_select(3, self.pad_index), self.kernel_cols)
-        return fused, fused.flatten(1).amax(dim=1), structural
+        if not self.image_level:
+            fused = self.smooth(
+                self.scale_structural * structural + self.scale_logical * logical_map + self.offset
+            )
+            return fused, fused.flatten(1).amax(dim=1), structural
+        # Smoothing is linear with a kernel summing to 1: one pass over both branches serves the fused map
+        # and the branch image scores (as `postprocess.post_process` does it).
+        batch = structural.shape[0]
+        smoothed = self.smooth(torch.cat([structural, logical_map], dim=0))
+        smooth_s, smooth_l = smoothed[:batch], smoothed[batch:]
+        fused = self.scale_structural * smooth_s + self.scale_logical * smooth_l + self.offset
+        score = (
+            self.image_scale_structural * smooth_s.flatten(1).amax(dim=1)
+            + self.image_scale_logical * smooth_l.flatten(1).amax(dim=1)
+            + self.image_offset
+        )
+        return fused, score, structural
 
 
 class GraphInspectionNet(nn.Module):

@@ -69,8 +69,8 @@ def torch_reference(detector: RunDetector, pixels: np.ndarray) -> dict[str, np.n
         for name, value in detector.branch_fn(torch.from_numpy(pixels[start : start + BATCH])).items():
             maps.setdefault(name, []).append(value)
     branch = {name: np.concatenate(values) for name, values in maps.items()}
-    fused = detector.calibration.fuse(branch["structural"], branch["logical"])
-    return {**branch, "fused": fused, "score": fused.reshape(len(fused), -1).max(axis=1)}
+    fused, scores = detector.calibration.post(branch["structural"], branch["logical"])
+    return {**branch, "fused": fused, "score": scores}
 
 
 def verify_bundle(

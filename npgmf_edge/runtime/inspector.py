@@ -295,8 +295,7 @@ class Inspector:
             stages["knn"] += time.perf_counter() - tick
         tick = time.perf_counter()
         logical = outputs["logical_map"][:, 0]
-        fused = self.calibration.fuse(structural, logical)
-        scores = fused.reshape(len(fused), -1).max(axis=1)
+        fused, scores = self.calibration.post(structural, logical)
         stages["post"] += time.perf_counter() - tick
         return {"fused": fused, "score": scores, "logical": logical, "structural": structural}
 

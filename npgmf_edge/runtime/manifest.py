@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from npgmf_edge.calibration import Calibration
+from npgmf_edge.calibration.calibrate import LEGACY_KEYS, upgrade_legacy_calibration
 from npgmf_edge.errors import BundleError
 from npgmf_edge.fileio import save_json
 from npgmf_edge.runtime import selftest
@@ -63,10 +64,19 @@ MAX_BATCH_LIMIT = 4096
 MAX_GOLDEN_IMAGES = 256
 
 
+
 def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
-    """Schema 1 -> 2: nothing to convert; schema 2 only reads stricter (`selftest` mandatory, tolerances
+    """Schema 1 -> 2: each precision's calibration gains the fusion level, the branch image-score
+    statistics and the record of how the fusion was chosen; a v1 bundle fused at pixel level with fixed
+    weights, which is what it keeps doing. Schema 2 also reads stricter (`selftest` mandatory, tolerances
     checked against the export's measurement), which a schema-1 bundle cannot satisfy, so it is not held
     to that (a warning says so)."""
+    calibration = data.get("calibration")
+    if isinstance(calibration, dict):
+        data["calibration"] = {
+            p: upgrade_legacy_calibration(c) if isinstance(c, dict) and set(c) == LEGACY_KEYS else c
+            for p, c in calibration.items()
+        }
     return data
 
 
@@ -190,9 +200,11 @@ def _graph_spec(precision: str, entry: dict[str, Any], knn: str, max_batch: int)
 
 def _calibration(precision: str, entry: Any) -> Calibration:
     """`Calibration.from_dict` (keys present, values finite) and the ranges a calibration can have: a
-    standard deviation above 0, weights and smoothing at least 0, a false-alarm rate in [0, 1]."""
+    standard deviation above 0 (map and image-score statistics), weights and smoothing at least 0, a
+    false-alarm rate in [0, 1]."""
     calibration = Calibration.from_dict(entry)
-    stds = (calibration.structural.std, calibration.logical.std)
+    image_stats = (calibration.structural_image, calibration.logical_image)
+    stds = (calibration.structural.std, calibration.logical.std, *(s.std for s in image_stats if s))
     weights = (calibration.weight_structural, calibration.weight_logical, calibration.gaussian_sigma)
     if min(stds) <= 0 or min(weights) < 0 or not 0 <= calibration.false_alarm_rate <= 1:
         raise ValueError(

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from npgmf_edge.config import NpgmfConfig
+from npgmf_edge.calibration import Calibration
+from npgmf_edge.config import FusionConfig, NpgmfConfig
 from npgmf_edge.data import AnomalyDataset
 from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import ConfigError, DatasetError
@@ -25,6 +27,7 @@ from npgmf_edge.rundir import (
     CONFIG_FILE,
     DATASET_FILE,
     LOGICAL_DIR,
+    PSEUDO_SAMPLE_FILE,
     RUN_MANIFEST,
     STRUCTURAL_DIR,
     provenance_record,
@@ -211,21 +214,59 @@ def train_run(
         summary["structural"] = train_structural(dataset, cfg, out / STRUCTURAL_DIR, device=device)
     write_run_manifest(out)
     if branch == "all":
-        summary["calibration"] = calibrate_run(out, dataset, device)
+        validation = [s.image_path for s in dataset.validation]
+        summary["calibration"] = calibrate_run(out, validation, device).to_dict()
         write_run_manifest(out)
     return summary
 
 
 def calibrate_run(
-    run_dir: Path, dataset: AnomalyDataset, device: str | torch.device = "cpu"
-) -> dict[str, Any]:
-    """Branch statistics and threshold from the validation images (maps computed on `device`); saved as
-    calibration.json."""
-    from npgmf_edge.calibration import calibrate
+    run_dir: Path,
+    validation_images: Sequence[Path],
+    device: str | torch.device = "cpu",
+    fusion: FusionConfig | None = None,
+) -> Calibration:
+    """Branch statistics, the fusion (weights and level, chosen on pseudo-anomalies of the validation
+    images as `fusion`, by default the run's, says) and the threshold, from maps computed on `device`;
+    saved as calibration.json, with a sample of the pseudo-anomalies as PSEUDO_SAMPLE_FILE."""
+    from npgmf_edge.calibration.fusion_choice import choose_fusion
+    from npgmf_edge.calibration.pseudo_anomalies import make_pseudo_anomalies
+    from npgmf_edge.data import read_image
     from npgmf_edge.detector import RunDetector
+    from npgmf_edge.preprocess import to_model_input
+    from npgmf_edge.visualize import pseudo_anomaly_sheet, write_png
 
     detector = RunDetector(run_dir, device=device)
-    maps = detector.branch_maps([s.image_path for s in dataset.validation], progress=True)
-    calibration = calibrate(maps["structural"], maps["logical"], detector.cfg.fusion, detector.sigma)
+    size, fusion = detector.cfg.image_size, fusion or detector.cfg.fusion
+    # Pseudo-anomalies are made at the model's input size: what the detector sees, at a fixed cost.
+    images = [
+        to_model_input(read_image(path), size).transpose(1, 2, 0).astype(np.uint8)
+        for path in validation_images
+    ]
+    pseudo = make_pseudo_anomalies(images, seed=detector.cfg.train.seed, per_image=fusion.pseudo_per_image)
+    normal_maps = detector.image_maps(images, progress=True)
+    pseudo_maps = detector.image_maps([p.image for p in pseudo], progress=True)
+    calibration = choose_fusion(normal_maps, pseudo_maps, fusion, detector.sigma)
     calibration.save(run_dir)
-    return dataclasses.asdict(calibration)
+    write_png(Path(run_dir) / PSEUDO_SAMPLE_FILE, pseudo_anomaly_sheet(pseudo))
+    return calibration
+
+
+def recalibrate_run(run_dir: Path, fusion_weights: str, device: str | torch.device = "cpu") -> Calibration:
+    """Calibrate a trained run again on its own validation images (dataset.json), with the fusion chosen
+    as `fusion_weights` says ("auto", "paper" or "S:L"); the run's config records the new choice."""
+    from npgmf_edge.calibration.fusion_choice import parse_fusion_weights
+    from npgmf_edge.rundir import read_provenance
+
+    run_dir = Path(run_dir)
+    cfg = NpgmfConfig.load(run_dir / CONFIG_FILE)
+    cfg.fusion.mode, cfg.fusion.weight_structural, cfg.fusion.weight_logical = parse_fusion_weights(
+        fusion_weights
+    )
+    validation = [Path(p) for p in read_provenance(run_dir)["validation_images"]]
+    if not validation:
+        raise DatasetError(f"{run_dir / DATASET_FILE} lists no validation images to calibrate on")
+    calibration = calibrate_run(run_dir, validation, device, cfg.fusion)
+    cfg.save(run_dir / CONFIG_FILE)
+    write_run_manifest(run_dir)
+    return calibration

@@ -1,0 +1,155 @@
+"""Choose the fusion weights and level of a run on pseudo-anomalies of its validation images.
+
+Measured on real parts, the paper's fixed 1:3 at pixel level can lose to the structural branch alone
+(issue 23). So calibration scores every candidate of a small grid, the logical weight w in
+`LOGICAL_WEIGHTS` (structural weight 1) at both levels ("pixel": max of Eq. 11's map; "image": the
+weighted sum of the branches' standardised image scores), by its image AUROC (scikit-learn) on the
+pseudo-anomalies against the normal validation images, and keeps the best; the paper's 1:3 at pixel level
+where it is within `PAPER_TIE_MARGIN` of the best. The pseudo-anomalies are few (a few dozen), so an
+AUROC differs between candidates by chance too: a candidate that gives the logical branch weight is taken
+over the structural branch alone only when its gain is at least `LIFT_MARGIN` and not chance, i.e. its
+gain is >= 0 in all but `LIFT_QUANTILE` of `BOOTSTRAP_ROUNDS` paired bootstrap resamples of the images
+(that quantile is recorded as `lift_low`); otherwise the structural branch alone is kept. Among exactly tied
+candidates the first in grid order wins: pixel level before image level, smaller logical weights first.
+Modes "paper" and "fixed" (weights S:L) keep their weights at pixel level, and the AUROCs are still
+measured and recorded.
+
+Example:
+    >>> calibration = choose_fusion(normal_maps, pseudo_maps, cfg.fusion, sigma)
+    >>> calibration.fusion_level, calibration.weight_logical, calibration.fusion_selection.candidates
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
+
+from npgmf_edge.calibration.calibrate import Calibration, FusionCandidate, FusionSelection, calibrate
+from npgmf_edge.config import FUSION_MODES, FusionConfig
+from npgmf_edge.errors import ConfigError
+from npgmf_edge.postprocess import FUSION_LEVELS, branch_image_scores
+
+PAPER_WEIGHTS = (1.0, 3.0)  # w_S : w_L of the paper (Xu et al. 2025, on MVTec LOCO)
+LOGICAL_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 3.0)  # with structural weight 1; 0 = structural alone, 3 = paper's
+PAPER_TIE_MARGIN = 0.005  # pseudo-anomaly AUROC within which the paper's fusion is kept over the best
+BOOTSTRAP_ROUNDS = 200  # paired resamples of normal and pseudo images for the chance level of a gain
+LIFT_QUANTILE = 0.05  # a gain over the structural branch alone counts when this quantile of it is >= 0
+LIFT_MARGIN = 0.005  # ... and the gain itself is at least this
+BOOTSTRAP_SEED = 0
+
+
+def parse_fusion_weights(text: str) -> tuple[str, float, float]:
+    """`--fusion-weights` -> (mode, w_S, w_L): "auto", "paper" (1:3) or "S:L" (mode "fixed")."""
+    if text in ("auto", "paper"):
+        return (text, *PAPER_WEIGHTS)
+    parts = text.split(":")
+    try:
+        weights = tuple(float(p) for p in parts)
+    except ValueError:
+        weights = ()
+    if len(weights) != 2 or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) == 0:
+        raise ConfigError(
+            f"--fusion-weights must be auto, paper or S:L with two finite numbers >= 0, not both 0 "
+            f"(e.g. 1:0.5), got {text!r}"
+        )
+    return ("fixed", *weights)
+
+
+def _auroc(normal: np.ndarray, pseudo: np.ndarray) -> float:
+    labels = np.r_[np.zeros(len(normal)), np.ones(len(pseudo))]
+    scores = np.r_[normal, pseudo]
+    if not np.isfinite(scores).all():
+        raise ConfigError(
+            "a branch gave non-finite scores on the validation images; the run cannot be calibrated"
+        )
+    return float(roc_auc_score(labels, scores))
+
+
+def choose_fusion(
+    normal: dict[str, np.ndarray], pseudo: dict[str, np.ndarray], fusion: FusionConfig, sigma: float
+) -> Calibration:
+    """The run's calibration with its fusion chosen as `fusion.mode` says, from raw (N, H, W) branch maps
+    ("structural", "logical") of the normal validation images and of their pseudo-anomalies."""
+    if fusion.mode not in FUSION_MODES:
+        raise ConfigError(f"fusion.mode must be one of {FUSION_MODES}, got {fusion.mode!r}")
+    if len(pseudo["structural"]) == 0:
+        raise ConfigError("choosing the fusion needs at least one pseudo-anomaly")
+    base = calibrate(normal["structural"], normal["logical"], fusion, sigma)
+    grid = [(level, w) for level in FUSION_LEVELS for w in LOGICAL_WEIGHTS]
+    scores = []  # per candidate: (normal scores, pseudo scores)
+    for level, w in grid:
+        trial = dataclasses.replace(base, fusion_level=level, weight_structural=1.0, weight_logical=w)
+        scores.append(
+            (
+                trial.post(normal["structural"], normal["logical"])[1],
+                trial.post(pseudo["structural"], pseudo["logical"])[1],
+            )
+        )
+    lift_low = _lift_lower_bounds(scores, reference=grid.index(("pixel", 0.0)))
+    candidates = [
+        FusionCandidate(level, 1.0, w, _auroc(*pair), low)
+        for (level, w), pair, low in zip(grid, scores, lift_low, strict=True)
+    ]
+    branch_auroc = {
+        name: _auroc(branch_image_scores(normal[name], sigma), branch_image_scores(pseudo[name], sigma))
+        for name in ("structural", "logical")
+    }
+    if fusion.mode == "auto":
+        level, w_s, w_l = _best(candidates)
+    else:
+        level, w_s, w_l = "pixel", fusion.weight_structural, fusion.weight_logical
+    selection = FusionSelection(
+        mode=fusion.mode,
+        margin=PAPER_TIE_MARGIN,
+        structural_auroc=branch_auroc["structural"],
+        logical_auroc=branch_auroc["logical"],
+        n_normal=len(normal["structural"]),
+        n_pseudo=len(pseudo["structural"]),
+        candidates=tuple(candidates),
+    )
+    choice = dataclasses.replace(
+        base, fusion_level=level, weight_structural=w_s, weight_logical=w_l, fusion_selection=selection
+    )
+    return calibrate(normal["structural"], normal["logical"], fusion, sigma, choice)
+
+
+def _lift_lower_bounds(scores: list[tuple[np.ndarray, np.ndarray]], reference: int) -> list[float]:
+    """Per candidate, the `LIFT_QUANTILE` quantile of its AUROC gain over candidate `reference` across
+    paired bootstrap resamples (the same resampled images score every candidate)."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    n_normal, n_pseudo = len(scores[0][0]), len(scores[0][1])
+    pick_n = rng.integers(0, n_normal, (BOOTSTRAP_ROUNDS, n_normal))
+    pick_p = rng.integers(0, n_pseudo, (BOOTSTRAP_ROUNDS, n_pseudo))
+    aurocs = np.stack([_auroc_rows(normal[pick_n], pseudo[pick_p]) for normal, pseudo in scores], axis=1)
+    gains = aurocs - aurocs[:, reference : reference + 1]
+    return [float(v) for v in np.quantile(gains, LIFT_QUANTILE, axis=0)]
+
+
+def _auroc_rows(normal: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
+    """AUROC of each row pair, (R, N) normal vs (R, P) pseudo scores: the Mann-Whitney statistic from
+    average ranks (ties count half), what `roc_auc_score` computes, for many resamples at once."""
+    ranks = rankdata(np.concatenate([normal, pseudo], axis=1), axis=1)
+    n, p = normal.shape[1], pseudo.shape[1]
+    return (ranks[:, n:].sum(axis=1) - p * (p + 1) / 2) / (n * p)
+
+
+def _best(candidates: list[FusionCandidate]) -> tuple[str, float, float]:
+    """The paper's fusion where within the margin of the best; else the best of those whose gain over the
+    structural branch alone is large enough and not chance (first in grid order among exact ties); else
+    that branch alone."""
+    best = max(candidates, key=lambda c: c.auroc)  # max keeps the first of equal keys
+    paper = next(
+        c
+        for c in candidates
+        if c.level == "pixel" and (c.weight_structural, c.weight_logical) == PAPER_WEIGHTS
+    )
+    if paper.auroc >= best.auroc - PAPER_TIE_MARGIN:
+        return paper.level, paper.weight_structural, paper.weight_logical
+    structural = next(c for c in candidates if c.level == "pixel" and c.weight_logical == 0.0)
+    lifted = [c for c in candidates if c.lift_low >= 0.0 and c.auroc >= structural.auroc + LIFT_MARGIN]
+    chosen = max(lifted, key=lambda c: c.auroc) if lifted else structural
+    return chosen.level, chosen.weight_structural, chosen.weight_logical

@@ -1,0 +1,183 @@
+"""Choosing the fusion on pseudo-anomalies, on hand-made branch maps whose AUROCs are known: a useless
+logical branch is dropped, a useful one is kept, the paper's 1:3 wins ties, and every AUROC recorded is
+scikit-learn's on independently computed scores."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from npgmf_edge.calibration.calibrate import Calibration
+from npgmf_edge.calibration.fusion_choice import (
+    LOGICAL_WEIGHTS,
+    PAPER_TIE_MARGIN,
+    choose_fusion,
+    parse_fusion_weights,
+)
+from npgmf_edge.config import FusionConfig
+from npgmf_edge.errors import ConfigError
+from npgmf_edge.postprocess import smooth
+
+SIZE = 16
+
+
+def _maps(n: int, rng: np.random.Generator, spots: np.ndarray, strength: float) -> np.ndarray:
+    """n noise maps; map i gets a bright 3x3 spot of `strength` when spots[i]."""
+    maps = rng.normal(1.0, 0.1, size=(n, SIZE, SIZE)).astype(np.float32)
+    maps[spots, 6:9, 6:9] += strength
+    return maps
+
+
+def _scenario(logical_useful: bool, seed: int = 0):
+    """Normal images and pseudo-anomalies, half structural-like (only the structural map sees them) and
+    half logical-like (only the logical map sees them, when `logical_useful`)."""
+    rng = np.random.default_rng(seed)
+    n_normal, n_pseudo = 30, 40
+    structural_like = np.arange(n_pseudo) % 2 == 0
+    normal = {
+        "structural": _maps(n_normal, rng, np.zeros(n_normal, bool), 0.0),
+        "logical": _maps(n_normal, rng, np.zeros(n_normal, bool), 0.0),
+    }
+    pseudo = {
+        "structural": _maps(n_pseudo, rng, structural_like, 2.0),
+        "logical": _maps(
+            n_pseudo, rng, ~structural_like if logical_useful else np.zeros(n_pseudo, bool), 2.0
+        ),
+    }
+    return normal, pseudo
+
+
+def _auroc(normal_scores: np.ndarray, pseudo_scores: np.ndarray) -> float:
+    labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(pseudo_scores))]
+    return roc_auc_score(labels, np.r_[normal_scores, pseudo_scores])
+
+
+def _branch_max(maps: np.ndarray, sigma: float) -> np.ndarray:
+    return smooth(maps, sigma).reshape(len(maps), -1).max(axis=1)
+
+
+def test_a_useless_logical_branch_gets_no_weight() -> None:
+    normal, pseudo = _scenario(logical_useful=False)
+    calibration = choose_fusion(normal, pseudo, FusionConfig(), sigma=1.0)
+    assert calibration.weight_logical == 0.0
+    selection = calibration.fusion_selection
+    assert selection.mode == "auto"
+    assert selection.logical_auroc < 0.7
+    # Structural weight alone scores exactly like the structural branch alone.
+    assert calibration.pseudo_auroc == pytest.approx(selection.structural_auroc)
+
+
+def test_a_useful_logical_branch_is_kept_for_its_lift() -> None:
+    normal, pseudo = _scenario(logical_useful=True)
+    calibration = choose_fusion(normal, pseudo, FusionConfig(), sigma=1.0)
+    selection = calibration.fusion_selection
+    assert calibration.weight_logical > 0
+    assert calibration.pseudo_auroc > max(selection.structural_auroc, selection.logical_auroc) + 0.1
+
+
+def test_recorded_aurocs_are_sklearns_on_independent_scores() -> None:
+    normal, pseudo = _scenario(logical_useful=True, seed=1)
+    sigma = 1.0
+    calibration = choose_fusion(normal, pseudo, FusionConfig(mode="paper"), sigma)
+    selection = calibration.fusion_selection
+    for name in ("structural", "logical"):
+        expected = _auroc(_branch_max(normal[name], sigma), _branch_max(pseudo[name], sigma))
+        assert getattr(selection, f"{name}_auroc") == pytest.approx(expected)
+    # Image level, weight w: standardised branch maxima, weighted, from the normal images' statistics.
+    s_n, s_p = _branch_max(normal["structural"], sigma), _branch_max(pseudo["structural"], sigma)
+    l_n, l_p = _branch_max(normal["logical"], sigma), _branch_max(pseudo["logical"], sigma)
+    for c in selection.candidates:
+        if c.level != "image":
+            continue
+        fused_n = (s_n - s_n.mean()) / s_n.std() + c.weight_logical * (l_n - l_n.mean()) / l_n.std()
+        fused_p = (s_p - s_n.mean()) / s_n.std() + c.weight_logical * (l_p - l_n.mean()) / l_n.std()
+        assert c.auroc == pytest.approx(_auroc(fused_n, fused_p), abs=1e-6)
+    levels = {(c.level, c.weight_logical) for c in selection.candidates}
+    assert levels == {(level, w) for level in ("pixel", "image") for w in LOGICAL_WEIGHTS}
+
+
+def test_paper_and_fixed_modes_keep_their_weights_at_pixel_level() -> None:
+    normal, pseudo = _scenario(logical_useful=False)
+    paper = choose_fusion(normal, pseudo, FusionConfig(mode="paper"), sigma=1.0)
+    assert (paper.fusion_level, paper.weight_structural, paper.weight_logical) == ("pixel", 1.0, 3.0)
+    fixed = choose_fusion(normal, pseudo, FusionConfig(mode="fixed", weight_logical=0.7), sigma=1.0)
+    assert (fixed.fusion_level, fixed.weight_logical) == ("pixel", 0.7)
+    assert np.isnan(fixed.pseudo_auroc)  # 0.7 is not on the grid: measured only for the grid
+
+
+def test_the_paper_fusion_is_kept_when_it_ties_within_the_margin() -> None:
+    rng = np.random.default_rng(2)
+    normal = {
+        "structural": _maps(20, rng, np.zeros(20, bool), 0.0),
+        "logical": _maps(20, rng, np.zeros(20, bool), 0.0),
+    }
+    everywhere = np.ones(20, bool)
+    pseudo = {"structural": _maps(20, rng, everywhere, 5.0), "logical": _maps(20, rng, everywhere, 5.0)}
+    calibration = choose_fusion(normal, pseudo, FusionConfig(), sigma=1.0)  # every candidate is perfect
+    assert all(c.auroc == 1.0 for c in calibration.fusion_selection.candidates)
+    assert (calibration.fusion_level, calibration.weight_logical) == ("pixel", 3.0)
+    assert calibration.fusion_selection.margin == PAPER_TIE_MARGIN
+
+
+def test_the_threshold_is_set_on_the_chosen_fusions_scores() -> None:
+    normal, pseudo = _scenario(logical_useful=True)
+    calibration = choose_fusion(normal, pseudo, FusionConfig(false_alarm_rate=0.0), sigma=1.0)
+    scores = calibration.post(normal["structural"], normal["logical"])[1]
+    assert calibration.threshold == pytest.approx(scores.max())
+
+
+def test_a_calibration_round_trips_through_its_dict() -> None:
+    normal, pseudo = _scenario(logical_useful=True)
+    calibration = choose_fusion(normal, pseudo, FusionConfig(), sigma=1.0)
+    assert Calibration.from_dict(calibration.to_dict()) == calibration
+
+
+def test_a_calibration_from_before_the_choice_reads_as_the_papers_pixel_fusion() -> None:
+    normal, pseudo = _scenario(logical_useful=True)
+    legacy = calibration_dict = choose_fusion(normal, pseudo, FusionConfig(mode="paper"), sigma=1.0).to_dict()
+    for key in ("fusion_level", "structural_image", "logical_image", "fusion_selection"):
+        del calibration_dict[key]
+    old = Calibration.from_dict(legacy)
+    assert old.fusion_level == "pixel" and old.fusion_selection is None and old.weight_logical == 3.0
+    with pytest.raises(ValueError, match="missing keys"):
+        Calibration.from_dict({**legacy, "fusion_level": "pixel"})  # half-new: neither old nor new
+
+
+def test_an_image_level_calibration_without_image_statistics_is_refused() -> None:
+    normal, pseudo = _scenario(logical_useful=True)
+    data = dataclasses.replace(
+        choose_fusion(normal, pseudo, FusionConfig(), sigma=1.0), fusion_level="image", logical_image=None
+    ).to_dict()
+    with pytest.raises(ValueError, match="image statistics"):
+        Calibration.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("auto", ("auto", 1.0, 3.0)), ("paper", ("paper", 1.0, 3.0)), ("1:0.5", ("fixed", 1.0, 0.5))],
+)
+def test_fusion_weights_option_parses(text: str, expected: tuple) -> None:
+    assert parse_fusion_weights(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "1", "1:2:3", "a:b", "-1:2", "0:0", "nan:1", "inf:1"])
+def test_fusion_weights_option_refuses_bad_values(text: str) -> None:
+    with pytest.raises(ConfigError, match="--fusion-weights"):
+        parse_fusion_weights(text)
+
+
+def test_the_bootstrap_auroc_of_many_rows_is_sklearns_with_ties() -> None:
+    from npgmf_edge.calibration.fusion_choice import _auroc_rows
+
+    rng = np.random.default_rng(9)
+    normal = rng.integers(0, 5, (4, 7)).astype(float)  # few distinct values: many ties
+    pseudo = rng.integers(2, 7, (4, 9)).astype(float)
+    expected = [_auroc(n, p) for n, p in zip(normal, pseudo, strict=True)]
+    assert np.allclose(_auroc_rows(normal, pseudo), expected)
+
+
+def test_train_refuses_bad_fusion_weights_in_one_line_before_reading_data(cli, tmp_path) -> None:
+    code, _, err = cli("train", tmp_path, "--fusion-weights", "1:2:3", "--out", tmp_path / "run")
+    assert code != 0 and err.count("\n") == 1 and "--fusion-weights" in err
+    assert not (tmp_path / "run").exists()
