@@ -160,6 +160,9 @@ class Inspector:
         self.requested_precision = precision  # differs from `precision` when a fallback answers
         self.fallback_reason: str | None = None
         self._lock = threading.Lock()
+        # Decodes the next batch while the graph runs: one thread for the Inspector's life (started on first
+        # use), not one per call; see `inspect`.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npgmf-decode")
         self.last_stages: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
     @classmethod
@@ -297,15 +300,14 @@ class Inspector:
         batches = [images[i : i + step] for i in range(0, len(images), step)]
         totals = dict.fromkeys(STAGES, 0.0)
         results: list[Inspection] = []
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(self._load, batches[0]) if batches else None
-            for k in range(len(batches)):
-                loaded, pixels, stages = pending.result()
-                if k + 1 < len(batches):
-                    pending = pool.submit(self._load, batches[k + 1])
-                for name, seconds in stages.items():
-                    totals[name] += seconds
-                results.extend(self._inspect_loaded(loaded, pixels, totals, branch_maps))
+        ready = self._load(batches[0]) if batches else None
+        for k in range(len(batches)):
+            loaded, pixels, stages = ready
+            pending = self._pool.submit(self._load, batches[k + 1]) if k + 1 < len(batches) else None
+            for name, seconds in stages.items():
+                totals[name] += seconds
+            results.extend(self._inspect_loaded(loaded, pixels, totals, branch_maps))
+            ready = pending.result() if pending is not None else None
         self.last_stages = totals
         return results
 
@@ -335,6 +337,7 @@ class Inspector:
         return results
 
     def close(self) -> None:
+        self._pool.shutdown()
         self.backend.close()
 
     def __enter__(self) -> Inspector:
