@@ -5,8 +5,10 @@ mechanics tests (conftest's `tiny_run`), not for detection quality.
 
 Measured (image AUROC over all anomalies; seed = data and training seed; docs/BENCHMARKS.md):
 seed 0: fused 0.948, structural 0.898, logical 0.918; seed 1: fused 0.874, structural 0.868, logical 0.829;
-seed 2: fused 0.906, structural 0.815, logical 0.896. The fusion claim holds on all three; the bound sits a
-little under the worst seed. The paper's Table VI claim (logical beats structural on logical anomalies) does
+seed 2: fused 0.906, structural 0.815, logical 0.896. The fusion claim holds on all three. Training is not
+bit-identical across CPUs (issue 24: a random-init test measured 0.765 here and 0.6475 on an AMD EPYC), so
+each bar sits a clear margin below the worst seed: fused > 0.82 (worst 0.874), and fused at most 0.03 below
+the better branch (worst seed: 0.006 above it). Only seed 0 runs here (fused 0.948, 0.030 above). The paper's Table VI claim (logical beats structural on logical anomalies) does
 not hold with these features: seed 0 logical 0.835 vs structural 0.863, seed 1 0.743 vs 0.803, seed 2 0.808
 vs 0.800. So it is reported, not asserted.
 """
@@ -48,8 +50,8 @@ def image_aurocs(default_run) -> dict[str, float]:
 
 def test_fused_detector_is_at_least_as_good_as_the_better_branch(image_aurocs) -> None:
     best_single = max(image_aurocs["structural"], image_aurocs["logical"])
-    assert image_aurocs["fused"] >= best_single - 0.01
-    assert image_aurocs["fused"] > 0.85
+    assert image_aurocs["fused"] >= best_single - 0.03
+    assert image_aurocs["fused"] > 0.82
 
 
 def test_calibrated_threshold_keeps_validation_false_alarms_at_the_requested_rate(default_run) -> None:
