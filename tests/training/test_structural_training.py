@@ -149,7 +149,9 @@ def test_cli_rejects_a_bad_coreset_ratio_in_one_line(loco_dataset_dir, tmp_path,
 @pytest.mark.slow
 def test_default_synthetic_set_structural_auroc_is_well_above_chance(tmp_path):
     """`make-data` defaults (seed 0, 256 px, 60 train, 20 good / 20 structural test), tiny preset at 128 px,
-    ImageNet Lite0. Measured 0.927 (random init: 0.647; docs/BENCHMARKS.md)."""
+    ImageNet Lite0. Measured per seed (data and coreset seed; issue 24): 0 -> 0.9275, 1 -> 0.925,
+    2 -> 0.8225 (random init, seed 0: 0.647; docs/BENCHMARKS.md). The bar sits 0.05 below the worst seed and
+    still well above random init."""
     dataset = load_dataset(Path(generate_dataset(tmp_path / "data", SyntheticConfig(seed=0))["dataset"]))
     cfg = _tiny_cfg()
     cfg.image_size = 128
@@ -162,7 +164,7 @@ def test_default_synthetic_set_structural_auroc_is_well_above_chance(tmp_path):
     )
     auroc = roc_auc_score([s.label for s in test], scores.numpy())
     print(f"default synthetic set, structural image AUROC: {auroc:.3f}")
-    assert auroc > 0.88
+    assert auroc > 0.77
 
 
 MAGNETIC_TILE = Path(__file__).resolve().parents[2].parent / "shared/data/magnetic_tile"
