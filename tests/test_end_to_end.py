@@ -14,7 +14,7 @@ The paper's Table VI claim (logical beats structural on logical anomalies) does 
 features: seed 0 logical 0.835 vs structural 0.863, seed 1 0.743 vs 0.803, seed 2 0.808 vs 0.800. So it is
 reported, not asserted. That the logical map ranks logical anomalies above good images is asserted, with a
 bar 0.05 below its worst seed (0.743). It moved here from the 40-image set of
-training/test_logical_training.py, where seeds and CPUs spread from 0.54 to 0.765 (0.6475 on an AMD EPYC).
+training/test_logical_training.py, where seeds and CPUs spread from 0.40 to 0.765 (0.6475 on an AMD EPYC).
 """
 
 from pathlib import Path

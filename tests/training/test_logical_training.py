@@ -131,8 +131,9 @@ def trained_on_trays(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     """The tiny preset (20 epochs, batch 4, random init) trained on 24 generated trays (seed 0); shared below.
 
     Its outcomes per seed (data and training seed; issue 24), on this project's 2-core Xeon, one torch thread:
-    loss last/first epoch 0.341, 0.323, 0.417, 0.364 (seeds 0-3); codes used 16 of 16 in every codebook.
-    Image AUROC of logical anomalies against good images on its 40 test images: 0.66, 0.6275, 0.615, 0.54;
+    loss last/first epoch 0.341, 0.323, 0.417, 0.364, 0.396 (seeds 0-4); codes used 16 of 16 in every
+    codebook. Image AUROC of logical anomalies against good images on its 40 test images: 0.66, 0.6275, 0.615,
+    0.54, 0.40;
     seed 0 with two threads 0.765, and 0.6475 on an AMD EPYC (AVX-512). With the preset's ImageNet Lite0:
     0.5625, 0.565, 0.69 (seeds 0-2). Forty images after 20 epochs hold no AUROC bar above chance on every
     machine, so that claim is tested on the default set instead
@@ -153,7 +154,7 @@ def trained_on_trays(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 
 
 def test_training_loss_falls(trained_on_trays) -> None:
-    """Worst of four seeds: the loss fell to 0.417 of its first epoch; 16 codes used everywhere (fixture)."""
+    """Worst of five seeds: the loss fell to 0.417 of its first epoch; 16 codes used everywhere (fixture)."""
     _, _, summary = trained_on_trays
     curve = summary["loss_curve"]
     assert curve[-1] < 0.5 * curve[0]
