@@ -161,7 +161,7 @@ class Inspector:
         self.fallback_reason: str | None = None
         self._lock = threading.Lock()
         # Decodes the next batch while the graph runs: one thread for the Inspector's life (started on first
-        # use), not one per call; see `inspect`.
+        # use, stopped by `close`), not one per call; see `inspect`.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npgmf-decode")
         self.last_stages: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
@@ -291,8 +291,9 @@ class Inspector:
         """Score, verdict and original-resolution fused map for each image (paths or RGB uint8 arrays).
 
         An image that cannot be read gets an `Inspection` with its `error` and no verdict; the others are
-        inspected as usual. The next batch is decoded while the graph runs on the current one; the seconds
-        per stage of the call are left in `last_stages`.
+        inspected as usual. The first batch is decoded in the calling thread, each next one on the
+        Inspector's decoding thread while the graph runs on the current one (a new thread per call made RSS
+        creep about 0.8 KB per image: docs/RELIABILITY.md). The seconds per stage are left in `last_stages`.
         """
         if isinstance(images, str | Path) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]
