@@ -47,7 +47,8 @@ def soak(bundle: Path, count: int) -> dict[str, float]:
 
 def test_inspector_memory_is_flat_over_two_thousand_images(faiss_bundle: Path) -> None:
     """Bound 0.3 MiB over the last 1,000 images: under half of what the per-call thread leaked there
-    (0.67 MiB), far above what the fix measured (-1.27 MiB here; +0.00 to +0.02 MiB in longer soaks)."""
+    (0.67 MiB; this test on f0d03ad: 0.87 MiB, failed), far above what the fix measured (-1.27 MiB here;
+    +0.00 to +0.02 MiB in longer soaks)."""
     rss = soak(faiss_bundle, 2000)
     assert rss["end"] - rss["middle"] < 0.3, rss
 
