@@ -31,7 +31,9 @@ def test_bench_reports_every_path_and_batch_with_ratios_stages_and_a_soak(faiss_
         assert sum(row["stages_ms_per_image"].values()) <= row["p99_ms"] * 1.05  # stages fit inside a call
         assert row["rss_mb"] > 0 and row["throughput_images_per_s"] > 0
     assert [r["p50_ratio"] for r in report["rows"][:2]] == [1.0, 1.0]
-    assert report["soak"]["images"] == 6 and report["soak"]["rss_end_mb"] > 0
+    soaked = report["soak"]
+    assert soaked["images"] == 6 and soaked["rss_end_mb"] > 0
+    assert soaked["second_half_growth_mb"] == soaked["rss_end_mb"] - soaked["rss_middle_mb"]
     assert report["machine"]["cores"] >= 1 and "onnxruntime" in report["machine"]["libraries"]
     table = format_bench_table(report)
     assert len(table.splitlines()) == 3 + 4 + 2 + 1  # machine, bundle, header, 4 rows, 2 opens, soak

@@ -5,10 +5,16 @@ mechanics tests (conftest's `tiny_run`), not for detection quality.
 
 Measured (image AUROC over all anomalies; seed = data and training seed; docs/BENCHMARKS.md):
 seed 0: fused 0.948, structural 0.898, logical 0.918; seed 1: fused 0.874, structural 0.868, logical 0.829;
-seed 2: fused 0.906, structural 0.815, logical 0.896. The fusion claim holds on all three; the bound sits a
-little under the worst seed. The paper's Table VI claim (logical beats structural on logical anomalies) does
-not hold with these features: seed 0 logical 0.835 vs structural 0.863, seed 1 0.743 vs 0.803, seed 2 0.808
-vs 0.800. So it is reported, not asserted.
+seed 2: fused 0.906, structural 0.815, logical 0.896. The fusion claim holds on all three. Training is not
+bit-identical across CPUs (issue 24: a random-init test measured 0.765 here and 0.6475 on an AMD EPYC), so
+each bar sits a clear margin below the worst seed: fused > 0.82 (worst 0.874), and fused at most 0.03 below
+the better branch (worst seed: 0.006 above it). Only seed 0 runs here (fused 0.948, 0.030 above).
+
+The paper's Table VI claim (logical beats structural on logical anomalies) does not hold with these
+features: seed 0 logical 0.835 vs structural 0.863, seed 1 0.743 vs 0.803, seed 2 0.808 vs 0.800. So it is
+reported, not asserted. That the logical map ranks logical anomalies above good images is asserted, with a
+bar 0.05 below its worst seed (0.743). It moved here from the 40-image set of
+training/test_logical_training.py, where seeds and CPUs spread from 0.40 to 0.765 (0.6475 on an AMD EPYC).
 """
 
 from pathlib import Path
@@ -37,18 +43,32 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunDetector, 
 
 
 @pytest.fixture(scope="module")
-def image_aurocs(default_run) -> dict[str, float]:
-    """Image AUROC of each branch and of the fused detector over all test anomalies."""
+def branch_scores(default_run) -> dict[str, np.ndarray]:
+    """Image score of each test image by each branch and by the fused detector."""
     detector, dataset = default_run
     _, scores = detector.scored_maps(detector.branch_maps([s.image_path for s in dataset.test]))
-    labels = np.array([s.label for s in dataset.test])
-    return {branch: roc_auc_score(labels, branch_scores) for branch, branch_scores in scores.items()}
+    return scores
+
+
+@pytest.fixture(scope="module")
+def image_aurocs(default_run, branch_scores) -> dict[str, float]:
+    """Image AUROC of each branch and of the fused detector over all test anomalies."""
+    labels = np.array([s.label for s in default_run[1].test])
+    return {branch: roc_auc_score(labels, scores) for branch, scores in branch_scores.items()}
+
+
+def test_logical_map_ranks_logical_anomalies_above_good_images(default_run, branch_scores) -> None:
+    test = default_run[1].test
+    keep = np.array([s.defect_type in ("good", "logical_anomalies") for s in test])
+    labels = np.array([s.label for s in test])[keep]
+    auroc = roc_auc_score(labels, branch_scores["logical"][keep])
+    assert auroc > 0.69, f"logical image AUROC {auroc:.3f} on logical anomalies"  # chance is 0.5
 
 
 def test_fused_detector_is_at_least_as_good_as_the_better_branch(image_aurocs) -> None:
     best_single = max(image_aurocs["structural"], image_aurocs["logical"])
-    assert image_aurocs["fused"] >= best_single - 0.01
-    assert image_aurocs["fused"] > 0.85
+    assert image_aurocs["fused"] >= best_single - 0.03
+    assert image_aurocs["fused"] > 0.82
 
 
 def test_calibrated_threshold_keeps_validation_false_alarms_at_the_requested_rate(default_run) -> None:

