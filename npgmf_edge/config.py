@@ -122,6 +122,12 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # "constant" | "cosine" (per-epoch decay to ~0; stateless, so resumable)
     seed: int = 0
     validation_fraction: float = 0.1  # held out of train/good when a dataset has no validation split
+    # Early stopping of the logical branch on its loss over the validation images (docs/DESIGN.md
+    # "Training to convergence"); `epochs` is the cap. Stopped when `patience` epochs in a row have not
+    # lowered the best validation loss by a fraction `min_delta`; the best epoch's weights are kept.
+    early_stopping: bool = True
+    patience: int = 5
+    min_delta: float = 0.005
 
 
 @dataclass
@@ -168,6 +174,10 @@ class NpgmfConfig:
             raise ConfigError(f"learning rate must be a finite number > 0, got {t.lr}")
         if not 0.0 < t.validation_fraction < 1.0:
             raise ConfigError(f"train.validation_fraction must be in (0, 1), got {t.validation_fraction}")
+        if t.patience < 1:
+            raise ConfigError(f"patience must be >= 1, got {t.patience}")
+        if not (math.isfinite(t.min_delta) and 0.0 <= t.min_delta < 1.0):
+            raise ConfigError(f"train.min_delta must be in [0, 1), got {t.min_delta}")
         f = self.fusion
         for name in ("weight_structural", "weight_logical", "gaussian_sigma"):
             value = getattr(f, name)
