@@ -263,6 +263,7 @@ def _tiny() -> NpgmfConfig:
         encoder="tf_efficientnet_lite0", share_logical_encoder=True, pretrain_embed_dim=128, embed_dim=128
     )
     cfg.train = TrainConfig(epochs=30, batch_size=8, lr=1e-3)
+    cfg.train.patience = 5  # a sixth of the cap (docs/DESIGN.md "Training to convergence")
     return cfg
 
 
@@ -283,6 +284,7 @@ def _edge() -> NpgmfConfig:
         encoder="tf_efficientnet_lite2", share_logical_encoder=True, pretrain_embed_dim=256, embed_dim=256
     )
     cfg.train = TrainConfig(epochs=50, batch_size=4, lr=5e-4)
+    cfg.train.patience = 8  # a sixth of the cap, as tiny's
     return cfg
 
 
@@ -302,6 +304,7 @@ def _paper() -> NpgmfConfig:
         encoder="resnext101_32x8d", share_logical_encoder=False, pretrain_embed_dim=1024, embed_dim=1024
     )
     cfg.train = TrainConfig(epochs=50, batch_size=1, lr=5e-4)
+    cfg.train.patience = 8
     return cfg
 
 

@@ -8,11 +8,12 @@ deterministic and the stopping rule a pure function of the validation losses, so
 the recorded losses gives exactly the epoch a run with early stopping stops at and the weights it keeps
 (the cosine learning-rate schedule depends on the cap only). Prints one JSON document: the per-epoch
 curve, the cap's AUROC, the first epoch within `--tolerance` of it, and the early-stopping outcome for the
-preset's rule and a few other patiences. Wall time counts training and validation up to an epoch
-(model build and image decoding included), not the test-set evaluation this script adds.
+preset's rule and a few other patiences. Wall and CPU time (this process's, less sensitive to other
+load on a shared machine) count training and validation up to an epoch (model build and image decoding
+included), not the test-set evaluation this script adds.
 
     python scripts/bench_convergence.py --preset tiny --make-data-seed 0
-    python scripts/bench_convergence.py --preset tiny --magnetic-tile
+    python scripts/bench_convergence.py --preset tiny --magnetic-tile [PATH]
 """
 
 from __future__ import annotations
@@ -75,13 +76,14 @@ def stopping(curve: list[dict[str, Any]], patience: int, min_delta: float, cap: 
         "best_epoch": best,
         "auroc": curve[best - 1]["auroc"],
         "wall_s": curve[stop - 1]["wall_s"],
+        "cpu_s": curve[stop - 1]["cpu_s"],
     }
 
 
 def dataset_for(args: argparse.Namespace, work: Path) -> AnomalyDataset:
     if args.magnetic_tile:
         return load_dataset(
-            MAGNETIC_TILE, format="folder", normal_dir="MT_Free/Imgs", abnormal_dirs=MT_DEFECTS, seed=0
+            args.magnetic_tile, format="folder", normal_dir="MT_Free/Imgs", abnormal_dirs=MT_DEFECTS, seed=0
         )
     return load_dataset(generate_dataset(work / "data", SyntheticConfig(seed=args.make_data_seed))["dataset"])
 
@@ -91,7 +93,13 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--make-data-seed", type=int, default=0, help="generate the make-data set (default)")
-    source.add_argument("--magnetic-tile", action="store_true", help="../shared/data/magnetic_tile, in place")
+    source.add_argument(
+        "--magnetic-tile",
+        nargs="?",
+        const=MAGNETIC_TILE,
+        type=Path,
+        help=f"the magnetic-tile set, read in place (default {MAGNETIC_TILE})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--epochs", type=int, help="the cap (default: the preset's)")
     parser.add_argument("--tolerance", type=float, default=0.01)
@@ -114,12 +122,12 @@ def main() -> None:
         labels = np.array([s.label for s in dataset.test])
         sigma = gaussian_sigma_for(cfg.image_size, cfg.fusion.gaussian_sigma)
         curve: list[dict[str, Any]] = []
-        evaluating = 0.0
-        start = time.perf_counter()
+        evaluating, evaluating_cpu = 0.0, 0.0
+        start, start_cpu = time.perf_counter(), time.process_time()
 
         def measure(record: dict[str, Any], net: NpgmfLogicalNet) -> None:
-            nonlocal evaluating
-            reached = time.perf_counter()
+            nonlocal evaluating, evaluating_cpu
+            reached, reached_cpu = time.perf_counter(), time.process_time()
             auroc = logical_auroc(net, test, labels, sigma)
             curve.append(
                 {
@@ -128,15 +136,20 @@ def main() -> None:
                     "validation_loss": record["validation_loss"],
                     "auroc": round(auroc, 4),
                     "wall_s": round(reached - start - evaluating, 1),
+                    "cpu_s": round(reached_cpu - start_cpu - evaluating_cpu, 1),
                 }
             )
             evaluating += time.perf_counter() - reached
+            evaluating_cpu += time.process_time() - reached_cpu
             print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
 
         train_logical(dataset, cfg, Path(tmp) / "logical", progress=False, on_epoch=measure)
 
     final = curve[-1]["auroc"]
     within = next(c for c in curve if c["auroc"] >= final - args.tolerance)
+    # the first epoch from which every later one stays within the tolerance
+    floor = final - args.tolerance
+    stays = next(c for i, c in enumerate(curve) if all(d["auroc"] >= floor for d in curve[i:]))
     report = {
         "preset": args.preset,
         "data": "magnetic_tile" if args.magnetic_tile else f"make-data seed {args.make_data_seed}",
@@ -147,6 +160,7 @@ def main() -> None:
         "cap_auroc": final,
         "best_auroc": max(c["auroc"] for c in curve),
         "first_within_tolerance": {"tolerance": args.tolerance, **within},
+        "stays_within_tolerance_from": stays,
         "early_stopping": stopping(curve, *rule, cfg.train.epochs),
         "other_patiences": [stopping(curve, p, rule[1], cfg.train.epochs) for p in PATIENCES],
         "curve": curve,
