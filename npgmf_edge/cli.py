@@ -137,7 +137,30 @@ def train(
     ] = None,
     branch: Annotated[Branch, typer.Option(help="Which branch to train.")] = Branch.all,
     preset: Annotated[str, typer.Option(help="Preset: tiny, edge or paper.")] = "edge",
-    epochs: Annotated[int | None, typer.Option(help="Training epochs (logical branch).")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            "--max-epochs",
+            help="Training epochs of the logical branch: the cap under early stopping (preset default).",
+        ),
+    ] = None,
+    early_stopping: Annotated[
+        bool | None,
+        typer.Option(
+            "--early-stopping/--no-early-stopping",
+            help="Stop the logical branch when its loss on the validation images stops improving, and keep "
+            "the best epoch's weights (default: on). Off: train every epoch, keep the last.",
+            show_default=False,
+        ),
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Epochs without improvement before early stopping (preset's default).")
+    ] = None,
+    min_delta: Annotated[
+        float | None,
+        typer.Option(help="Smallest relative drop of the validation loss that counts as improvement."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
@@ -189,7 +212,15 @@ def train(
     cfg = get_preset(preset)
     if image_size is not None:
         cfg.image_size = image_size
-    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    overrides = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "early_stopping": early_stopping,
+        "patience": patience,
+        "min_delta": min_delta,
+    }
     for name, value in overrides.items():
         if value is not None:
             setattr(cfg.train, name, value)

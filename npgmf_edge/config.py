@@ -123,6 +123,12 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # "constant" | "cosine" (per-epoch decay to ~0; stateless, so resumable)
     seed: int = 0
     validation_fraction: float = 0.1  # held out of train/good when a dataset has no validation split
+    # Early stopping of the logical branch on its loss over the validation images (docs/DESIGN.md
+    # "Training to convergence"); `epochs` is the cap. Stopped when `patience` epochs in a row have not
+    # lowered the best validation loss by a fraction `min_delta`; the best epoch's weights are kept.
+    early_stopping: bool = True
+    patience: int = 5
+    min_delta: float = 0.005
 
 
 @dataclass
@@ -173,6 +179,10 @@ class NpgmfConfig:
             raise ConfigError(f"learning rate must be a finite number > 0, got {t.lr}")
         if not 0.0 < t.validation_fraction < 1.0:
             raise ConfigError(f"train.validation_fraction must be in (0, 1), got {t.validation_fraction}")
+        if t.patience < 1:
+            raise ConfigError(f"patience must be >= 1, got {t.patience}")
+        if not (math.isfinite(t.min_delta) and 0.0 <= t.min_delta < 1.0):
+            raise ConfigError(f"train.min_delta must be in [0, 1), got {t.min_delta}")
         f = self.fusion
         for name in ("weight_structural", "weight_logical", "gaussian_sigma"):
             value = getattr(f, name)
@@ -264,6 +274,7 @@ def _tiny() -> NpgmfConfig:
         encoder="tf_efficientnet_lite0", share_logical_encoder=True, pretrain_embed_dim=128, embed_dim=128
     )
     cfg.train = TrainConfig(epochs=30, batch_size=8, lr=1e-3)
+    cfg.train.patience = 5  # a sixth of the cap (docs/DESIGN.md "Training to convergence")
     return cfg
 
 
@@ -284,6 +295,7 @@ def _edge() -> NpgmfConfig:
         encoder="tf_efficientnet_lite2", share_logical_encoder=True, pretrain_embed_dim=256, embed_dim=256
     )
     cfg.train = TrainConfig(epochs=50, batch_size=4, lr=5e-4)
+    cfg.train.patience = 8  # a sixth of the cap, as tiny's
     return cfg
 
 
@@ -303,6 +315,7 @@ def _paper() -> NpgmfConfig:
         encoder="resnext101_32x8d", share_logical_encoder=False, pretrain_embed_dim=1024, embed_dim=1024
     )
     cfg.train = TrainConfig(epochs=50, batch_size=1, lr=5e-4)
+    cfg.train.patience = 8
     return cfg
 
 

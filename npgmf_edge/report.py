@@ -1,4 +1,5 @@
-"""The evaluation report: ROC curves and score histograms (good vs anomalous) as PNGs, and an HTML page.
+"""The evaluation report: ROC curves and score histograms (good vs anomalous) as PNGs, the logical branch's
+training curve, and an HTML page.
 
 matplotlib (a training-install dependency) renders the charts off-screen with the Agg backend.
 """
@@ -16,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
+
+from npgmf_edge.training.early_stopping import TrainingCurve
 
 
 def plot_roc_curves(labels: np.ndarray, scores_by_branch: Mapping[str, np.ndarray], path: Path) -> Path:
@@ -51,8 +54,38 @@ def plot_score_histogram(
     return path
 
 
+def plot_training_curve(curve: TrainingCurve, path: Path) -> Path:
+    """The logical branch's training and validation loss per epoch, its best epoch marked, why it stopped
+    in the title."""
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    epochs = np.arange(1, len(curve.train_loss) + 1)
+    ax.plot(epochs, curve.train_loss, marker=".", label="training loss")
+    validation = np.array([np.nan if v is None else v for v in curve.validation_loss], dtype=float)
+    if np.isfinite(validation).any():
+        ax.plot(epochs, validation, marker=".", label="validation loss (good images)")
+    if curve.best_epoch is not None:
+        label = f"best epoch {curve.best_epoch}" + (" (weights kept)" if curve.restored_best else "")
+        ax.axvline(curve.best_epoch, color="black", linestyle="--", label=label)
+    ax.set(
+        xlabel="epoch",
+        ylabel="loss",
+        title=f"Logical branch: stopped after epoch {curve.stopped_after_epoch} ({curve.stop_reason})",
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_html_report(
-    path: Path, title: str, table_text: str, figures: Sequence[Path], overlays: Sequence[Path], results: dict
+    path: Path,
+    title: str,
+    table_text: str,
+    figures: Sequence[Path],
+    overlays: Sequence[Path],
+    results: dict,
+    training_curve: Path | None = None,
 ) -> Path:
     """A single self-explanatory page linking the charts and overlays (relative paths)."""
     base = path.parent
@@ -67,6 +100,11 @@ def write_html_report(
         f"<h1>{html.escape(title)}</h1><pre>{html.escape(table_text)}</pre>",
         "<h2>Charts</h2>",
         *[f"<img src='{rel(f)}'>" for f in figures],
+        *(
+            ["<h2>Training curve (logical branch)</h2>", f"<img src='{rel(training_curve)}'>"]
+            if training_curve is not None
+            else []
+        ),
         "<h2>Overlays</h2><div class='grid'>",
         *[f"<a href='{rel(o)}'><img src='{rel(o)}' title='{rel(o)}'></a>" for o in overlays],
         "</div><h2>Raw results</h2>",

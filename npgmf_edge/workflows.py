@@ -400,7 +400,13 @@ def evaluate_run(
         format_results_table,
         write_maps_tiff,
     )
-    from npgmf_edge.report import plot_roc_curves, plot_score_histogram, write_html_report
+    from npgmf_edge.report import (
+        plot_roc_curves,
+        plot_score_histogram,
+        plot_training_curve,
+        write_html_report,
+    )
+    from npgmf_edge.rundir import read_training_curve
 
     detector = open_detector(run_dir, device=device)
     out = Path(out)
@@ -438,6 +444,8 @@ def evaluate_run(
     overlays = _evaluation_overlays(
         samples, scored[primary], scores[primary], sizes, out / "overlays", threshold
     )
+    curve = read_training_curve(run_dir)  # None for a bundle or a run without a logical branch
+    curve_png = plot_training_curve(curve, out / "training_curve.png") if curve is not None else None
     table = format_results_table(results)
     if detector.calibration is not None:
         table += "\n\n" + format_fusion_table(detector.calibration)
@@ -446,7 +454,13 @@ def evaluate_run(
         figures.append(Path(shutil.copyfile(pseudo_sample, out / PSEUDO_SAMPLE_FILE)))
     save_json(results, out / "metrics.json")
     report = write_html_report(
-        out / "report.html", f"npgmf-edge evaluation: {dataset.category}", table, figures, overlays, results
+        out / "report.html",
+        f"npgmf-edge evaluation: {dataset.category}",
+        table,
+        figures,
+        overlays,
+        results,
+        training_curve=curve_png,
     )
     return {"table": table, "metrics": str(out / "metrics.json"), "report": str(report), "results": results}
 

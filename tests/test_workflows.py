@@ -118,6 +118,30 @@ def test_evaluate_writes_metrics_report_overlays_and_official_tiff_maps(
     assert summary["table"].count("fused") >= 1
 
 
+def test_evaluate_report_shows_the_logical_training_curve(fake_run: Path, tmp_path: Path) -> None:
+    curve = {
+        "train_loss": [3.0, 2.0, 1.5],
+        "validation_loss": [3.2, 2.1, 2.2],
+        "seconds": [1.0, 1.0, 1.0],
+        "best_epoch": 2,
+        "stopped_after_epoch": 3,
+        "stop_reason": "patience",
+        "restored_best": True,
+        "early_stopping": True,
+        "patience": 1,
+        "min_delta": 0.0,
+        "max_epochs": 30,
+    }
+    (fake_run / "logical" / "summary.json").write_text(json.dumps({"curve": curve}))
+    cfg = SyntheticConfig(
+        image_size=SIZE, n_train=2, n_validation=2, n_test_good=2, n_logical=2, n_structural=2
+    )
+    generate_dataset(tmp_path / "data", cfg)
+    evaluate_run(fake_run, load_dataset(tmp_path / "data"), tmp_path / "eval")
+    assert cv2.imread(str(tmp_path / "eval" / "training_curve.png")) is not None
+    assert "<img src='training_curve.png'>" in (tmp_path / "eval" / "report.html").read_text()
+
+
 def test_heat_overlay_keeps_normal_pixels_and_tints_anomalous_ones() -> None:
     from npgmf_edge.visualize import heat_overlay
 

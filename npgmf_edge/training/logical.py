@@ -2,10 +2,17 @@
 
 Run folder (`out_dir`, normally `<run>/logical/`):
     config.json              the NpgmfConfig the network was built from
-    checkpoint.safetensors   model + Adam state after the last finished epoch; JSON metadata holds the
-                             epoch, the loss history and the config (written atomically every epoch)
-    model.safetensors        final weights, incl. the frozen encoder and the text embedding
-    summary.json             epochs, final loss terms, seconds per epoch, codebook usage
+    checkpoint.safetensors   model + Adam state after the last finished epoch (and the best epoch's
+                             weights when those differ); JSON metadata holds the epoch, the loss history
+                             (training and validation) and the config (written atomically every epoch)
+    model.safetensors        final weights (the best epoch's under early stopping), incl. the frozen
+                             encoder and the text embedding
+    summary.json             epochs, final loss terms, seconds per epoch, codebook usage, and the curve:
+                             training and validation loss per epoch, the best epoch, why training stopped
+
+After each epoch the loss is measured without gradients on the validation images (good images only);
+with `train.early_stopping` training stops when that loss stops improving (the rule and its options:
+`npgmf_edge.training.early_stopping`), `train.epochs` being the cap, and the best epoch's weights are kept.
 
 Nothing is pickled. Training runs on `device` (a run trained on CUDA loads anywhere: the files hold CPU
 tensors). It is seeded and deterministic on CPU: the batch order of epoch e comes from
@@ -24,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -51,19 +59,32 @@ from npgmf_edge.training.checkpoint import (
     optimizer_to_tensors,
     save_tensors,
 )
+from npgmf_edge.training.early_stopping import (
+    STOP_CAP,
+    STOP_NO_VALIDATION,
+    STOP_NOT_FINITE,
+    STOP_PATIENCE,
+    StopDecision,
+    TrainingCurve,
+    decide,
+)
 from npgmf_edge.training.images import ImageTensorDataset
 
 log = logging.getLogger(__name__)
 
 MODEL_PREFIX = "model."
+BEST_PREFIX = "best."  # the best epoch's weights in the checkpoint, when they are not the last epoch's
 # What a resumed run must share with the interrupted one: everything that shapes the network or its
-# training, except the number of epochs (so a finished run can also be extended).
+# training, except the number of epochs (so a finished run can also be extended) and the stopping rule
+# (it only reads the recorded validation losses).
 RESUME_MUST_MATCH = ("image_size", "logical.", "train.")
-RESUME_MAY_CHANGE = {"train.epochs"}
+RESUME_MAY_CHANGE = {"train.epochs", "train.early_stopping", "train.patience", "train.min_delta"}
 
 LR_SCHEDULES = ("constant", "cosine")
 
 StepCallback = Callable[[int, int], None]  # (epoch, step) after each optimiser step
+# (the epoch's history record, the network in eval mode) after each epoch and its validation
+EpochCallback = Callable[[dict[str, Any], NpgmfLogicalNet], None]
 
 
 def epoch_lr(cfg: NpgmfConfig, epoch: int) -> float:
@@ -138,13 +159,15 @@ def train_logical(
     resume: bool = False,
     progress: bool = True,
     on_step: StepCallback | None = None,
+    on_epoch: EpochCallback | None = None,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Train on `dataset.train` into `out_dir` on `device`; returns a JSON-able summary (also in
-    summary.json).
+    """Train on `dataset.train` into `out_dir` on `device`, validating on `dataset.validation` after each
+    epoch; returns a JSON-able summary (also in summary.json).
 
     `resume=True` continues from `out_dir/checkpoint.safetensors` when there is one (the config must be
-    the same except for the number of epochs); otherwise training starts from scratch.
+    the same except for the number of epochs and the stopping rule); otherwise training starts from
+    scratch.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +178,7 @@ def train_logical(
     epoch_lr(cfg, 0)  # reject an unknown schedule before any work
     ckpt_path = out_dir / CHECKPOINT_FILE
 
-    start_epoch, history = 0, []
+    start_epoch, history, best_state = 0, [], None
     if resume and ckpt_path.is_file():
         tensors, meta = load_tensors(ckpt_path)
         _check_resumable(meta.get("config", {}), cfg, ckpt_path)
@@ -164,6 +187,8 @@ def train_logical(
         optimizer = _adam(net, cfg)  # after .to(device): the restored Adam state follows the parameters
         optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
         start_epoch, history = int(meta["epoch"]), list(meta["history"])
+        decision = _decision(history, cfg)
+        best_state = _resumed_best_state(tensors, model_state, decision, start_epoch, ckpt_path)
         log.info("resuming %s after epoch %d", out_dir, start_epoch)
     else:
         if resume:
@@ -173,24 +198,148 @@ def train_logical(
     save_json(cfg.to_dict(), out_dir / CONFIG_FILE)
 
     images = ImageTensorDataset(dataset.train, cfg.image_size)
+    validation = ImageTensorDataset(dataset.validation, cfg.image_size) if dataset.validation else None
+    if validation is None and tc.early_stopping:
+        log.warning(
+            "%s has no validation images for %r: no early stopping, the logical branch trains all %d epochs",
+            dataset.root,
+            dataset.category,
+            tc.epochs,
+        )
     n = len(images)
     batches_per_epoch = (n + tc.batch_size - 1) // tc.batch_size
-    remaining = max(tc.epochs - start_epoch, 0)
+    decision = _decision(history, cfg, validation is not None)
+    remaining = 0 if decision.stop else max(tc.epochs - start_epoch, 0)
     with Reporter("logical branch", remaining * batches_per_epoch, unit="steps", enabled=progress) as report:
         for epoch in range(start_epoch, tc.epochs):
-            history.append(_train_epoch(net, optimizer, images, cfg, epoch, report, on_step))
-            terms = " ".join(f"{k} {v:.4f}" for k, v in history[-1]["loss"].items())
-            report.note(f"logical epoch {epoch + 1}/{tc.epochs}: {terms} ({history[-1]['seconds']:.1f} s)")
+            if decision.stop:  # also a resumed run whose recorded losses already say stop
+                break
+            record = _train_epoch(net, optimizer, images, cfg, epoch, report, on_step)
+            if validation is not None:
+                record["validation_loss"] = validation_loss(net, validation, cfg)
+            history.append(record)
+            decision = _decision(history, cfg, validation is not None)
+            if decision.best_epoch == epoch + 1:
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+            report.note(_epoch_line(record, decision, tc.epochs))
+            net.eval()
+            if on_epoch is not None:
+                on_epoch(record, net)
             tensors, opt_meta = optimizer_to_tensors(optimizer)
             tensors.update({f"{MODEL_PREFIX}{k}": v for k, v in net.state_dict().items()})
+            if best_state is not None and decision.best_epoch != epoch + 1:
+                tensors.update({f"{BEST_PREFIX}{k}": v for k, v in best_state.items()})
             meta = {"epoch": epoch + 1, "history": history, "optimizer": opt_meta, "config": cfg.to_dict()}
             save_tensors(tensors, ckpt_path, meta)
+        curve = _curve(history, decision, cfg, validation is not None)
+        report.note(_stop_line(curve))
 
+    if curve.stop_reason == STOP_NOT_FINITE and curve.best_epoch is None:
+        raise ConfigError(
+            f"the logical branch diverged: its validation loss is not finite after epoch {len(history)} and "
+            f"no epoch had a finite one; lower the learning rate (--lr, now {tc.lr})"
+        )
+    if curve.restored_best and best_state is not None:
+        net.load_state_dict(best_state)
     net.eval()
     save_tensors(net.state_dict(), out_dir / MODEL_FILE, {"config": cfg.to_dict()})
-    summary = {**_summary(net, history, out_dir, start_epoch), "device": device.type}
+    summary = {**_summary(net, history, out_dir, start_epoch), "device": device.type, "curve": asdict(curve)}
     save_json(summary, out_dir / SUMMARY_FILE)
     return summary
+
+
+def _decision(history: list[dict[str, Any]], cfg: NpgmfConfig, validated: bool = True) -> StopDecision:
+    """The stopping rule on the recorded validation losses (an epoch without one never improves)."""
+    tc = cfg.train
+    losses = [_finite_or_nan(h.get("validation_loss")) for h in history]
+    enabled = tc.early_stopping and validated and bool(history) and "validation_loss" in history[-1]
+    return decide(losses, patience=tc.patience, min_delta=tc.min_delta, max_epochs=tc.epochs, enabled=enabled)
+
+
+def _finite_or_nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _resumed_best_state(
+    tensors: dict[str, torch.Tensor],
+    model_state: dict[str, torch.Tensor],
+    decision: StopDecision,
+    epoch: int,
+    ckpt: Path,
+) -> dict[str, torch.Tensor] | None:
+    """The best epoch's weights a checkpoint holds: its model when that epoch was the best, else `best.*`."""
+    if decision.best_epoch is None:
+        return None
+    if decision.best_epoch == epoch:
+        return {k: v.clone() for k, v in model_state.items()}
+    best = {k[len(BEST_PREFIX) :]: v for k, v in tensors.items() if k.startswith(BEST_PREFIX)}
+    if not best:
+        raise CheckpointError(
+            f"{ckpt} records epoch {decision.best_epoch} as the best but holds no weights of it; "
+            "train into a new --out folder"
+        )
+    return best
+
+
+@torch.no_grad()
+def validation_loss(net: NpgmfLogicalNet, images: ImageTensorDataset, cfg: NpgmfConfig) -> float | None:
+    """The training loss (all terms, weighted) over `images`, in eval mode and without gradients: what
+    early stopping watches. None when it is not finite."""
+    device = next(net.parameters()).device
+    net.eval()
+    total, size = 0.0, cfg.train.batch_size
+    for start in range(0, len(images), size):
+        batch = list(range(start, min(start + size, len(images))))
+        loss = logical_loss(net.forward_train(_stack(images, batch, device)), cfg.logical)
+        total += float(loss.total) * len(batch)
+    mean = total / len(images)
+    return mean if math.isfinite(mean) else None
+
+
+def _curve(
+    history: list[dict[str, Any]], decision: StopDecision, cfg: NpgmfConfig, validated: bool
+) -> TrainingCurve:
+    tc = cfg.train
+    reason = decision.reason or STOP_CAP
+    if reason == STOP_CAP and tc.early_stopping and not validated:
+        reason = STOP_NO_VALIDATION
+    restore = tc.early_stopping and decision.best_epoch is not None and decision.best_epoch != len(history)
+    return TrainingCurve(
+        train_loss=[h["loss"]["total"] for h in history],
+        validation_loss=[h.get("validation_loss") for h in history],
+        seconds=[h["seconds"] for h in history],
+        best_epoch=decision.best_epoch,
+        stopped_after_epoch=len(history),
+        stop_reason=reason,
+        restored_best=restore,
+        early_stopping=tc.early_stopping,
+        patience=tc.patience,
+        min_delta=tc.min_delta,
+        max_epochs=tc.epochs,
+    )
+
+
+def _epoch_line(record: dict[str, Any], decision: StopDecision, cap: int) -> str:
+    """One log line per epoch: training loss terms, validation loss, the best epoch so far, seconds."""
+    terms = " ".join(f"{k} {v:.4f}" for k, v in record["loss"].items())
+    line = f"logical epoch {record['epoch']}/{cap}: {terms}"
+    if "validation_loss" in record:
+        value = record["validation_loss"]
+        shown = "not finite" if value is None else f"{value:.4f}"
+        line += f" | validation {shown} (best: epoch {decision.best_epoch})"
+    return f"{line} ({record['seconds']:.1f} s)"
+
+
+def _stop_line(curve: TrainingCurve) -> str:
+    """Why training ended and which weights were kept."""
+    why = {
+        STOP_PATIENCE: f"validation loss not lower by {curve.min_delta:.1%} for {curve.patience} epochs",
+        STOP_CAP: f"reached the cap of {curve.max_epochs} epochs",
+        STOP_NOT_FINITE: "validation loss not finite",
+        STOP_NO_VALIDATION: f"reached the cap of {curve.max_epochs} epochs (no validation images)",
+    }[curve.stop_reason]
+    kept = f"epoch {curve.best_epoch}'s (the best)" if curve.restored_best else "the last epoch's"
+    return f"logical branch stopped after epoch {curve.stopped_after_epoch}: {why}; keeping {kept} weights"
 
 
 def _stack(images: ImageTensorDataset, indices: list[int], device: torch.device) -> torch.Tensor:

@@ -125,7 +125,8 @@ def check_training_memory(
     if branch not in ("logical", "all"):
         return
     batch = min(cfg.train.batch_size, len(dataset.train))  # batches never exceed the training set
-    cached = len(dataset.train) * 3 * cfg.image_size * cfg.image_size * 4  # float32 images, kept in RAM
+    images = len(dataset.train) + len(dataset.validation)  # validated every epoch: cached too
+    cached = images * 3 * cfg.image_size * cfg.image_size * 4  # float32 images, kept in RAM
     fixed, per_image = logical_training_bytes(cfg)
     step = fixed + batch * per_image
     # (bytes needed, bytes available, where): the step runs on the device, the image cache stays in RAM.

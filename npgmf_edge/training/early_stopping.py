@@ -1,0 +1,98 @@
+"""When to stop training the logical branch: the stopping rule, a pure function of the validation losses.
+
+The validation loss is the training loss (cosine + reconstruction + VQ) computed without gradients, in
+eval mode, on the run's validation images (good images only) after each epoch. An epoch improves
+significantly when its loss is below the loss of the last significant improvement by more than a fraction
+`min_delta` of it (as Keras' EarlyStopping counts); training stops once `patience` epochs in a row have
+not, or at the cap of `max_epochs`. The weights kept are those of the lowest validation loss (the best
+epoch), whether or not it was a significant step. A non-finite validation loss never improves and stops
+training at once (the weights diverged). Being a pure function of the loss sequence, the rule gives the
+same answer on a resumed run as on an uninterrupted one.
+
+Example:
+    >>> decide([1.0, 0.8, 0.79, 0.81], patience=2, min_delta=0.05, max_epochs=10)
+    StopDecision(best_epoch=3, best_loss=0.79, stop=True, reason='patience')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Why training ended, as recorded in summary.json.
+STOP_PATIENCE = "patience"  # `patience` epochs without improvement
+STOP_CAP = "max_epochs"  # the cap was reached (or early stopping was off)
+STOP_NOT_FINITE = "non_finite_validation_loss"
+STOP_NO_VALIDATION = "no_validation_images"  # early stopping asked for, but nothing to validate on: the cap
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    """The rule's answer after the last epoch of `losses`: the best (1-based) epoch so far and its loss
+    (None while no loss has been finite), whether to stop, and why (None while training goes on)."""
+
+    best_epoch: int | None
+    best_loss: float | None
+    stop: bool
+    reason: str | None
+
+
+def improves(loss: float, reference: float | None, min_delta: float) -> bool:
+    """`loss` is a significant improvement: finite and below `reference` (the loss of the last
+    significant improvement, None before the first finite one) by more than the fraction `min_delta`."""
+    if not math.isfinite(loss):
+        return False
+    return reference is None or loss < reference - min_delta * abs(reference)
+
+
+def decide(
+    losses: Sequence[float], *, patience: int, min_delta: float, max_epochs: int, enabled: bool = True
+) -> StopDecision:
+    """Apply the stopping rule to the validation losses of epochs 1..len(losses).
+
+    With `enabled=False` only the cap stops training; the best epoch is still reported.
+    """
+    best_epoch: int | None = None
+    best_loss: float | None = None
+    improved_epoch, reference = 0, None
+    for epoch, loss in enumerate(losses, start=1):
+        if math.isfinite(loss) and (best_loss is None or loss < best_loss):
+            best_epoch, best_loss = epoch, float(loss)
+        if improves(loss, reference, min_delta):
+            improved_epoch, reference = epoch, float(loss)
+    epochs = len(losses)
+    reason = None
+    if enabled and epochs and not math.isfinite(losses[-1]):
+        reason = STOP_NOT_FINITE
+    elif enabled and epochs - improved_epoch >= patience:
+        reason = STOP_PATIENCE
+    elif epochs >= max_epochs:
+        reason = STOP_CAP
+    return StopDecision(best_epoch, best_loss, reason is not None, reason)
+
+
+@dataclass
+class TrainingCurve:
+    """The logical branch's training, epoch by epoch, as summary.json records it under "curve".
+
+    `validation_loss[i]` is None where epoch i+1 was not validated (no validation images) or its loss
+    was not finite; `best_epoch` is 1-based; `restored_best` says the saved weights are the best epoch's
+    rather than the last one's.
+    """
+
+    train_loss: list[float]
+    validation_loss: list[float | None]
+    seconds: list[float]
+    best_epoch: int | None
+    stopped_after_epoch: int
+    stop_reason: str
+    restored_best: bool
+    early_stopping: bool
+    patience: int
+    min_delta: float
+    max_epochs: int
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainingCurve:
+        return cls(**data)

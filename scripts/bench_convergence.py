@@ -1,0 +1,172 @@
+"""How many epochs the logical branch needs: its test image AUROC after every epoch, and where early
+stopping would have stopped.
+
+Trains one preset's logical branch to its cap (`--epochs`, default the preset's) with early stopping off,
+measuring after each epoch its validation loss (what early stopping watches) and its image AUROC on the
+test split (score = max of the smoothed logical map, as `evaluate` scores a branch). Training is
+deterministic and the stopping rule a pure function of the validation losses, so replaying the rule over
+the recorded losses gives exactly the epoch a run with early stopping stops at and the weights it keeps
+(the cosine learning-rate schedule depends on the cap only). Prints one JSON document: the per-epoch
+curve, the cap's AUROC, the first epoch within `--tolerance` of it, and the early-stopping outcome for the
+preset's rule and a few other patiences. Wall and CPU time (this process's, less sensitive to other
+load on a shared machine) count training and validation up to an epoch (model build and image decoding
+included), not the test-set evaluation this script adds.
+
+    python scripts/bench_convergence.py --preset tiny --make-data-seed 0
+    python scripts/bench_convergence.py --preset tiny --magnetic-tile [PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from npgmf_edge.config import get_preset
+from npgmf_edge.data import AnomalyDataset, load_dataset
+from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
+from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
+from npgmf_edge.postprocess import gaussian_sigma_for, image_scores, smooth
+from npgmf_edge.training.early_stopping import decide
+from npgmf_edge.training.images import ImageTensorDataset
+from npgmf_edge.training.logical import train_logical
+from npgmf_edge.training.run import with_validation_split
+
+MAGNETIC_TILE = Path(__file__).resolve().parents[1].parent / "shared/data/magnetic_tile"
+MT_DEFECTS = {"blowhole": "MT_Blowhole/Imgs", "crack": "MT_Crack/Imgs"}
+PATIENCES = (3, 5, 8, 10)
+
+
+def logical_auroc(
+    net: NpgmfLogicalNet, images: ImageTensorDataset, labels: np.ndarray, sigma: float
+) -> float:
+    """Image AUROC of the logical branch alone on the test images (max of the smoothed map)."""
+    maps = []
+    with torch.no_grad():
+        for start in range(0, len(images), 16):
+            batch = torch.stack([images[i] for i in range(start, min(start + 16, len(images)))])
+            maps.append(net(batch)[:, 0].numpy())
+    return float(roc_auc_score(labels, image_scores(smooth(np.concatenate(maps), sigma))))
+
+
+def stopping(curve: list[dict[str, Any]], patience: int, min_delta: float, cap: int) -> dict[str, Any]:
+    """Where the rule stops on the recorded validation losses, the epoch it keeps and that epoch's AUROC."""
+    losses = [np.nan if c["validation_loss"] is None else c["validation_loss"] for c in curve]
+    for stop in range(1, len(losses) + 1):
+        decision = decide(losses[:stop], patience=patience, min_delta=min_delta, max_epochs=cap)
+        if decision.stop:
+            break
+    best = decision.best_epoch
+    return {
+        "patience": patience,
+        "min_delta": min_delta,
+        "stopped_after_epoch": stop,
+        "reason": decision.reason,
+        "best_epoch": best,
+        "auroc": curve[best - 1]["auroc"],
+        "wall_s": curve[stop - 1]["wall_s"],
+        "cpu_s": curve[stop - 1]["cpu_s"],
+    }
+
+
+def dataset_for(args: argparse.Namespace, work: Path) -> AnomalyDataset:
+    if args.magnetic_tile:
+        return load_dataset(
+            args.magnetic_tile, format="folder", normal_dir="MT_Free/Imgs", abnormal_dirs=MT_DEFECTS, seed=0
+        )
+    return load_dataset(generate_dataset(work / "data", SyntheticConfig(seed=args.make_data_seed))["dataset"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--make-data-seed", type=int, default=0, help="generate the make-data set (default)")
+    source.add_argument(
+        "--magnetic-tile",
+        nargs="?",
+        const=MAGNETIC_TILE,
+        type=Path,
+        help=f"the magnetic-tile set, read in place (default {MAGNETIC_TILE})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--epochs", type=int, help="the cap (default: the preset's)")
+    parser.add_argument("--tolerance", type=float, default=0.01)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.ERROR)
+    cfg = get_preset(args.preset)
+    cfg.weights.random_clip = True  # no CLIP weights offline; the encoder keeps the preset's ImageNet weights
+    cfg.train.seed = args.seed
+    cfg.train.epochs = args.epochs or cfg.train.epochs
+    rule = (cfg.train.patience, cfg.train.min_delta)
+    cfg.train.early_stopping = False  # train to the cap; the rule is replayed on the recorded losses below
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = dataset_for(args, Path(tmp))
+        dataset = with_validation_split(dataset, cfg.train.validation_fraction, args.seed)
+        cfg.logical.prompt = dataset.category.replace("_", " ")
+        test = ImageTensorDataset(dataset.test, cfg.image_size)
+        labels = np.array([s.label for s in dataset.test])
+        sigma = gaussian_sigma_for(cfg.image_size, cfg.fusion.gaussian_sigma)
+        curve: list[dict[str, Any]] = []
+        evaluating, evaluating_cpu = 0.0, 0.0
+        start, start_cpu = time.perf_counter(), time.process_time()
+
+        def measure(record: dict[str, Any], net: NpgmfLogicalNet) -> None:
+            nonlocal evaluating, evaluating_cpu
+            reached, reached_cpu = time.perf_counter(), time.process_time()
+            auroc = logical_auroc(net, test, labels, sigma)
+            curve.append(
+                {
+                    "epoch": record["epoch"],
+                    "train_loss": round(record["loss"]["total"], 5),
+                    "validation_loss": record["validation_loss"],
+                    "auroc": round(auroc, 4),
+                    "wall_s": round(reached - start - evaluating, 1),
+                    "cpu_s": round(reached_cpu - start_cpu - evaluating_cpu, 1),
+                }
+            )
+            evaluating += time.perf_counter() - reached
+            evaluating_cpu += time.process_time() - reached_cpu
+            print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
+
+        train_logical(dataset, cfg, Path(tmp) / "logical", progress=False, on_epoch=measure)
+
+    final = curve[-1]["auroc"]
+    within = next(c for c in curve if c["auroc"] >= final - args.tolerance)
+    # the first epoch from which every later one stays within the tolerance
+    floor = final - args.tolerance
+    stays = next(c for i, c in enumerate(curve) if all(d["auroc"] >= floor for d in curve[i:]))
+    report = {
+        "preset": args.preset,
+        "data": "magnetic_tile" if args.magnetic_tile else f"make-data seed {args.make_data_seed}",
+        "seed": args.seed,
+        "images": {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(labels)},
+        "threads": args.threads,
+        "cap": cfg.train.epochs,
+        "cap_auroc": final,
+        "best_auroc": max(c["auroc"] for c in curve),
+        "first_within_tolerance": {"tolerance": args.tolerance, **within},
+        "stays_within_tolerance_from": stays,
+        "early_stopping": stopping(curve, *rule, cfg.train.epochs),
+        "other_patiences": [stopping(curve, p, rule[1], cfg.train.epochs) for p in PATIENCES],
+        "curve": curve,
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
