@@ -123,8 +123,8 @@ def _without_tensor_store() -> None:
     model's first stub spawns before it answers the other stubs' handshake, which PyTriton waits for only
     1 s: on a loaded CPU `serve` failed to start (3 of 3 tries at load 19 on 2 cores). The store also
     refused every tensor with a zero-length side with a traceback that Triton returned as HTTP 500, before
-    `model.check_raw` could refuse it, and left its /dev/shm segments behind when it was killed. Inline,
-    a 256 x 256 RGB image costs about 1 ms more to pass (docs/SERVE.md)."""
+    `model.check_raw` could refuse it, and left its /dev/shm segments behind when it was killed. What
+    inline costs is measured in docs/BENCHMARKS.md."""
     os.environ["PYTRITON_NO_TENSORSTORE"] = "1"  # read when a model is bound and by each stub
 
 
@@ -155,7 +155,7 @@ def _start_triton_in_own_session() -> None:
 def _drain(options: ServeOptions, access_token: str, model: InspectorModel, tree: ServerTree) -> bool:
     """Unload both models through Triton's model-control API, then wait until the batches Triton had
     accepted are answered. From the unload on, Triton refuses new requests for the models (the client's
-    error says the model has no available versions; /v2/health/ready turns false), so what is left is the
+    error says the model has no available versions; the readiness probe turns false), so what is left is the
     queue: it reaches the infer function within the queue delay, or as soon as an instance is free, which
     `model.idle_seconds` would show. Then it waits until Triton has finished unloading them: until their
     backend stubs have ended (Triton's unload call returns before that, and the repository index does not
@@ -269,6 +269,7 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
                     strict=True,
                 )
             triton.run()  # starts Triton, then loads the models one after the other and waits for them
+            tree.note_segments()
             log(
                 f"serving {bundle} ({inspector.precision}, max batch {max_batch}, queue delay "
                 f"{options.max_queue_delay_us} us, {options.instances} instances) as models "

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -128,10 +129,8 @@ class ServerTree:
         for sig, wait_s in ((signal.SIGTERM, term_wait_s), (signal.SIGKILL, kill_wait_s)):
             for process in left:
                 if alive(process):
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, sig)
-                    except ProcessLookupError:
-                        pass
             deadline = time.monotonic() + wait_s
             while (left := [p for p in left if alive(p)]) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -140,6 +139,7 @@ class ServerTree:
 
     def remove_segments(self) -> None:
         """Unlink the segments noted and those named with one of this server's prefixes."""
-        named = {path for path in SHM.iterdir() if self.shm_prefixes and path.name.startswith(self.shm_prefixes)}
+        prefixes = self.shm_prefixes
+        named = {path for path in SHM.iterdir() if prefixes and path.name.startswith(prefixes)}
         for path in self.segments | named:
             path.unlink(missing_ok=True)
