@@ -103,7 +103,9 @@ def _stop_cycle(bundle: Path, kind: str, images: list, log_path: Path) -> None:
     threads = [threading.Thread(target=work, args=(k,)) for k in range(CLIENTS if "load" in kind else 0)]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 120
     while threads and len(events) < SENT_BEFORE_STOP:
+        assert time.monotonic() < deadline, f"only {len(events)} answers in 120 s"
         time.sleep(0.05)
     tree = _tree(server.process.pid)
     segments = _segments(tree, server.process.pid)
