@@ -117,17 +117,6 @@ def _point_stub_at(env: Path | None) -> None:
             os.environ["LD_LIBRARY_PATH"] = f"{folder}:{current}" if current else folder
 
 
-def _without_tensor_store() -> None:
-    """Make PyTriton pass tensors between this process and its stubs inline (base64 over its ZeroMQ
-    sockets) instead of through its shared-memory tensor store. The store is a Python process that each
-    model's first stub spawns before it answers the other stubs' handshake, which PyTriton waits for only
-    1 s: on a loaded CPU `serve` failed to start (3 of 3 tries at load 19 on 2 cores). The store also
-    refused every tensor with a zero-length side with a traceback that Triton returned as HTTP 500, before
-    `model.check_raw` could refuse it, and left its /dev/shm segments behind when it was killed. What
-    inline costs is measured in docs/BENCHMARKS.md."""
-    os.environ["PYTRITON_NO_TENSORSTORE"] = "1"  # read when a model is bound and by each stub
-
-
 def _start_triton_in_own_session() -> None:
     """Make PyTriton start tritonserver through `setsid`, in a session and process group of its own.
     PyTriton starts it in the caller's group, so Ctrl-C or `timeout` (a signal to the whole group) reached
@@ -226,7 +215,6 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
         ) from exc
     _point_stub_at(python_backend_env())  # before the bundle is opened: a missing stub env fails fast
     _start_triton_in_own_session()
-    _without_tensor_store()
     inspector = Inspector.open(
         Path(bundle), options.backend, options.device, options.precision, options.threads, options.max_pixels
     )
