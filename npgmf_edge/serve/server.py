@@ -63,8 +63,6 @@ QUIET_S = 0.5  # drained: no batch answered for this long (or 4 queue delays) af
 # responses to leave, and for clients to close idle keep-alive connections, before it exits anyway.
 IDLE_EXIT_TIMEOUT_S = 3
 STUB_PROGRAM = "triton_python_backend_stub"  # one per model instance, ended when its model is unloaded
-LOAD_TRIES = 5  # PyTriton's 1 s handshake between a model's instances (_start)
-HANDSHAKE_TIMEOUT = "Timeout occurred while waiting for config file"
 TERM_WAIT_S, KILL_WAIT_S = 2.0, 5.0  # for processes of the tree that outlive Triton's stop (tree.py)
 
 
@@ -143,24 +141,6 @@ def _start_triton_in_own_session() -> None:
     triton.TritonServer = OwnSessionTritonServer
 
 
-def _start(triton, log: Log) -> None:
-    """Start Triton and load the bound models, loading again a model whose instances failed PyTriton's
-    handshake. Each model's first instance spawns PyTriton's tensor store (a Python process) before it
-    answers the other instances, which wait only 1 s: on a loaded CPU the load failed ("Timeout occurred
-    while waiting for config file ...-config.sock"; half the starts at load average 15-19 on 2 cores).
-    Triton stays up and drops the failed model; `connect` loads again only the models not yet alive."""
-    from tritonclient.utils import InferenceServerException
-
-    for attempt in range(1, LOAD_TRIES + 1):
-        try:
-            triton.run() if attempt == 1 else triton.connect()
-            return
-        except InferenceServerException as exc:
-            if attempt == LOAD_TRIES or HANDSHAKE_TIMEOUT not in str(exc):
-                raise ServeError(f"Triton could not load the models: {str(exc).splitlines()[0]}") from exc
-            log(f"a model instance missed PyTriton's handshake (a busy CPU); loading again ({attempt})")
-
-
 def _drain(options: ServeOptions, access_token: str, model: InspectorModel, tree: ServerTree) -> bool:
     """Unload both models through Triton's model-control API, then wait until the batches Triton had
     accepted are answered. From the unload on, Triton refuses new requests for the models (the client's
@@ -227,7 +207,7 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
     log = log or (lambda message: None)
     try:
         from pytriton.model_config import DynamicBatcher, ModelConfig
-        from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy, TritonSecurityConfig
+        from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
     except ImportError as exc:
         raise ServeError(
             f"serving needs PyTriton ({exc}): pip install 'npgmf-edge[serve]' && pip install --no-deps "
@@ -263,9 +243,7 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
     tree = ServerTree.mark(shm_prefixes=(f"pytrtion{os.getpid()}-",))  # PyTriton's name for Triton's shm
     try:
         access_token = secrets.token_urlsafe(32)
-        security = TritonSecurityConfig(access_token=access_token)
-        lifecycle = TritonLifecyclePolicy(launch_triton_on_startup=False)  # bind first, then start and load
-        with Triton(config=config, security_config=security, triton_lifecycle_policy=lifecycle) as triton:
+        with Triton(config=config, security_config=TritonSecurityConfig(access_token=access_token)) as triton:
             for name, inputs, answer in (  # loaded in this order: the encoded model's readiness is the probe
                 (options.raw_model_name, raw, model.infer_raw),
                 (options.model_name, encoded, model.infer_encoded),
@@ -278,7 +256,7 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
                     config=batching,
                     strict=True,
                 )
-            _start(triton, log)  # starts Triton, then loads the models one after the other
+            triton.run()  # starts Triton, then loads the models one after the other and waits for them
             tree.note_segments()
             log(
                 f"serving {bundle} ({inspector.precision}, max batch {max_batch}, queue delay "
