@@ -4,7 +4,8 @@ standard Triton model repository writer (docs/SERVE.md).
     model.py        the batched infer function: Triton requests in, one Inspector call, responses out
                     (pure numpy, testable without a server)
     stub_env.py     the Python environment PyTriton's backend stub runs in (numpy 1.x; see its docstring)
-    server.py       binds the Inspector as two Triton models with dynamic batching; SIGTERM drains
+    server.py       binds the Inspector as two Triton models with dynamic batching; SIGTERM / SIGINT drains
+    tree.py         every process and /dev/shm segment of one server, found from /proc and ended at stop
     client.py       a tritonclient client (HTTP or gRPC) returning typed results
     loadtest.py     `serve-bench`: concurrent clients, latency percentiles, every answer checked
     process.py      `serve` as a child process on free ports (scripts and tests)

@@ -72,8 +72,10 @@ def check_raw(images: Sequence[np.ndarray], max_pixels: int | None) -> list[Serv
     served = []
     for image in images:
         height, width = image.shape[:2] if image.ndim == 3 else (0, 0)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(height, width) < 1:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             problem = f"expected RGB uint8 pixels (H, W, 3), got {image.dtype} {image.shape}"
+        elif min(height, width) < 1:
+            problem = f"the image is {width}x{height} pixels: it has no pixels to inspect"
         elif max_pixels is not None and height * width > max_pixels:
             problem = (
                 f"the image is {width}x{height} ({height * width:,} pixels), above the limit of "

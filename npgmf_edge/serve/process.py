@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -21,6 +22,18 @@ from npgmf_edge.serve.client import ServeClient
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 90.0
+
+
+def pytriton_cannot_run() -> str | None:
+    """Why the PyTriton wheel cannot run here (it is built for glibc 2.35+ Linux on x86_64 / aarch64)."""
+    libc, version = platform.libc_ver()
+    if platform.system() != "Linux" or libc != "glibc":
+        return f"the PyTriton wheel needs glibc Linux, this is {platform.system()} {libc or 'without glibc'}"
+    if tuple(int(p) for p in version.split(".")[:2]) < (2, 35):
+        return f"the PyTriton wheel needs glibc 2.35 or newer, this has {version}"
+    if platform.machine() not in ("x86_64", "aarch64"):
+        return f"the PyTriton wheel is built for x86_64 and aarch64, not {platform.machine()}"
+    return None
 
 
 def free_ports(count: int) -> list[int]:
@@ -37,7 +50,9 @@ def free_ports(count: int) -> list[int]:
 
 class ServerProcess:
     """Starts `python -m npgmf_edge serve BUNDLE` on free ports and waits until Triton and both models are
-    ready; `stop()` sends SIGTERM and returns the exit code. Its log goes to `log_path`."""
+    ready; `stop()` sends SIGTERM and returns the exit code. Its log goes to `log_path`. The server leads
+    a process group of its own, as a command started from a terminal does: `signal_group` sends what
+    Ctrl-C or `timeout` would, without reaching the caller."""
 
     def __init__(self, bundle: Path, *args: str, log_path: Path | None = None) -> None:
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
@@ -48,7 +63,9 @@ class ServerProcess:
             "--port-metrics", str(self.metrics_port), *args,
         ]  # fmt: skip
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     @property
     def http_url(self) -> str:
@@ -73,6 +90,10 @@ class ServerProcess:
                 time.sleep(0.5)
         self.stop()
         raise ServeError(f"the server was not ready after {timeout_s:g} s; see {self.log_path}")
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        """Send `sig` to the server's whole process group (the server and whatever stayed in its group)."""
+        os.killpg(self.process.pid, sig)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM, then wait for the drain and exit; SIGKILL only if it does not exit in time."""

@@ -10,8 +10,19 @@ Two models over the same Inspector, because Triton batches only requests that ca
     <name>_raw  input "pixels" UINT8 [-1,-1,3]  RGB pixels decoded by the client
 One model with two optional inputs would mix both kinds in one batch and let a request carry neither.
 
-Shutdown: SIGTERM (or SIGINT) drains first (`_drain`: both models are unloaded, so Triton refuses new
-requests and answers every accepted one, waiting up to `exit_timeout_s`), then stops Triton; exit code 0.
+Readiness: PyTriton starts Triton with no model (explicit model control) and loads the models through the
+API once Triton is up, so Triton's `/v2/health/ready` answers 200 before any model is loaded. The probe is
+`/v2/models/<name>/ready`: the raw model is bound first and PyTriton loads the models one after the other
+in that order, so the encoded model is the last to load and its readiness means both are loaded. (Loading
+them at Triton's start instead, from PyTriton's local model store, loads all four instances at once, and
+PyTriton's proxy gives a second instance 1 s to find the first one's handshake socket: under CPU load the
+start failed.)
+
+Shutdown: SIGTERM or SIGINT drains first (`_drain`: both models are unloaded, so Triton refuses new
+requests and answers every accepted one, waiting up to `exit_timeout_s`), then stops Triton and ends what
+is left of its process tree and shared memory (tree.py); exit code 0. tritonserver runs in a session of its
+own, so a signal sent to serve's process group (Ctrl-C in a terminal, `timeout`) reaches only serve, which
+then drains; before, Triton got the same signal and stopped under the drain.
 
 Example:
     >>> serve_bundle(Path("bundle"), ServeOptions(http_port=8000, grpc_port=8001), log=print)
@@ -22,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import signal
 import threading
 import time
@@ -42,6 +54,7 @@ from npgmf_edge.serve.model import (
     InspectorModel,
 )
 from npgmf_edge.serve.stub_env import libpython_dir, python_backend_env
+from npgmf_edge.serve.tree import ServerTree
 
 Log = Callable[[str], None]
 MONITOR_PERIOD_S = 1.0  # how often the main thread checks that Triton and the models are alive
@@ -49,6 +62,8 @@ QUIET_S = 0.5  # drained: no batch answered for this long (or 4 queue delays) af
 # Triton's own exit timeout, once `_drain` has seen every accepted batch answered: time for the last
 # responses to leave, and for clients to close idle keep-alive connections, before it exits anyway.
 IDLE_EXIT_TIMEOUT_S = 3
+STUB_PROGRAM = "triton_python_backend_stub"  # one per model instance, ended when its model is unloaded
+TERM_WAIT_S, KILL_WAIT_S = 2.0, 5.0  # for processes of the tree that outlive Triton's stop (tree.py)
 
 
 @dataclass
@@ -103,14 +118,42 @@ def _point_stub_at(env: Path | None) -> None:
             os.environ["LD_LIBRARY_PATH"] = f"{folder}:{current}" if current else folder
 
 
-def _drain(options: ServeOptions, access_token: str, model: InspectorModel) -> bool:
+def _start_triton_in_own_session() -> None:
+    """Make PyTriton start tritonserver through `setsid`, in a session and process group of its own.
+    PyTriton starts it in the caller's group, so Ctrl-C or `timeout` (a signal to the whole group) reached
+    Triton and its stubs together with serve: Triton stopped under the drain and stubs were left behind.
+    PyTriton runs the first word of the server's path as the command and the rest as its first argument;
+    `setsid` execs tritonserver in place (same pid, and PyTriton's parent-death signal is kept)."""
+    from pytriton import triton
+    from pytriton.server.triton_server import TritonServer
+
+    setsid = shutil.which("setsid")
+    if setsid is None:
+        raise ServeError("serve needs the `setsid` command (util-linux) to run Triton in its own session")
+    if getattr(triton.TritonServer, "own_session", False):
+        return
+
+    class OwnSessionTritonServer(TritonServer):
+        own_session = True
+
+        def __init__(self, *, path, **kwargs) -> None:
+            super().__init__(path=f"{setsid} {path}", **kwargs)
+
+    triton.TritonServer = OwnSessionTritonServer
+
+
+def _drain(options: ServeOptions, access_token: str, model: InspectorModel, tree: ServerTree) -> bool:
     """Unload both models through Triton's model-control API, then wait until the batches Triton had
     accepted are answered. From the unload on, Triton refuses new requests for the models (the client's
-    error says the model has no available versions; /v2/health/ready turns false), so what is left is the
+    error says the model has no available versions; the readiness probe turns false), so what is left is the
     queue: it reaches the infer function within the queue delay, or as soon as an instance is free, which
-    `model.idle_seconds` would show. Stopping Triton directly would not do: it keeps accepting requests on
-    open connections until its exit timeout and then drops whatever is in flight.
-    False when the infer function was still busy after `exit_timeout_s`."""
+    `model.idle_seconds` would show. Then it waits until Triton has finished unloading them: until their
+    backend stubs have ended (Triton's unload call returns before that, and the repository index does not
+    list models loaded through the API), so that Triton's short exit timeout cannot cut an unload short
+    and leave a stub behind.
+    Stopping Triton directly would not do: it keeps accepting requests on open connections until its exit
+    timeout and then drops whatever is in flight.
+    False when the infer function was still busy, or a model still loaded, after `exit_timeout_s`."""
     import tritonclient.http as http
     from pytriton.client.auth import create_auth_headers
     from tritonclient.utils import InferenceServerException
@@ -127,9 +170,9 @@ def _drain(options: ServeOptions, access_token: str, model: InspectorModel) -> b
     quiet_s = max(QUIET_S, 4 * options.max_queue_delay_us / 1e6)
     deadline = time.monotonic() + options.exit_timeout_s
     while time.monotonic() < deadline:
-        if model.idle_seconds() >= quiet_s:
+        if model.idle_seconds() >= quiet_s and not tree.running(STUB_PROGRAM):
             return True
-        time.sleep(0.05)
+        time.sleep(0.1)
     return False
 
 
@@ -172,6 +215,7 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
             "'nvidia-pytriton>=0.5' (docs/SERVE.md)"
         ) from exc
     _point_stub_at(python_backend_env())  # before the bundle is opened: a missing stub env fails fast
+    _start_triton_in_own_session()
     inspector = Inspector.open(
         Path(bundle),
         options.backend,
@@ -203,12 +247,13 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
     encoded, raw, outputs = _tensors()
     stop, drained = threading.Event(), False
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    tree = ServerTree.mark(shm_prefixes=(f"pytrtion{os.getpid()}-",))  # PyTriton's name for Triton's shm
     try:
         access_token = secrets.token_urlsafe(32)
         with Triton(config=config, security_config=TritonSecurityConfig(access_token=access_token)) as triton:
-            for name, inputs, answer in (
-                (options.model_name, encoded, model.infer_encoded),
+            for name, inputs, answer in (  # loaded in this order: the encoded model's readiness is the probe
                 (options.raw_model_name, raw, model.infer_raw),
+                (options.model_name, encoded, model.infer_encoded),
             ):
                 triton.bind(
                     model_name=name,
@@ -218,25 +263,31 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
                     config=batching,
                     strict=True,
                 )
-            triton.run()  # starts Triton and waits until both models are ready
+            triton.run()  # starts Triton, then loads the models one after the other and waits for them
+            tree.note_segments()
             log(
                 f"serving {bundle} ({inspector.precision}, max batch {max_batch}, queue delay "
                 f"{options.max_queue_delay_us} us, {options.instances} instances) as models "
                 f"{options.model_name!r} (encoded images) and {options.raw_model_name!r} (RGB uint8) on "
                 f"http {options.host}:{options.http_port}, grpc {options.grpc_port}; ready: GET "
-                f"/v2/health/ready; metrics: :{options.metrics_port}/metrics; SIGTERM drains and stops"
+                f"/v2/models/{options.model_name}/ready; metrics: :{options.metrics_port}/metrics; SIGTERM "
+                "or SIGINT drains and stops"
             )
             while not stop.wait(MONITOR_PERIOD_S):
                 if not triton.is_alive():
                     raise ServeError(f"Triton or a model stopped unexpectedly while serving {bundle}")
             log("stopping: refusing new requests, answering the accepted ones")
-            drained = _drain(options, access_token, model)
+            drained = _drain(options, access_token, model, tree)
             if not drained:
                 log(f"warning: the models were still answering after {options.exit_timeout_s} s; stopping")
+            tree.note_segments()  # while every process of the tree still runs
     finally:
+        survivors = tree.end(TERM_WAIT_S, KILL_WAIT_S)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         model.close()
         inspector.close()
+    if survivors:
+        log(f"warning: processes {survivors} of the server did not end after SIGKILL")
     if drained:
         log("stopped: every accepted request was answered")

@@ -76,9 +76,15 @@ def test_raw_pixels_give_the_scores_of_the_files(served) -> None:
     assert responses[2]["verdict"][0, 0] == b"error" and b"above the limit" in responses[2]["error"][0, 0]
 
 
-def test_raw_items_of_the_wrong_type_or_rank_are_errors() -> None:
+def test_raw_items_of_the_wrong_type_rank_or_size_are_errors() -> None:
     grey, floats = np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.float32)
     assert all("expected RGB uint8" in item.error for item in check_raw([grey, floats], None))
+    empty = check_raw([np.zeros((0, 0, 3), np.uint8), np.zeros((5, 0, 3), np.uint8)], None)
+    assert [item.error for item in empty] == [
+        "the image is 0x0 pixels: it has no pixels to inspect",
+        "the image is 0x5 pixels: it has no pixels to inspect",
+    ]
+    assert all(item.pixels is None for item in empty)
 
 
 def test_maps_of_different_sizes_are_nan_padded_not_resized() -> None:

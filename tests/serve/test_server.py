@@ -1,14 +1,11 @@
 """`npgmf-edge serve` for real: PyTriton's Triton server started as a child process on free ports, good,
 corrupt and oversized images sent concurrently over HTTP and gRPC, every answer compared with
-`Inspector.inspect` on the same file in this process; SIGTERM under load."""
+`Inspector.inspect` on the same file in this process. Stopping and readiness: test_stop.py."""
 
 import json
 import math
-import platform
 import shutil
-import signal
 import threading
-import time
 import urllib.request
 
 import cv2
@@ -18,21 +15,9 @@ import pytest
 from npgmf_edge.data import read_image
 from npgmf_edge.errors import ServeError
 from npgmf_edge.runtime import Inspector
+from npgmf_edge.serve.process import pytriton_cannot_run
 
-
-def _pytriton_cannot_run() -> str | None:
-    """Why the PyTriton wheel cannot run here (it is built for glibc 2.35+ Linux on x86_64 / aarch64)."""
-    libc, version = platform.libc_ver()
-    if platform.system() != "Linux" or libc != "glibc":
-        return f"the PyTriton wheel needs glibc Linux, this is {platform.system()} {libc or 'without glibc'}"
-    if tuple(int(p) for p in version.split(".")[:2]) < (2, 35):
-        return f"the PyTriton wheel needs glibc 2.35 or newer, this has {version}"
-    if platform.machine() not in ("x86_64", "aarch64"):
-        return f"the PyTriton wheel is built for x86_64 and aarch64, not {platform.machine()}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_pytriton_cannot_run() is not None, reason=str(_pytriton_cannot_run()))
+pytestmark = pytest.mark.skipif(pytriton_cannot_run() is not None, reason=str(pytriton_cannot_run()))
 
 LIMIT = 1_000_000  # --max-pixels of the servers below
 CLIENTS = 8
@@ -186,56 +171,27 @@ def test_serve_bench_checks_every_answer(server, cases, graph_bundle, cli, tmp_p
     assert report["answered"] > 5 and report["errors"] > 0  # the truncated file: its own error, counted
 
 
-def test_sigterm_under_load_answers_every_accepted_request(graph_bundle, cases, reference, tmp_path) -> None:
-    """Requests sent before SIGTERM must all be answered, correctly; later ones may be refused (Triton
-    unloads the models first, so a refusal says the model is gone); the process exits 0."""
+ZERO_SIDE_OPEN = pytest.mark.xfail(
+    strict=True,
+    reason="open (issue 24 item 9): PyTriton's shared-memory tensor store fails in the stub on a tensor "
+    "with a zero-length side, before the model sees it; docs/SERVE.md says what would fix it and its cost",
+)
+
+
+@ZERO_SIDE_OPEN
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_raw_image_with_a_zero_side_is_its_own_error_without_a_traceback(server, protocol) -> None:
+    """The probe's repro: a raw 0x0 image got HTTP 500 whose body was the server's Python traceback with
+    its paths (PyTriton's shared-memory tensor store could not copy a tensor with a zero-length side)."""
     from npgmf_edge.serve.client import ServeClient
-    from npgmf_edge.serve.process import ServerProcess
 
-    good, _, _ = cases
-    blobs = [(path, path.read_bytes()) for path in good]
-    events, lock, stop = [], threading.Lock(), threading.Event()
-    server = ServerProcess(graph_bundle, "--max-queue-delay-us", "20000", log_path=tmp_path / "log")
-    server.wait_ready()
-
-    def work(worker: int) -> None:
-        url = server.grpc_url if worker % 2 else server.http_url
-        with ServeClient(url, timeout_s=60) as client:
-            k = worker
-            while not stop.is_set():
-                path, blob = blobs[k % len(blobs)]
-                k += 1
-                sent = time.monotonic()
-                try:
-                    outcome = client.inspect_bytes(blob)
-                except ServeError as exc:
-                    outcome = exc
-                with lock:
-                    events.append((sent, path, outcome))
-                if isinstance(outcome, Exception):
-                    time.sleep(0.05)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    while len(events) < 40:
-        time.sleep(0.05)
-    term_at = time.monotonic()
-    server.process.send_signal(signal.SIGTERM)
-    exit_code = server.process.wait(timeout=120)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    server.stop()
-
-    assert exit_code == 0
-    before = [(path, outcome) for sent, path, outcome in events if sent < term_at]
-    assert len(before) >= 40
-    lost = [(path, outcome) for path, outcome in before if isinstance(outcome, Exception)]
-    assert not lost, f"accepted before SIGTERM but not answered: {lost[:3]}"
-    for _, path, outcome in events:
-        if not isinstance(outcome, Exception):
-            assert outcome.score == pytest.approx(reference[path].score, rel=1e-5), path
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    with ServeClient(url) as client:
+        for shape in ((0, 0, 3), (5, 0, 3), (0, 7, 3)):
+            result = client.inspect_pixels(np.zeros(shape, np.uint8))
+            assert result.verdict == "error" and math.isnan(result.score), shape
+            assert result.error == f"the image is {shape[1]}x{shape[0]} pixels: it has no pixels to inspect"
+        assert client.inspect_pixels(np.zeros((32, 32, 3), np.uint8)).verdict != "error"  # still serving
 
 
 def _peak_rss_bytes(pid: int) -> int:
@@ -267,3 +223,24 @@ def test_decode_bombs_are_refused_per_item_and_the_server_stays_small(server, cr
                 )
             assert client.inspect_path(good[0]).verdict in ("good", "anomalous")
     assert _peak_rss_bytes(server.process.pid) - before < 100 * 2**20
+
+
+@ZERO_SIDE_OPEN
+def test_a_zero_side_over_plain_http_json_is_answered_without_a_traceback(server) -> None:
+    body = {
+        "inputs": [{"name": "pixels", "shape": [1, 0, 0, 3], "datatype": "UINT8", "data": []}],
+        "outputs": [{"name": "verdict"}, {"name": "error"}],
+    }
+    request = urllib.request.Request(
+        f"{server.http_url}/v2/models/npgmf_raw/infer", json.dumps(body).encode(), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode()
+    assert status in (200, 400), text
+    assert "Traceback" not in text and ".py" not in text and "/tmp" not in text, text
+    if status == 200:
+        outputs = {output["name"]: output["data"] for output in json.loads(text)["outputs"]}
+        assert outputs["verdict"] == ["error"] and "no pixels" in outputs["error"][0]
