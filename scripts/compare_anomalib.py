@@ -16,6 +16,15 @@ pixels: `preprocess.to_model_input` at the run's image size, then the encoder's 
 anomalib's Lightning engine is not used: the script calls the model as `Patchcore.training_step`, `fit`
 and `validation_step` do.
 
+anomalib's `KCenterGreedy` measures the whole bank for every pick: on a 2-core machine a 295k-patch bank
+(magnetic tile at 256 px) takes hours. By default its `select_coreset_idxs` is replaced by the same rule on
+the same inputs (anomalib's sparse random projection, anomalib's seeded random first pick, then the
+point farthest from all picks so far, the first pick kept) computed by our exact pruned greedy
+(`GreedyCoresetSampler`, docs/DESIGN.md): the same picks up to float ties. `--anomalib-coreset` runs
+anomalib's own loop; `--check-coreset` runs both on the first 3,000 training patches and says whether
+the picks agree (anomalib's loop also grows the process by about one bank copy per pick here, so the
+sample stays small).
+
 Ours: `evaluate`'s image AUROC per branch (run `evaluate_run` on the run, or read `--ours-metrics`).
 Subsets as `evaluate` forms them: per anomaly type plus their mean for MVTec LOCO (make-data), "all"
 otherwise.
@@ -46,6 +55,7 @@ from pathlib import Path
 ANOMALIB_VERSION = "2.7.0"
 NEIGHBOURS = 9  # anomalib's default num_neighbors (the PatchCore paper's image-score reweighting)
 LEVELS = (2, 3)  # timm out_indices of the structural levels (strides 8 and 16), as our branch uses
+CHECK_PATCHES = 3_000  # --check-coreset: training patches both coresets are drawn from
 REPO = Path(__file__).resolve().parents[1]
 STAMP = ".npgmf-installed"
 
@@ -60,6 +70,8 @@ class PeerScores:
     memory_bank: list[int]
     seconds_fit: float
     seconds_test: float
+    coreset: str  # "anomalib" (its own loop) or "pruned" (the same rule, our exact pruned greedy)
+    coreset_check: bool | None  # with --check-coreset: whether both gave the same picks on a sample
 
 
 @dataclasses.dataclass
@@ -174,6 +186,8 @@ def compare(args: argparse.Namespace) -> Comparison:
         metrics = evaluate_run(args.run, dataset, args.work / "ours")["results"]
 
     spec = {
+        "anomalib_coreset": args.anomalib_coreset,
+        "check_coreset": args.check_coreset,
         "encoder": encoder,
         "weights": weights,
         "image_size": cfg.image_size,
@@ -205,6 +219,47 @@ def compare(args: argparse.Namespace) -> Comparison:
     )
 
 
+def pruned_select(self) -> list[int]:
+    """`KCenterGreedy.select_coreset_idxs` (anomalib 2.7) computed by our exact pruned greedy: anomalib's
+    projection and random first pick, the same farthest-first rule, the first pick kept."""
+    import torch
+
+    from npgmf_edge.models.structural.sampler import GreedyCoresetSampler
+
+    self.model.fit(self.embedding)
+    self.features = self.model.transform(self.embedding)
+    first = torch.randint(high=self.n_observations, size=(1,), device=self.features.device).squeeze()
+    sampler = GreedyCoresetSampler(1.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a latency-bound loop of small ops (sampler.GREEDY_CPU_THREADS)
+    try:
+        picks = sampler._greedy_indices(self.features.float(), self.coreset_size, int(first))
+    finally:
+        torch.set_num_threads(before)
+    return picks.tolist()
+
+
+def seed_anomalib(seed: int) -> None:
+    """anomalib's projection draws from torch and, through scikit-learn with no random_state, from numpy's
+    global generator; its first pick from torch."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def same_picks(kcg_class, bank) -> bool:
+    """Whether anomalib's loop and `pruned_select` pick the same coreset from `bank` (same seed)."""
+
+    picks = []
+    for select in (kcg_class.select_coreset_idxs, pruned_select):
+        seed_anomalib(0)
+        sampler = kcg_class(embedding=bank, sampling_ratio=0.1)
+        picks.append(select(sampler))
+    return picks[0] == picks[1]
+
+
 def worker(spec_path: Path, result_path: Path) -> None:
     """Inside the side virtualenv: anomalib's PatchCore on the spec's images; writes `PeerScores`."""
     import anomalib
@@ -212,6 +267,7 @@ def worker(spec_path: Path, result_path: Path) -> None:
     import timm
     import torch
     from anomalib.models import Patchcore
+    from anomalib.models.components import KCenterGreedy
 
     from npgmf_edge.data import read_image
     from npgmf_edge.models.backbone import create_feature_extractor
@@ -250,7 +306,14 @@ def worker(spec_path: Path, result_path: Path) -> None:
     with torch.no_grad():
         for images in batches(spec["train"]):
             model.model(images)  # Patchcore.training_step: stores the embeddings
-    torch.manual_seed(spec["seed"])  # KCenterGreedy's random first pick
+    check = (
+        same_picks(KCenterGreedy, torch.vstack(model.model.embedding_store)[:CHECK_PATCHES])
+        if spec.get("check_coreset")
+        else None
+    )
+    if not spec.get("anomalib_coreset", False):
+        KCenterGreedy.select_coreset_idxs = pruned_select
+    seed_anomalib(spec["seed"])  # KCenterGreedy's projection and random first pick
     model.fit()  # Patchcore.fit: the coreset
     seconds_fit = time.perf_counter() - tick
     tick = time.perf_counter()
@@ -266,6 +329,8 @@ def worker(spec_path: Path, result_path: Path) -> None:
         memory_bank=list(model.model.memory_bank.shape),
         seconds_fit=round(seconds_fit, 1),
         seconds_test=round(time.perf_counter() - tick, 1),
+        coreset="anomalib" if spec.get("anomalib_coreset", False) else "pruned",
+        coreset_check=check,
     )
     result_path.write_text(json.dumps(dataclasses.asdict(result)))
 
@@ -309,6 +374,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="anomalib's coreset start")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in the peer")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--anomalib-coreset", action="store_true", help="anomalib's own k-center loop")
+    parser.add_argument("--check-coreset", action="store_true", help="both coresets on a sample: same?")
     parser.add_argument("--out", type=Path, default=None, help="also write the result as JSON here")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
