@@ -607,7 +607,7 @@ def predict(
 def serve(
     bundle: Annotated[Path, typer.Argument(exists=True, help="Bundle directory from `export`.")],
     host: Annotated[str, typer.Option(help="Address the HTTP and gRPC endpoints bind to.")] = "0.0.0.0",
-    port_http: Annotated[int, typer.Option(help="HTTP port (KServe v2 API, /v2/health/ready).")] = 8000,
+    port_http: Annotated[int, typer.Option(help="HTTP port (probe: /v2/models/npgmf/ready).")] = 8000,
     port_grpc: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     port_metrics: Annotated[int, typer.Option(help="Prometheus metrics port (/metrics).")] = 8002,
     max_batch: Annotated[
