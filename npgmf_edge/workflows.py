@@ -158,8 +158,10 @@ def open_detector(
             fallback=fallback,
             trust=trust,
         )
-    from npgmf_edge.rundir import CONFIG_FILE  # imports torch: only for a run directory
+    from npgmf_edge.device import resolve_device  # imports torch: only for a run directory
+    from npgmf_edge.rundir import CONFIG_FILE
 
+    resolve_device(device)  # an impossible --device is the one line, whatever the folder holds
     if not (model / CONFIG_FILE).is_file():
         raise CheckpointError(
             f"no {MANIFEST_FILE} in {model}, and no {CONFIG_FILE} either: it is neither a complete bundle "
