@@ -21,6 +21,14 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from npgmf_edge.training.early_stopping import TrainingCurve
 
 
+def _save(fig: plt.Figure, path: Path) -> Path:
+    """Lay out, write and release a figure (pyplot keeps every open figure alive until closed)."""
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_roc_curves(labels: np.ndarray, scores_by_branch: Mapping[str, np.ndarray], path: Path) -> Path:
     """One ROC curve per branch on shared axes, AUROC in the legend."""
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
@@ -30,10 +38,7 @@ def plot_roc_curves(labels: np.ndarray, scores_by_branch: Mapping[str, np.ndarra
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Image-level ROC")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_score_histogram(
@@ -48,10 +53,7 @@ def plot_score_histogram(
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.2f}")
     ax.set(xlabel="image score", ylabel="images", title=title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_training_curve(curve: TrainingCurve, path: Path) -> Path:
@@ -72,10 +74,7 @@ def plot_training_curve(curve: TrainingCurve, path: Path) -> Path:
         title=f"Logical branch: stopped after epoch {curve.stopped_after_epoch} ({curve.stop_reason})",
     )
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_html_report(
