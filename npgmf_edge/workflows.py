@@ -161,7 +161,7 @@ def open_detector(
     from npgmf_edge.device import resolve_device  # imports torch: only for a run directory
     from npgmf_edge.rundir import CONFIG_FILE
 
-    resolve_device(device)  # an impossible --device is the one line, whatever the folder holds
+    resolved = resolve_device(device)  # an impossible --device is the one line, whatever the folder holds
     if not (model / CONFIG_FILE).is_file():
         raise CheckpointError(
             f"no {MANIFEST_FILE} in {model}, and no {CONFIG_FILE} either: it is neither a complete bundle "
@@ -171,7 +171,7 @@ def open_detector(
         raise ConfigError(f"--precision and --fallback choose a bundle's graph; {model} is a run directory")
     from npgmf_edge.detector import RunDetector
 
-    return RunDetector(model, max_pixels=max_pixels, device=device)
+    return RunDetector(model, max_pixels=max_pixels, device=resolved)
 
 
 def expand_images(items: Sequence[str | Path]) -> list[Path]:
