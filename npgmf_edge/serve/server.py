@@ -14,9 +14,9 @@ Readiness: PyTriton starts Triton with no model (explicit model control) and loa
 API once Triton is up, so Triton's `/v2/health/ready` answers 200 before any model is loaded. The probe is
 `/v2/models/<name>/ready`: the raw model is bound first and PyTriton loads the models one after the other
 in that order, so the encoded model is the last to load and its readiness means both are loaded. (Loading
-them at Triton's start instead, from PyTriton's local model store, loads all four instances at once, and
-PyTriton's proxy gives a second instance 1 s to find the first one's handshake socket: under CPU load the
-start failed.)
+them at Triton's start instead, from PyTriton's local model store, would make `/v2/health/ready` honest, but
+a model's second instance gets 1 s to find the first one's handshake socket, and under CPU load that start
+failed 3 of 5 times against 1 of 5 for loading through the API: docs/SERVE.md.)
 
 Shutdown: SIGTERM or SIGINT drains first (`_drain`: both models are unloaded, so Triton refuses new
 requests and answers every accepted one, waiting up to `exit_timeout_s`), then stops Triton and ends what
