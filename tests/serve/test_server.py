@@ -187,6 +187,17 @@ def test_a_raw_image_with_a_zero_side_is_its_own_error_without_a_traceback(serve
         assert client.inspect_pixels(np.zeros((32, 32, 3), np.uint8)).verdict != "error"  # still serving
 
 
+def test_the_client_refuses_pixels_it_cannot_describe_before_sending() -> None:
+    """A grey (H, W) or float image has no (H, W, 3) uint8 bytes to send: one line, nothing sent (the
+    client used to cast floats to uint8 silently). Port 9 is never contacted."""
+    from npgmf_edge.serve.client import ServeClient
+
+    with ServeClient("http://127.0.0.1:9") as client:
+        for image in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.float32)):
+            with pytest.raises(ServeError, match=r"^expected RGB uint8 pixels \(H, W, 3\), got "):
+                client.inspect_pixels(image)
+
+
 def _peak_rss_bytes(pid: int) -> int:
     """VmHWM of a live process: its peak resident memory since it started (exec resets it)."""
     with open(f"/proc/{pid}/status") as status:
