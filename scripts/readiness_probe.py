@@ -24,28 +24,15 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 
-from npgmf_edge.serve.process import free_ports
+from npgmf_edge.serve.process import free_ports, http_status
 from npgmf_edge.serve.server import _point_stub_at, _start_triton_in_own_session
 from npgmf_edge.serve.stub_env import python_backend_env
 
 MODELS = ("first", "second")
 POLL_S = 0.01
-
-
-def status(url: str) -> int | None:
-    """HTTP status of a GET, None when nothing listens."""
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
 
 
 def main() -> None:
@@ -82,7 +69,7 @@ def main() -> None:
     def poll() -> None:
         last = None
         while not stop.is_set():
-            answers = tuple(status(url) for url in urls)
+            answers = tuple(http_status(url, timeout_s=1) for url in urls)
             if answers != last:
                 changes.append((round(time.monotonic() - start, 3), answers))
                 last = answers
