@@ -24,6 +24,7 @@ from npgmf_edge.serve.model import (
     RAW_INPUT,
     RAW_SUFFIX,
     SCALAR_OUTPUTS,
+    SIZE_INPUT,
 )
 
 PROTOCOLS = ("http", "grpc")
@@ -103,28 +104,33 @@ class ServeClient:
         blob = np.array([[data]], dtype=object)
         item = self._module.InferInput(ENCODED_INPUT, list(blob.shape), "BYTES")
         item.set_data_from_numpy(blob)
-        return self._infer(self.model, item, with_map)
+        return self._infer(self.model, [item], with_map)
 
     def inspect_pixels(self, image: np.ndarray, with_map: bool = False) -> ServeResult:
-        """Inspect one (H, W, 3) uint8 RGB image decoded here (the server skips decoding)."""
-        pixels = np.ascontiguousarray(image, dtype=np.uint8)[None]
-        item = self._module.InferInput(RAW_INPUT, list(pixels.shape), "UINT8")
-        item.set_data_from_numpy(pixels)
-        return self._infer(self.model + RAW_SUFFIX, item, with_map)
+        """Inspect one (H, W, 3) uint8 RGB image decoded here (the server skips decoding). Sent as the raw
+        model's contract says (model.py): its bytes row by row as `pixels`, its shape as `size`."""
+        if image.dtype != np.uint8 or image.ndim != 3:
+            raise ServeError(f"expected RGB uint8 pixels (H, W, 3), got {image.dtype} {image.shape}")
+        blob = np.array([[np.ascontiguousarray(image).tobytes()]], dtype=object)
+        pixels = self._module.InferInput(RAW_INPUT, [1, 1], "BYTES")
+        pixels.set_data_from_numpy(blob)
+        size = self._module.InferInput(SIZE_INPUT, [1, 3], "INT32")
+        size.set_data_from_numpy(np.array([image.shape], dtype=np.int32))
+        return self._infer(self.model + RAW_SUFFIX, [pixels, size], with_map)
 
     def inspect_path(self, path: Path, with_map: bool = False) -> ServeResult:
         return self.inspect_bytes(Path(path).read_bytes(), with_map)
 
-    def _infer(self, model: str, item, with_map: bool) -> ServeResult:
+    def _infer(self, model: str, inputs: list, with_map: bool) -> ServeResult:
         from tritonclient.utils import InferenceServerException
 
         names = [*SCALAR_OUTPUTS, MAP_OUTPUT] if with_map else list(SCALAR_OUTPUTS)
         outputs = [self._module.InferRequestedOutput(name) for name in names]
         try:
             if self.protocol == "grpc":
-                response = self._client.infer(model, [item], outputs=outputs, client_timeout=self._timeout_s)
+                response = self._client.infer(model, inputs, outputs=outputs, client_timeout=self._timeout_s)
             else:
-                response = self._client.infer(model, [item], outputs=outputs)
+                response = self._client.infer(model, inputs, outputs=outputs)
         except (InferenceServerException, OSError, *_transport_errors()) as exc:
             reason = str(exc) or type(exc).__name__
             raise ServeError(f"{self.protocol}://{self.url} model {model}: {reason}") from exc

@@ -6,10 +6,16 @@ response per request. Each image gets its own answer: a corrupt or oversized one
 a NaN score and its `error` text, and the other images of the same batch are answered as usual.
 
 Two input kinds, served as two models over the same Inspector (server.py):
-    ENCODED  "image"   BYTES [1]        PNG / JPEG / ... file bytes; refused above max_pixels from the
-                                        header, before anything is decoded
-    RAW      "pixels"  UINT8 [-1,-1,3]  RGB pixels already decoded by the client (saves the server the
-                                        decode; same max_pixels bound)
+    ENCODED  "image"   BYTES [1]  PNG / JPEG / ... file bytes; refused above max_pixels from the header,
+                                  before anything is decoded
+    RAW      "pixels"  BYTES [1]  RGB uint8 pixels already decoded by the client, packed row by row
+                                  (H x W x 3 bytes; saves the server the decode)
+             "size"    INT32 [3]  their shape (H, W, 3); checked against the byte count and max_pixels
+The raw pixels travel as one BYTES element, not as a UINT8 [H, W, 3] tensor, because PyTriton's shared-
+memory tensor store (between Triton's backend stub and this process) cannot copy a tensor with a zero-length
+side: a 0 x 5 image failed in the stub with HTTP 500 and a traceback before any check here. A BYTES element
+carries a length prefix, so it is never zero bytes on the wire, and `size` has a fixed shape that Triton
+checks itself; an empty image reaches `unpack_raw` and gets its own one-line error.
 Outputs per image: score FP32 [1], threshold FP32 [1], verdict BYTES [1] ("good" | "anomalous" | "error"),
 precision BYTES [1] (the graph that answered), error BYTES [1] ("" when none), and, only when the request
 names it among its requested outputs, anomaly_map FP16 [-1,-1] (the fused map at the image's own size).
@@ -39,6 +45,8 @@ DEFAULT_MODEL = "npgmf"  # the encoded-image model; the raw one is DEFAULT_MODEL
 RAW_SUFFIX = "_raw"
 ENCODED_INPUT = "image"
 RAW_INPUT = "pixels"
+SIZE_INPUT = "size"
+CHANNELS = 3  # the raw model takes RGB
 MAP_OUTPUT = "anomaly_map"
 SCALAR_OUTPUTS = ("score", "threshold", "verdict", "precision", "error")
 OUTPUTS = (*SCALAR_OUTPUTS, MAP_OUTPUT)
@@ -67,13 +75,16 @@ def decode_encoded(blobs: Sequence[object], max_pixels: int | None, pool: Thread
     return list(pool.map(one, blobs))
 
 
-def check_raw(images: Sequence[np.ndarray], max_pixels: int | None) -> list[ServedImage]:
-    """Raw (H, W, 3) uint8 images -> ServedImage each, refused above `max_pixels` like encoded ones."""
+def unpack_raw(blobs: Sequence[object], sizes: np.ndarray, max_pixels: int | None) -> list[ServedImage]:
+    """Raw RGB bytes with their (H, W, 3) sizes -> ServedImage each: an (H, W, 3) uint8 view of the bytes,
+    or why not (refused above `max_pixels` like encoded images, before the bytes are looked at)."""
     served = []
-    for image in images:
-        height, width = image.shape[:2] if image.ndim == 3 else (0, 0)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            problem = f"expected RGB uint8 pixels (H, W, 3), got {image.dtype} {image.shape}"
+    for blob, size in zip(blobs, np.asarray(sizes).reshape(-1, 3), strict=True):
+        height, width, channels = (int(side) for side in size)
+        if not isinstance(blob, bytes | np.bytes_):
+            problem = f"expected the pixels as bytes, got {type(blob).__name__}"
+        elif channels != CHANNELS or height < 0 or width < 0:
+            problem = f"size must be (height, width, {CHANNELS}) for RGB, got ({height}, {width}, {channels})"
         elif min(height, width) < 1:
             problem = f"the image is {width}x{height} pixels: it has no pixels to inspect"
         elif max_pixels is not None and height * width > max_pixels:
@@ -81,8 +92,14 @@ def check_raw(images: Sequence[np.ndarray], max_pixels: int | None) -> list[Serv
                 f"the image is {width}x{height} ({height * width:,} pixels), above the limit of "
                 f"{max_pixels:,}; shrink it, or start the server with a larger --max-pixels"
             )
+        elif len(blob) != height * width * channels:
+            problem = (
+                f"the pixels are {len(blob):,} bytes, but a {width}x{height} RGB image is "
+                f"{height * width * channels:,} (height x width x 3 uint8, row by row)"
+            )
         else:
-            served.append(ServedImage(np.ascontiguousarray(image)))
+            pixels = np.frombuffer(blob, dtype=np.uint8).reshape(height, width, channels)
+            served.append(ServedImage(pixels))
             continue
         served.append(ServedImage(None, problem))
     return served
@@ -150,9 +167,11 @@ class InspectorModel:
     def infer_raw(
         self, requests: Sequence[Mapping[str, np.ndarray]], requested: Sequence[Sequence[str] | None] = ()
     ) -> list[dict[str, np.ndarray]]:
-        per_request = [np.asarray(request[RAW_INPUT]) for request in requests]
-        served = check_raw([image for batch in per_request for image in batch], self.max_pixels)
-        return self._answer(served, [len(batch) for batch in per_request], requested)
+        per_request = [np.asarray(request[RAW_INPUT], dtype=object).reshape(-1) for request in requests]
+        blobs = [blob for request_blobs in per_request for blob in request_blobs]
+        sizes = np.concatenate([np.asarray(request[SIZE_INPUT]).reshape(-1, 3) for request in requests])
+        served = unpack_raw(blobs, sizes, self.max_pixels)
+        return self._answer(served, [len(blobs) for blobs in per_request], requested)
 
     def _answer(
         self, served: list[ServedImage], counts: list[int], requested: Sequence[Sequence[str] | None]

@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from npgmf_edge.errors import ServeError
@@ -46,6 +48,17 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def http_status(url: str, timeout_s: float = 5.0) -> int:
+    """The HTTP status of a GET of `url` (a readiness probe's view), 0 when nothing listens there yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
 
 
 class ServerProcess:

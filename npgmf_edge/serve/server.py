@@ -6,17 +6,17 @@ more, and hands each batch to `model.InspectorModel` in this process (one Inspec
 `instances` Triton model instances, each a thread: while one decodes images another runs the graph).
 
 Two models over the same Inspector, because Triton batches only requests that carry the same inputs:
-    <name>      input "image"  BYTES [1]        encoded PNG / JPEG bytes, decoded by the server
-    <name>_raw  input "pixels" UINT8 [-1,-1,3]  RGB pixels decoded by the client
+    <name>      input "image"  BYTES [1]                  encoded PNG / JPEG bytes, decoded by the server
+    <name>_raw  inputs "pixels" BYTES [1], "size" INT32 [3]  RGB uint8 bytes decoded by the client, (H, W, 3)
 One model with two optional inputs would mix both kinds in one batch and let a request carry neither.
 
 Readiness: PyTriton starts Triton with no model (explicit model control) and loads the models through the
 API once Triton is up, so Triton's `/v2/health/ready` answers 200 before any model is loaded. The probe is
 `/v2/models/<name>/ready`: the raw model is bound first and PyTriton loads the models one after the other
 in that order, so the encoded model is the last to load and its readiness means both are loaded. (Loading
-them at Triton's start instead, from PyTriton's local model store, loads all four instances at once, and
-PyTriton's proxy gives a second instance 1 s to find the first one's handshake socket: under CPU load the
-start failed.)
+them at Triton's start instead, from PyTriton's local model store, would make `/v2/health/ready` honest, but
+a model's second instance gets 1 s to find the first one's handshake socket, and under CPU load that start
+failed 3 of 5 times against 1 of 5 for loading through the API: docs/SERVE.md.)
 
 Shutdown: SIGTERM or SIGINT drains first (`_drain`: both models are unloaded, so Triton refuses new
 requests and answers every accepted one, waiting up to `exit_timeout_s`), then stops Triton and ends what
@@ -51,6 +51,7 @@ from npgmf_edge.serve.model import (
     MAP_OUTPUT,
     RAW_INPUT,
     RAW_SUFFIX,
+    SIZE_INPUT,
     InspectorModel,
 )
 from npgmf_edge.serve.stub_env import libpython_dir, python_backend_env
@@ -188,7 +189,10 @@ def _tensors():
         Tensor(name=MAP_OUTPUT, dtype=np.float16, shape=(-1, -1)),
     ]
     encoded = [Tensor(name=ENCODED_INPUT, dtype=np.bytes_, shape=(1,))]
-    raw = [Tensor(name=RAW_INPUT, dtype=np.uint8, shape=(-1, -1, 3))]
+    raw = [  # bytes + shape, not a UINT8 [-1, -1, 3] tensor: model.py says why
+        Tensor(name=RAW_INPUT, dtype=np.bytes_, shape=(1,)),
+        Tensor(name=SIZE_INPUT, dtype=np.int32, shape=(3,)),
+    ]
     return encoded, raw, outputs
 
 
@@ -268,8 +272,8 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
             log(
                 f"serving {bundle} ({inspector.precision}, max batch {max_batch}, queue delay "
                 f"{options.max_queue_delay_us} us, {options.instances} instances) as models "
-                f"{options.model_name!r} (encoded images) and {options.raw_model_name!r} (RGB uint8) on "
-                f"http {options.host}:{options.http_port}, grpc {options.grpc_port}; ready: GET "
+                f"{options.model_name!r} (encoded images) and {options.raw_model_name!r} (RGB bytes + size) "
+                f"on http {options.host}:{options.http_port}, grpc {options.grpc_port}; ready: GET "
                 f"/v2/models/{options.model_name}/ready; metrics: :{options.metrics_port}/metrics; SIGTERM "
                 "or SIGINT drains and stops"
             )

@@ -12,7 +12,7 @@ from npgmf_edge.data import read_image
 from npgmf_edge.data.image_io import decode_image_bytes
 from npgmf_edge.errors import DatasetError
 from npgmf_edge.runtime import Inspector
-from npgmf_edge.serve.model import MAP_OUTPUT, InspectorModel, check_raw, stack_maps
+from npgmf_edge.serve.model import MAP_OUTPUT, InspectorModel, stack_maps, unpack_raw
 
 LIMIT = 1_000_000  # pixels; an oversized test image is 1200 x 1000
 
@@ -66,25 +66,49 @@ def test_the_map_is_computed_only_when_asked_for(served) -> None:
     np.testing.assert_allclose(anomaly_map, expected[0].anomaly_map, rtol=1e-3, atol=1e-2)
 
 
+def _raw(*images: np.ndarray) -> dict[str, np.ndarray]:
+    """A raw-model request as a client sends it: each image's bytes and its (H, W, 3) shape."""
+    blobs = np.array([[image.tobytes()] for image in images], dtype=object).reshape(len(images), 1)
+    return {"pixels": blobs, "size": np.array([image.shape for image in images], np.int32).reshape(-1, 3)}
+
+
 def test_raw_pixels_give_the_scores_of_the_files(served) -> None:
     model, paths, expected = served
-    pixels = [read_image(p) for p in paths[:2]]
+    pixels = [read_image(p) for p in paths[:3]]
     oversized = np.zeros((1200, 1000, 3), np.uint8)
-    responses = model.infer_raw([{"pixels": p[None]} for p in [*pixels, oversized]])
-    scores = [r["score"][0, 0] for r in responses[:2]]
-    assert scores == pytest.approx([e.score for e in expected[:2]], rel=1e-5)
+    responses = model.infer_raw([_raw(pixels[0]), _raw(pixels[1], pixels[2]), _raw(oversized)])
+    scores = [*responses[0]["score"][:, 0], *responses[1]["score"][:, 0]]
+    assert scores == pytest.approx([e.score for e in expected[:3]], rel=1e-5)
     assert responses[2]["verdict"][0, 0] == b"error" and b"above the limit" in responses[2]["error"][0, 0]
 
 
-def test_raw_items_of_the_wrong_type_rank_or_size_are_errors() -> None:
-    grey, floats = np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.float32)
-    assert all("expected RGB uint8" in item.error for item in check_raw([grey, floats], None))
-    empty = check_raw([np.zeros((0, 0, 3), np.uint8), np.zeros((5, 0, 3), np.uint8)], None)
-    assert [item.error for item in empty] == [
-        "the image is 0x0 pixels: it has no pixels to inspect",
-        "the image is 0x5 pixels: it has no pixels to inspect",
-    ]
-    assert all(item.pixels is None for item in empty)
+def test_raw_bytes_unpack_to_the_clients_array() -> None:
+    """Row by row, trailing zero bytes kept (a BYTES element must not be stripped like numpy's S dtype)."""
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    image[-1] = 0
+    [item] = unpack_raw([image.tobytes()], np.array([[5, 7, 3]], np.int32), max_pixels=35)
+    assert item.error is None
+    np.testing.assert_array_equal(item.pixels, image)
+
+
+def test_raw_bytes_that_do_not_match_their_size_or_have_no_pixels_are_errors() -> None:
+    """Each refusal is its own one-line error; the probe's repro (a raw 0x0 image) among them."""
+    cases = [
+        (b"", (0, 0, 3), "the image is 0x0 pixels: it has no pixels to inspect"),
+        (b"", (0, 5, 3), "the image is 5x0 pixels: it has no pixels to inspect"),
+        (bytes(15), (5, 0, 3), "the image is 0x5 pixels: it has no pixels to inspect"),
+        (bytes(59), (4, 5, 3), "the pixels are 59 bytes, but a 5x4 RGB image is 60 (height x width x 3 "
+         "uint8, row by row)"),
+        (bytes(80), (4, 5, 4), "size must be (height, width, 3) for RGB, got (4, 5, 4)"),
+        (bytes(12), (-2, -2, 3), "size must be (height, width, 3) for RGB, got (-2, -2, 3)"),
+        (bytes(3 * 41), (1, 41, 3), "the image is 41x1 (41 pixels), above the limit of 40; shrink it, or "
+         "start the server with a larger --max-pixels"),
+        ("text", (1, 1, 3), "expected the pixels as bytes, got str"),
+    ]  # fmt: skip
+    blobs, sizes, errors = zip(*cases, strict=True)
+    served = unpack_raw(list(blobs), np.array(sizes, np.int32), max_pixels=40)
+    assert [item.error for item in served] == list(errors)
+    assert all(item.pixels is None for item in served)
 
 
 def test_maps_of_different_sizes_are_nan_padded_not_resized() -> None:

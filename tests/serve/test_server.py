@@ -171,18 +171,11 @@ def test_serve_bench_checks_every_answer(server, cases, graph_bundle, cli, tmp_p
     assert report["answered"] > 5 and report["errors"] > 0  # the truncated file: its own error, counted
 
 
-ZERO_SIDE_OPEN = pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 24 item 9): PyTriton's shared-memory tensor store fails in the stub on a tensor "
-    "with a zero-length side, before the model sees it; docs/SERVE.md says what would fix it and its cost",
-)
-
-
-@ZERO_SIDE_OPEN
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_a_raw_image_with_a_zero_side_is_its_own_error_without_a_traceback(server, protocol) -> None:
     """The probe's repro: a raw 0x0 image got HTTP 500 whose body was the server's Python traceback with
-    its paths (PyTriton's shared-memory tensor store could not copy a tensor with a zero-length side)."""
+    its paths (PyTriton's shared-memory tensor store could not copy a tensor with a zero-length side). The
+    all-zero image after them also checks that no trailing zero byte of the pixels is lost on the way."""
     from npgmf_edge.serve.client import ServeClient
 
     url = server.grpc_url if protocol == "grpc" else server.http_url
@@ -192,6 +185,17 @@ def test_a_raw_image_with_a_zero_side_is_its_own_error_without_a_traceback(serve
             assert result.verdict == "error" and math.isnan(result.score), shape
             assert result.error == f"the image is {shape[1]}x{shape[0]} pixels: it has no pixels to inspect"
         assert client.inspect_pixels(np.zeros((32, 32, 3), np.uint8)).verdict != "error"  # still serving
+
+
+def test_the_client_refuses_pixels_it_cannot_describe_before_sending() -> None:
+    """A grey (H, W) or float image has no (H, W, 3) uint8 bytes to send: one line, nothing sent (the
+    client used to cast floats to uint8 silently). Port 9 is never contacted."""
+    from npgmf_edge.serve.client import ServeClient
+
+    with ServeClient("http://127.0.0.1:9") as client:
+        for image in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.float32)):
+            with pytest.raises(ServeError, match=r"^expected RGB uint8 pixels \(H, W, 3\), got "):
+                client.inspect_pixels(image)
 
 
 def _peak_rss_bytes(pid: int) -> int:
@@ -225,22 +229,34 @@ def test_decode_bombs_are_refused_per_item_and_the_server_stays_small(server, cr
     assert _peak_rss_bytes(server.process.pid) - before < 100 * 2**20
 
 
-@ZERO_SIDE_OPEN
-def test_a_zero_side_over_plain_http_json_is_answered_without_a_traceback(server) -> None:
-    body = {
-        "inputs": [{"name": "pixels", "shape": [1, 0, 0, 3], "datatype": "UINT8", "data": []}],
-        "outputs": [{"name": "verdict"}, {"name": "error"}],
-    }
+def _post_json(server, model: str, inputs: list[dict]) -> tuple[int, str]:
+    body = {"inputs": inputs, "outputs": [{"name": "verdict"}, {"name": "error"}]}
     request = urllib.request.Request(
-        f"{server.http_url}/v2/models/npgmf_raw/infer", json.dumps(body).encode(), method="POST"
+        f"{server.http_url}/v2/models/{model}/infer", json.dumps(body).encode(), method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            status, text = response.status, response.read().decode()
+            return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
-        status, text = exc.code, exc.read().decode()
-    assert status in (200, 400), text
-    assert "Traceback" not in text and ".py" not in text and "/tmp" not in text, text
-    if status == 200:
-        outputs = {output["name"]: output["data"] for output in json.loads(text)["outputs"]}
-        assert outputs["verdict"] == ["error"] and "no pixels" in outputs["error"][0]
+        return exc.code, exc.read().decode()
+
+
+def test_a_zero_side_over_plain_http_json_is_answered_without_a_traceback(server) -> None:
+    """A client without tritonclient: the empty image in the raw model's contract is its own error; the
+    probe's request (a UINT8 [1, 0, 0, 3] tensor) and a `size` of the wrong shape are refused by Triton
+    itself with 400 and one line, before the backend, so neither reaches PyTriton's tensor store."""
+    pixels = {"name": "pixels", "shape": [1, 1], "datatype": "BYTES", "data": [""]}
+    size = {"name": "size", "shape": [1, 3], "datatype": "INT32", "data": [0, 0, 3]}
+    status, text = _post_json(server, "npgmf_raw", [pixels, size])
+    assert status == 200, text
+    outputs = {output["name"]: output["data"] for output in json.loads(text)["outputs"]}
+    empty = "the image is 0x0 pixels: it has no pixels to inspect"
+    assert outputs == {"verdict": ["error"], "error": [empty]}
+
+    old_contract = [{"name": "pixels", "shape": [1, 0, 0, 3], "datatype": "UINT8", "data": []}]
+    short_size = [pixels, {**size, "shape": [1, 2], "data": [0, 0]}]
+    for inputs in (old_contract, short_size):
+        status, text = _post_json(server, "npgmf_raw", inputs)
+        assert status == 400, text
+        assert "Traceback" not in text and ".py" not in text and "/tmp" not in text, text
+        assert "\n" not in json.loads(text)["error"], text

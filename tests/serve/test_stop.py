@@ -18,7 +18,7 @@ import pytest
 from npgmf_edge.data.image_io import decode_image_bytes
 from npgmf_edge.errors import ServeError
 from npgmf_edge.runtime import Inspector
-from npgmf_edge.serve.process import ServerProcess, pytriton_cannot_run
+from npgmf_edge.serve.process import ServerProcess, http_status, pytriton_cannot_run
 
 pytestmark = pytest.mark.skipif(pytriton_cannot_run() is not None, reason=str(pytriton_cannot_run()))
 
@@ -154,16 +154,6 @@ def test_twenty_stops_of_every_kind_leave_nothing(graph_bundle, images, tmp_path
         _stop_cycle(graph_bundle, KINDS[cycle % 3], images, tmp_path / f"server{cycle}.log")
 
 
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0  # not listening yet
-
-
 def test_the_probe_answers_200_only_once_both_models_are_loaded(graph_bundle, images, tmp_path) -> None:
     """The probe found /v2/health/ready answering 200 for about a second before any model was loaded
     (Triton in explicit model control, PyTriton loading the models afterwards). The readiness probe is
@@ -175,10 +165,10 @@ def test_the_probe_answers_200_only_once_both_models_are_loaded(graph_bundle, im
     try:
         probe = f"{server.http_url}/v2/models/npgmf/ready"
         deadline = time.monotonic() + 180
-        while _status(probe) != 200:
+        while http_status(probe) != 200:
             assert server.process.poll() is None and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.02)
-        assert _status(f"{server.http_url}/v2/models/npgmf_raw/ready") == 200
+        assert http_status(f"{server.http_url}/v2/models/npgmf_raw/ready") == 200
         with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=5) as response:
             assert response.status == 200
         blob, score = images[0]
