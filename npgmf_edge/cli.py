@@ -510,7 +510,10 @@ def bench(
     bundle: Annotated[Path, typer.Argument(exists=True, help="Bundle directory from `export`.")],
     backend: Annotated[
         list[str] | None,
-        typer.Option(help="onnxruntime, tensorrt, torch, torch-cuda; repeat (default: all available here)."),
+        typer.Option(
+            help="onnxruntime, tensorrt, torch, torch-cuda (CUDA graphs), torch-cuda-eager; repeat (default: "
+            "all available here)."
+        ),
     ] = None,
     run: Annotated[
         Path | None, typer.Option(exists=True, help="The bundle's run: adds the torch reference paths.")
