@@ -1,7 +1,7 @@
 """`device="cuda"` on a station whose FAISS has no GPU code (faiss-cpu: every Jetson, many RTX PCs).
 
-The GPU is faked where the runtime asks for it: onnxruntime lists the CUDA provider (its CPU build then
-runs the session on the CPU, with its own warning) and FAISS reports a GPU count of 1. The real faiss-cpu
+The GPU is faked where the runtime asks for it: onnxruntime lists the CUDA provider and its sessions
+report it (the CPU build computes underneath) and FAISS reports a GPU count of 1. The real faiss-cpu
 stays installed, so the FAISS side is what a station really has. Documented behaviour (docs/DEPLOY.md):
 a `graph` bundle needs no FAISS at all; a `faiss` bundle answers with CPU FAISS and one warning line.
 The reference for every score is the same bundle opened on the CPU.
@@ -22,7 +22,17 @@ from npgmf_edge.runtime import Inspector
 
 IMAGES = 3
 CPU_SEARCH = "the coreset search runs on the CPU, not the GPU"
-pytestmark = pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+
+
+class _CudaSession(onnxruntime.InferenceSession):
+    """A session that says it runs the providers it was given, computing on the CPU provider."""
+
+    def __init__(self, path, sess_options=None, providers=None, **kwargs) -> None:
+        super().__init__(path, sess_options, providers=["CPUExecutionProvider"], **kwargs)
+        self._claimed = list(providers or ["CPUExecutionProvider"])
+
+    def get_providers(self) -> list[str]:
+        return self._claimed
 
 
 @pytest.fixture
@@ -32,6 +42,7 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(providers))
+    monkeypatch.setattr(onnxruntime, "InferenceSession", _CudaSession)
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
 
 
@@ -56,6 +67,14 @@ def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: 
         main()
     captured = capsys.readouterr()
     return int(exit_info.value.code or 0), captured.out, captured.err
+
+
+def _predict_scores(monkeypatch, capsys, bundle: Path, images: list[Path], out: Path) -> list[float]:
+    """`predict BUNDLE IMAGES --device cuda --json`: exit 0, no traceback; the scores it printed."""
+    args = ["predict", str(bundle), *map(str, images), "--device", "cuda", "--out", str(out), "--json"]
+    code, stdout, err = _cli(monkeypatch, capsys, *args)
+    assert code == 0 and "Traceback" not in err
+    return [row["score"] for row in json.loads(stdout)["predictions"]]
 
 
 def _cpu_search_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -94,6 +113,17 @@ def test_a_graph_bundle_on_cuda_needs_no_faiss(graph_bundle, images, fake_gpu, n
     assert _cpu_search_warnings(caplog) == []
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")
+def test_onnxruntime_falling_back_to_the_cpu_is_refused_not_hidden(graph_bundle, monkeypatch) -> None:
+    """onnxruntime-gpu without its CUDA libraries lists the provider, then runs on the CPU with a warning."""
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPU"])
+    with pytest.raises(BundleError) as refused:
+        Inspector.open(graph_bundle, device="cuda")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "could not load it" in message and "CPUExecutionProvider" in message
+
+
 def test_a_faiss_bundle_without_faiss_is_refused_in_one_line(faiss_bundle, no_faiss) -> None:
     with pytest.raises(BundleError) as refused:
         Inspector.open(faiss_bundle, device="cpu")
@@ -108,12 +138,8 @@ def test_predict_and_verify_on_cuda_with_faiss_cpu(
     expected = _scores(faiss_bundle, images, "cpu")
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        code, out, err = _cli(
-            monkeypatch, capsys, "predict", str(faiss_bundle), *map(str, images),
-            "--device", "cuda", "--out", str(tmp_path / "out"), "--json",
-        )  # fmt: skip
-    assert code == 0 and "Traceback" not in err
-    assert [row["score"] for row in json.loads(out)["predictions"]] == pytest.approx(expected, rel=1e-6)
+        got = _predict_scores(monkeypatch, capsys, faiss_bundle, images, tmp_path / "out")
+    assert got == pytest.approx(expected, rel=1e-6)
     assert len(_cpu_search_warnings(caplog)) == 1
     code, out, err = _cli(monkeypatch, capsys, "verify", str(faiss_bundle), "--device", "cuda", "--json")
     assert code == 0 and "Traceback" not in err
@@ -125,12 +151,8 @@ def test_predict_and_verify_a_graph_bundle_on_cuda_without_faiss(
     graph_bundle, images, fake_gpu, no_faiss, monkeypatch, capsys, tmp_path: Path
 ) -> None:
     expected = _scores(graph_bundle, images, "cpu")
-    code, out, err = _cli(
-        monkeypatch, capsys, "predict", str(graph_bundle), *map(str, images),
-        "--device", "cuda", "--out", str(tmp_path / "out"), "--json",
-    )  # fmt: skip
-    assert code == 0 and "Traceback" not in err
-    assert [row["score"] for row in json.loads(out)["predictions"]] == pytest.approx(expected, rel=1e-6)
+    got = _predict_scores(monkeypatch, capsys, graph_bundle, images, tmp_path / "out")
+    assert got == pytest.approx(expected, rel=1e-6)
     code, out, _ = _cli(monkeypatch, capsys, "verify", str(graph_bundle), "--device", "cuda", "--json")
     assert code == 0 and json.loads(out)["passed"]
 
