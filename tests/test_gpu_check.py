@@ -46,7 +46,7 @@ def test_gpu_check_runs_every_cpu_row_and_skips_each_gpu_row_with_its_reason(tmp
 
     assert report["passed"] is True
     assert table.strip() in done.stdout  # the table is printed as well as written
-    assert len([line for line in table.splitlines() if line.startswith("| ")]) == len(report["rows"]) + 1
+    assert len([line for line in table.splitlines() if line.startswith("| ")]) == len(report["rows"]) + 2
     for key in CPU_ROWS:
         assert rows[key]["status"] == "ok", rows[key]
         assert rows[key]["command"].startswith(f"npgmf-edge {key[0]} ")

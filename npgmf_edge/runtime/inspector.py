@@ -128,11 +128,11 @@ def open_tensorrt(manifest: Manifest, precision: str) -> Backend:
 
 
 def _coreset_on_gpu(manifest: Manifest, device: str) -> bool:
-    """Whether a `--knn faiss` bundle searches on the GPU: with device "cuda" where FAISS can. Where it
-    cannot (faiss-cpu, the only FAISS for Jetson), the search runs on the CPU with a one-line warning: the
-    answers are the same (distances are recomputed exactly either way), only the search is slower, and
-    the network itself still runs on the GPU."""
-    if device != "cuda":
+    """Whether a `--knn faiss` bundle searches on the GPU: with a GPU device ("cuda", or onnxruntime's
+    "tensorrt" provider) where FAISS can. Where it cannot (faiss-cpu, the only FAISS for Jetson), the
+    search runs on the CPU with a one-line warning: the answers are the same (distances are recomputed
+    exactly either way), only the search is slower, and the network itself still runs on the GPU."""
+    if device not in ("cuda", "tensorrt"):
         return False
     reason = faiss_gpu_unavailable_reason()
     if reason is not None:

@@ -276,8 +276,9 @@ def profile_shapes(
 
     TensorRT picks, for every layer, the kernels fastest at the opt shape among those valid over the whole
     range. A station runs batch 1 (one part per camera trigger), where latency is what is specified, so
-    the kernels are timed there; larger batches (folder inspection, `bench --batch 8`) run the same valid
-    kernels, and at those sizes throughput, which is less sensitive to the tactic, is what counts.
+    the kernels are timed there; larger batches (folder inspection, `bench --batch 8`) still run, on
+    kernels that may be slower at their size than kernels timed for it would be (throughput work, where
+    that matters less than a station's latency).
     Example: ((3, 256, 256), 8) -> ((1, 3, 256, 256), (1, 3, 256, 256), (8, 3, 256, 256)).
     """
     if len(input_shape) != 3 or min(input_shape) < 1:
