@@ -8,6 +8,7 @@ kNN, post-process), on the same images:
     torch         reference: the run's eager FP32 `InspectionNet` on the CPU, FAISS, numpy fusion (--run)
     torch-cuda    reference: the run's network with kNN and fusion appended (`GraphInspectionNet`) on the
                   GPU, FP16 autocast for the network, FP32 kNN by one matmul, replayed as a CUDA graph (--run)
+    torch-cuda-eager  the same, launched eagerly (no CUDA graph): the launch overhead the graph removes
 Absolute times depend on the machine and its load; compare paths by their ratios in one run. The report
 describes the machine (CPU, cores, GPU, library versions) so a number is never read without its context.
 
@@ -39,7 +40,7 @@ from npgmf_edge.runtime.inspector import STAGES, Inspector
 from npgmf_edge.runtime.manifest import read_manifest
 
 RUNTIME_BACKENDS = ("onnxruntime", "tensorrt")
-REFERENCE_PATHS = ("torch", "torch-cuda")
+REFERENCE_PATHS = ("torch", "torch-cuda", "torch-cuda-eager")
 SYNTHETIC_SOURCE_SIZE = (480, 640)  # a camera-like frame, decoded and resized like a real one
 LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "faiss-cpu",
              "faiss-gpu-cu12", "torch", "tensorrt", "cuda-python")  # fmt: skip
@@ -138,7 +139,7 @@ def default_paths(run: Path | None, device: str) -> tuple[str, ...]:
     if run is not None:
         paths.append("torch")
         if _gpu_name() is not None:
-            paths.append("torch-cuda")
+            paths.extend(("torch-cuda", "torch-cuda-eager"))
     return tuple(paths)
 
 
@@ -170,7 +171,8 @@ def open_path(name: str, bundle: Path, options: BenchOptions, precision: str) ->
     manifest = read_manifest(bundle)
     if name == "torch":
         return TorchPath(options.run, manifest, precision, threads=options.threads)
-    return TorchCudaPath(options.run, manifest, precision, max(options.batches))
+    graphs = name == "torch-cuda"
+    return TorchCudaPath(options.run, manifest, precision, max(options.batches), cuda_graphs=graphs)
 
 
 def _percentiles(per_image_ms: list[float]) -> dict[str, float]:
@@ -247,7 +249,7 @@ def run_bench(bundle: Path, options: BenchOptions, log: Log | None = None) -> di
 
 
 def _gpu_memory(name: str) -> dict[str, float]:
-    if name != "torch-cuda":
+    if not name.startswith("torch-cuda"):
         return {}
     import torch
 
@@ -299,13 +301,13 @@ def format_bench_table(report: dict[str, Any]) -> str:
         f"machine: {m['cpu']} ({m['cores']} cores); GPU: {m['gpu'] or 'none'}; "
         + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()),
         f"bundle {report['bundle']} ({report['precision']}); ms per image; ratio = p50 / first path's p50",
-        f"{'backend':<12}{'batch':>5}{'p50':>9}{'p95':>9}{'p99':>9}{'img/s':>8}{'ratio':>7}{'RSS MiB':>9}  "
+        f"{'backend':<17}{'batch':>5}{'p50':>9}{'p95':>9}{'p99':>9}{'img/s':>8}{'ratio':>7}{'RSS MiB':>9}  "
         + " ".join(f"{s:>7}" for s in STAGES),
     ]
     for r in report["rows"]:
         stages = " ".join(f"{r['stages_ms_per_image'][s]:7.2f}" for s in STAGES)
         lines.append(
-            f"{r['backend']:<12}{r['batch']:>5}{r['p50_ms']:9.2f}{r['p95_ms']:9.2f}{r['p99_ms']:9.2f}"
+            f"{r['backend']:<17}{r['batch']:>5}{r['p50_ms']:9.2f}{r['p95_ms']:9.2f}{r['p99_ms']:9.2f}"
             f"{r['throughput_images_per_s']:8.1f}{r['p50_ratio']:7.2f}{r['rss_mb']:9.0f}  {stages}"
         )
     for name, cost in report.get("open", {}).items():

@@ -447,7 +447,9 @@ def verify(
     ] = None,
     category: Annotated[str | None, typer.Option(help="Category inside DATA.")] = None,
     backend: Annotated[str, typer.Option(help="Without --run: auto, onnxruntime or tensorrt.")] = "auto",
-    device: Annotated[str, typer.Option(help="Without --run: cpu, or cuda.")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="Without --run: cpu, cuda, or tensorrt (onnxruntime-gpu's TensorRT provider).")
+    ] = "cpu",
     trust: TrustOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -510,7 +512,10 @@ def bench(
     bundle: Annotated[Path, typer.Argument(exists=True, help="Bundle directory from `export`.")],
     backend: Annotated[
         list[str] | None,
-        typer.Option(help="onnxruntime, tensorrt, torch, torch-cuda; repeat (default: all available here)."),
+        typer.Option(
+            help="onnxruntime, tensorrt, torch, torch-cuda (CUDA graphs), torch-cuda-eager; repeat (default: "
+            "all available here)."
+        ),
     ] = None,
     run: Annotated[
         Path | None, typer.Option(exists=True, help="The bundle's run: adds the torch reference paths.")
@@ -525,7 +530,9 @@ def bench(
     images: Annotated[
         Path | None, typer.Option(exists=True, help="Folder of images (default: synthetic frames).")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, or cuda for onnxruntime-gpu.")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="cpu; cuda or tensorrt: onnxruntime-gpu's CUDA or TensorRT provider.")
+    ] = "cpu",
     soak: Annotated[int, typer.Option(help="Also run N images through one Inspector: RSS at start/end.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:

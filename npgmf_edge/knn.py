@@ -8,7 +8,8 @@ scores keep the units of the feature space. The search finds the neighbours thro
 reported distances are therefore recomputed exactly as ||q - b|| for the neighbours found, and two
 backends (or a torch run and its exported graph) agree to float32 precision.
 
-- `FaissNN`: exact `IndexFlatL2`, moved to the GPU when faiss sees one (`faiss.get_num_gpus() > 0`);
+- `FaissNN`: exact `IndexFlatL2`, moved to the GPU when this FAISS can (`faiss_gpu_unavailable_reason`:
+  a faiss-gpu build that sees a GPU; faiss-cpu, the only FAISS for aarch64 / Jetson, has no GPU code);
   saved with `faiss.write_index` (always the CPU form, so a file written on a GPU station loads anywhere).
 - `ApproximateFaissNN`: `IndexIVFFlat` for large banks; differs from `FaissNN` only in `_create_index`
   and `_train` (as in the PatchCore reference).
@@ -140,14 +141,38 @@ class BruteForceNN(NearestNeighbourScorer):
         return cls(chunk_size).fit(np.load(Path(path), allow_pickle=False))
 
 
+def faiss_gpu_unavailable_reason() -> str | None:
+    """None when FAISS can search on a GPU here, else why not (one line); ImportError without faiss.
+
+    faiss-cpu has no GPU code at all (no `StandardGpuResources`), whatever GPU the machine has, and it is
+    the only FAISS wheel for aarch64; a faiss-gpu build reports the GPUs it sees."""
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources"):
+        return f"faiss {faiss.__version__} here is a CPU-only build (faiss-cpu)"
+    if faiss.get_num_gpus() < 1:
+        return f"faiss {faiss.__version__} sees no CUDA GPU"
+    return None
+
+
 class FaissNN(NearestNeighbourScorer):
-    """Exact FAISS search (`IndexFlatL2`), on the GPU when faiss has one and `on_gpu` allows it."""
+    """Exact FAISS search (`IndexFlatL2`): on the GPU when this FAISS can (`on_gpu=None`), or as told.
+
+    `on_gpu=True` where FAISS cannot is a ConfigError saying why, not an AttributeError from deep inside."""
 
     def __init__(self, on_gpu: bool | None = None, num_threads: int | None = None) -> None:
         import faiss
 
         self._faiss = faiss
-        self.on_gpu = (faiss.get_num_gpus() > 0) if on_gpu is None else on_gpu
+        if on_gpu is not False:
+            reason = faiss_gpu_unavailable_reason()
+            if on_gpu and reason is not None:
+                raise ConfigError(
+                    f"FAISS cannot search on the GPU: {reason}; install faiss-gpu-cu12 in place of faiss-cpu "
+                    "(x86_64 only), or search on the CPU"
+                )
+            on_gpu = reason is None
+        self.on_gpu = on_gpu
         self.num_threads = num_threads  # applied around each search only: OpenMP's setting is process-wide
         self.index = None
         self.bank: np.ndarray | None = None  # CPU copy of the vectors, for the exact distances

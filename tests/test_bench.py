@@ -100,8 +100,9 @@ def test_a_batch_above_the_bundles_max_batch_is_one_line_before_any_work(cli, gr
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graphs", [True, False])
 def test_torch_cuda_path_agrees_with_the_cpu_runtime_within_fp16_error(
-    faiss_bundle, tiny_run, tmp_path
+    faiss_bundle, tiny_run, tmp_path, cuda_graphs: bool
 ) -> None:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
@@ -113,6 +114,6 @@ def test_torch_cuda_path_agrees_with_the_cpu_runtime_within_fp16_error(
     images = bench_images(128, 4, None, tmp_path)
     with Inspector.open(faiss_bundle, precision="fp32") as inspector:
         expected = [i.score for i in inspector.inspect(images)]
-    path = TorchCudaPath(tiny_run[0], read_manifest(faiss_bundle), "fp32", 4)
+    path = TorchCudaPath(tiny_run[0], read_manifest(faiss_bundle), "fp32", 4, cuda_graphs=cuda_graphs)
     got = [i.score for i in path.inspect(images)]
     assert got == pytest.approx(expected, rel=2e-2)

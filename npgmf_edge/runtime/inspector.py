@@ -34,7 +34,7 @@ from npgmf_edge.calibration import Calibration
 from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs
 from npgmf_edge.errors import BundleError
 from npgmf_edge.inspection import Inspection
-from npgmf_edge.knn import FaissNN, NearestNeighbourScorer
+from npgmf_edge.knn import FaissNN, NearestNeighbourScorer, faiss_gpu_unavailable_reason
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
 from npgmf_edge.runtime.backends.base import Backend, BackendError
 from npgmf_edge.runtime.manifest import CORESET_FAISS, TIMING_CACHE, Manifest, read_manifest
@@ -127,6 +127,23 @@ def open_tensorrt(manifest: Manifest, precision: str) -> Backend:
     return trt_backend.TensorRTBackend(engine, spec)
 
 
+def _coreset_on_gpu(manifest: Manifest, device: str) -> bool:
+    """Whether a `--knn faiss` bundle searches on the GPU: with a GPU device ("cuda", or onnxruntime's
+    "tensorrt" provider) where FAISS can. Where it cannot (faiss-cpu, the only FAISS for Jetson), the
+    search runs on the CPU with a one-line warning: the answers are the same (distances are recomputed
+    exactly either way), only the search is slower, and the network itself still runs on the GPU."""
+    if device not in ("cuda", "tensorrt"):
+        return False
+    reason = faiss_gpu_unavailable_reason()
+    if reason is not None:
+        log.warning(
+            "%s: the coreset search runs on the CPU, not the GPU: %s; re-export with --knn graph to search "
+            "inside the graph on the GPU, or install faiss-gpu-cu12 in place of faiss-cpu (x86_64)",
+            manifest.root, reason,
+        )  # fmt: skip
+    return reason is None
+
+
 def _load_coreset(manifest: Manifest, device: str, threads: int | None) -> FaissNN:
     """coreset.faiss, refused in one line when faiss cannot read it or it holds another count or dimension
     than the manifest says (a truncated or inflated file whose hash was recomputed). The file's size is
@@ -139,7 +156,13 @@ def _load_coreset(manifest: Manifest, device: str, threads: int | None) -> Faiss
             "re-export the bundle"
         )
     try:
-        knn = FaissNN.load(path, on_gpu=device == "cuda", num_threads=threads)
+        on_gpu = _coreset_on_gpu(manifest, device)
+        knn = FaissNN.load(path, on_gpu=on_gpu, num_threads=threads)
+    except ImportError as exc:
+        raise BundleError(
+            f"{manifest.root} searches its coreset with FAISS (exported with --knn faiss), and faiss cannot "
+            f"be imported here ({exc}); pip install faiss-cpu, or re-export with --knn graph (needs no FAISS)"
+        ) from exc
     except (RuntimeError, MemoryError) as exc:  # faiss reports a bad file as RuntimeError
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(

@@ -51,6 +51,12 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(model_path), options, providers=wanted)
+        if self.session.get_providers()[0] != wanted[0]:  # onnxruntime falls back to the CPU with a warning
+            raise BackendError(
+                f"onnxruntime lists {wanted[0]} but could not load it for {model_path} (it would have run on "
+                f"{self.session.get_providers()[0]}); install the CUDA and cuDNN libraries that "
+                f"onnxruntime-gpu {ort.__version__} needs, or use --device cpu"
+            )
         self.output_names = [o.name for o in self.session.get_outputs()]
         inputs = [i.name for i in self.session.get_inputs()]
         if inputs != [spec.input_name] or set(self.output_names) != set(spec.outputs or self.output_names):

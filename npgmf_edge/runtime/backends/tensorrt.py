@@ -60,7 +60,12 @@ SHA_PREFIX_CHARS = 12  # of the ONNX file's sha256 in an engine file name: uniqu
 # graphs at their max batch need far less. TensorRT's own default is the whole device memory.
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 STRONG_TYPING_BY_DEFAULT_MAJOR = 11  # TensorRT major version from which every network is strongly typed
-INSTALL_HINT = "pip install 'npgmf-edge[tensorrt]' on a machine with an NVIDIA GPU and driver"
+# The batch the builder times its kernels at: a station inspects one part per trigger (see `profile_shapes`).
+OPT_BATCH = 1
+INSTALL_HINT = (
+    "pip install 'npgmf-edge[tensorrt-cu12]' (CUDA 12 driver) or 'npgmf-edge[tensorrt-cu13]' (CUDA 13) on "
+    "a machine with an NVIDIA GPU and driver; on a Jetson, TensorRT comes with JetPack (docs/DEPLOY.md)"
+)
 REBUILD_HINT = "rebuild the engine on this machine (build_engine, or export the bundle again here)"
 REEXPORT_HINT = "the engine does not belong to this bundle's graph; rebuild it from the bundle's ONNX"
 
@@ -263,6 +268,27 @@ def _check_network_input(
         )
 
 
+def profile_shapes(
+    input_shape: tuple[int, ...], max_batch: int
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(min, opt, max) input shapes of the engine's one optimisation profile: batch 1, `OPT_BATCH` (1) and
+    the manifest's `max_batch`, each with the graph's static (3, S, S).
+
+    TensorRT picks, for every layer, the kernels fastest at the opt shape among those valid over the whole
+    range. A station runs batch 1 (one part per camera trigger), where latency is what is specified, so
+    the kernels are timed there; larger batches (folder inspection, `bench --batch 8`) still run, on
+    kernels that may be slower at their size than kernels timed for it would be (throughput work, where
+    that matters less than a station's latency).
+    Example: ((3, 256, 256), 8) -> ((1, 3, 256, 256), (1, 3, 256, 256), (8, 3, 256, 256)).
+    """
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ValueError(f"input shape must be three positive sizes (3, S, S), got {tuple(input_shape)}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+    shape = tuple(int(v) for v in input_shape)
+    return (1, *shape), (min(OPT_BATCH, max_batch), *shape), (max_batch, *shape)
+
+
 def _attach_timing_cache(config: Any, path: Path) -> bool:
     """Give the builder the timing cache stored at `path` (True), or a fresh one (False)."""
     if path.is_file():
@@ -289,9 +315,8 @@ def build_engine(
 ) -> dict[str, Any]:
     """Compile `onnx_path` into a TensorRT engine at `engine_path`; returns the facts for the manifest.
 
-    One optimisation profile: batch 1 .. `max_batch`, tuned (opt) at `max_batch`. Kernel choice matters
-    most for the large batches of folder inspection and benchmarks; a batch-1 call on a station runs the
-    same kernels, where launch overhead rather than tactic choice dominates. The timing cache at
+    One optimisation profile (`profile_shapes`): batch 1 .. `max_batch`, kernels timed at batch 1, the
+    station's case. The timing cache at
     `timing_cache_path` is loaded when it exists (rebuilds then skip tactic timing) and saved back after
     the build; the engine and the cache are written atomically. `onnx_sha256` (the bundle writer hashed
     the file) and `precision` are recorded as given: a strongly typed build takes precision from the graph.
@@ -301,8 +326,7 @@ def build_engine(
     """
     onnx_path, engine_path, timing_cache_path = Path(onnx_path), Path(engine_path), Path(timing_cache_path)
     _check_precision(precision)
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+    low, opt, high = profile_shapes(input_shape, max_batch)
     if not onnx_path.is_file():
         raise BundleError(f"ONNX graph {onnx_path} is missing; export the bundle again")
     facts = device_facts()
@@ -316,8 +340,7 @@ def build_engine(
     if precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
-    full = (max_batch, *input_shape)
-    profile.set_shape(input_name, (1, *input_shape), full, full)
+    profile.set_shape(input_name, low, opt, high)
     config.add_optimization_profile(profile)
     _attach_timing_cache(config, timing_cache_path)
 

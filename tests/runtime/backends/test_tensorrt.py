@@ -32,6 +32,7 @@ from npgmf_edge.runtime.backends.tensorrt import (
     engine_file_name,
     engine_mismatch,
     engine_warning,
+    profile_shapes,
     tensorrt_unavailable_reason,
 )
 
@@ -108,6 +109,23 @@ def test_other_gpu_model_of_the_same_architecture_fits_with_a_warning() -> None:
     assert "same compute capability 8.9" in note
 
 
+@pytest.mark.parametrize(
+    ("max_batch", "expected"),
+    [
+        (8, ((1, 3, 256, 256), (1, 3, 256, 256), (8, 3, 256, 256))),
+        (1, ((1, 3, 256, 256), (1, 3, 256, 256), (1, 3, 256, 256))),
+    ],
+)
+def test_profile_is_timed_at_batch_one_and_reaches_the_manifest_max_batch(max_batch, expected) -> None:
+    assert profile_shapes((3, 256, 256), max_batch) == expected
+
+
+@pytest.mark.parametrize(("shape", "max_batch"), [((3, 256, 256), 0), ((3, 256), 8), ((3, 0, 256), 8)])
+def test_profile_rejects_an_empty_batch_range_or_a_malformed_input(shape, max_batch) -> None:
+    with pytest.raises(ValueError):
+        profile_shapes(shape, max_batch)
+
+
 def test_importing_the_module_loads_neither_tensorrt_nor_cuda_python() -> None:
     code = (
         "import sys, npgmf_edge.runtime.backends.tensorrt; "
@@ -132,7 +150,7 @@ def test_unavailable_reason_names_tensorrt_when_it_cannot_be_imported(monkeypatc
     reason = tensorrt_unavailable_reason()
     assert reason is not None
     assert reason.startswith("TensorRT cannot be imported")
-    assert "npgmf-edge[tensorrt]" in reason
+    assert "npgmf-edge[tensorrt-cu12]" in reason and "npgmf-edge[tensorrt-cu13]" in reason
 
 
 def test_missing_engine_file_is_a_bundle_error(tmp_path: Path) -> None:
@@ -503,8 +521,9 @@ def test_unavailable_reason_without_cuda_python(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(trt_backend, "_import_cudart", no_cuda_python)
     assert tensorrt_unavailable_reason() == (
-        "cuda-python is not installed (No module named 'cuda'); pip install 'npgmf-edge[tensorrt]' on a "
-        "machine with an NVIDIA GPU and driver"
+        "cuda-python is not installed (No module named 'cuda'); pip install 'npgmf-edge[tensorrt-cu12]' "
+        "(CUDA 12 driver) or 'npgmf-edge[tensorrt-cu13]' (CUDA 13) on a machine with an NVIDIA GPU and "
+        "driver; on a Jetson, TensorRT comes with JetPack (docs/DEPLOY.md)"
     )
 
 
@@ -546,7 +565,7 @@ def test_build_engine_writes_engine_cache_and_facts(
     assert network.flags == flags  # 1 << STRONGLY_TYPED on TensorRT 10; implicit (no flag) on 11
     assert config.pool_limits == {"workspace": 1 << 30}
     assert config.cleared == ["tf32"]
-    assert config.profiles == [{"pixels": ((1, 3, 4, 4), (4, 3, 4, 4), (4, 3, 4, 4))}]
+    assert config.profiles == [{"pixels": ((1, 3, 4, 4), (1, 3, 4, 4), (4, 3, 4, 4))}]  # opt at batch 1
 
 
 def test_reduced_precision_builds_keep_tf32(tmp_path: Path, fake_cuda: FakeCudart) -> None:
