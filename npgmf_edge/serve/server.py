@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -65,6 +66,9 @@ QUIET_S = 0.5  # drained: no batch answered for this long (or 4 queue delays) af
 IDLE_EXIT_TIMEOUT_S = 3
 STUB_PROGRAM = "triton_python_backend_stub"  # one per model instance, ended when its model is unloaded
 TERM_WAIT_S, KILL_WAIT_S = 2.0, 5.0  # for processes of the tree that outlive Triton's stop (tree.py)
+# A model that fails to load (PyTriton's 1 s handshake between a model's instances, lost under heavy CPU
+# load: docs/SERVE.md) gets a fresh Triton: a failed model cannot be loaded again in the same one.
+START_ATTEMPTS = 3
 
 
 @dataclass
@@ -205,6 +209,35 @@ def _infer_function(answer: Callable) -> Callable:
     return infer
 
 
+def _load_failure(message: str) -> str:
+    """Triton's model-load error in one line: its head without the backend stub's traceback, and the
+    exception that ended the traceback."""
+    head = message.split("Traceback (most recent call last)")[0].strip().splitlines()[0].rstrip(" :")
+    raised = [
+        line.strip() for line in message.splitlines() if re.match(r"\s*[\w.]+(Error|Exception): ", line)
+    ]
+    return f"{head}: {raised[-1]}" if raised else head
+
+
+def _load_models(triton, options: ServeOptions, model: InspectorModel, batching) -> None:
+    """Bind, and so load, the raw model and then the encoded one: the encoded model's readiness is the probe
+    because it loads last."""
+    encoded, raw, outputs = _tensors()
+    for name, inputs, answer in (
+        (options.raw_model_name, raw, model.infer_raw),
+        (options.model_name, encoded, model.infer_encoded),
+    ):
+        triton.bind(
+            model_name=name,
+            infer_func=[_infer_function(answer) for _ in range(options.instances)],
+            inputs=inputs,
+            outputs=outputs,
+            config=batching,
+            strict=True,
+        )
+    triton.run()  # starts Triton if it is not running yet, and waits for the models
+
+
 def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) -> None:
     """Serve `bundle` until SIGTERM or SIGINT; returns after Triton has drained and stopped."""
     from npgmf_edge.runtime import Inspector
@@ -213,6 +246,7 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
     try:
         from pytriton.model_config import DynamicBatcher, ModelConfig
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+        from tritonclient.utils import InferenceServerException
     except ImportError as exc:
         raise ServeError(
             f"serving needs PyTriton ({exc}): pip install 'npgmf-edge[serve]' && pip install --no-deps "
@@ -248,43 +282,41 @@ def serve_bundle(bundle: Path, options: ServeOptions, log: Log | None = None) ->
         max_batch_size=max_batch,
         batcher=DynamicBatcher(max_queue_delay_microseconds=options.max_queue_delay_us),
     )
-    encoded, raw, outputs = _tensors()
     stop, drained = threading.Event(), False
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     tree = ServerTree.mark(shm_prefixes=(f"pytrtion{os.getpid()}-",))  # PyTriton's name for Triton's shm
     try:
-        access_token = secrets.token_urlsafe(32)
-        with Triton(config=config, security_config=TritonSecurityConfig(access_token=access_token)) as triton:
-            for name, inputs, answer in (  # loaded in this order: the encoded model's readiness is the probe
-                (options.raw_model_name, raw, model.infer_raw),
-                (options.model_name, encoded, model.infer_encoded),
-            ):
-                triton.bind(
-                    model_name=name,
-                    infer_func=[_infer_function(answer) for _ in range(options.instances)],
-                    inputs=inputs,
-                    outputs=outputs,
-                    config=batching,
-                    strict=True,
+        for attempt in range(1, START_ATTEMPTS + 1):
+            access_token = secrets.token_urlsafe(32)
+            security = TritonSecurityConfig(access_token=access_token)
+            with Triton(config=config, security_config=security) as triton:
+                try:
+                    _load_models(triton, options, model, batching)
+                except InferenceServerException as exc:  # a model failed to load: START_ATTEMPTS says why
+                    reason = _load_failure(str(exc))
+                    tree.note_segments()
+                    if attempt == START_ATTEMPTS or stop.is_set():
+                        raise ServeError(f"Triton could not load the models of {bundle}: {reason}") from None
+                    log(f"warning: Triton could not load the models ({reason}); starting it again")
+                    continue
+                tree.note_segments()
+                log(
+                    f"serving {bundle} ({inspector.precision}, max batch {max_batch}, queue delay "
+                    f"{options.max_queue_delay_us} us, {options.instances} instances) as models "
+                    f"{options.model_name!r} (encoded images) and {options.raw_model_name!r} (RGB bytes + "
+                    f"size) on http {options.host}:{options.http_port}, grpc {options.grpc_port}; ready: GET "
+                    f"/v2/models/{options.model_name}/ready; metrics: :{options.metrics_port}/metrics; "
+                    "SIGTERM or SIGINT drains and stops"
                 )
-            triton.run()  # starts Triton, then loads the models one after the other and waits for them
-            tree.note_segments()
-            log(
-                f"serving {bundle} ({inspector.precision}, max batch {max_batch}, queue delay "
-                f"{options.max_queue_delay_us} us, {options.instances} instances) as models "
-                f"{options.model_name!r} (encoded images) and {options.raw_model_name!r} (RGB bytes + size) "
-                f"on http {options.host}:{options.http_port}, grpc {options.grpc_port}; ready: GET "
-                f"/v2/models/{options.model_name}/ready; metrics: :{options.metrics_port}/metrics; SIGTERM "
-                "or SIGINT drains and stops"
-            )
-            while not stop.wait(MONITOR_PERIOD_S):
-                if not triton.is_alive():
-                    raise ServeError(f"Triton or a model stopped unexpectedly while serving {bundle}")
-            log("stopping: refusing new requests, answering the accepted ones")
-            drained = _drain(options, access_token, model, tree)
-            if not drained:
-                log(f"warning: the models were still answering after {options.exit_timeout_s} s; stopping")
-            tree.note_segments()  # while every process of the tree still runs
+                while not stop.wait(MONITOR_PERIOD_S):
+                    if not triton.is_alive():
+                        raise ServeError(f"Triton or a model stopped unexpectedly while serving {bundle}")
+                log("stopping: refusing new requests, answering the accepted ones")
+                drained = _drain(options, access_token, model, tree)
+                if not drained:
+                    log(f"warning: the models still answered after {options.exit_timeout_s} s; stopping")
+                tree.note_segments()  # while every process of the tree still runs
+            break
     finally:
         survivors = tree.end(TERM_WAIT_S, KILL_WAIT_S)
         for sig, handler in previous.items():
