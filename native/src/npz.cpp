@@ -1,5 +1,6 @@
 #include "npz.h"
 
+#include <cctype>
 #include <cstring>
 #include <fstream>
 
@@ -43,6 +44,38 @@ size_t itemsize(const std::string &descr) {
 }
 
 }  // namespace
+
+NpyArray parse_npy(const unsigned char *npy, uint64_t size, const std::string &where, const std::string &member) {
+    auto fail = [&](const std::string &why) { return Error(NPGMF_BUNDLE_ERROR, where + why + "); re-export"); };
+    if (size < 10 || std::memcmp(npy, "\x93NUMPY", 6) != 0) throw fail(member + " is not a .npy array");
+    const int major = npy[6];
+    const size_t prefix = major == 1 ? 10 : 12;
+    if (size < prefix) throw fail(member + " is truncated");
+    const size_t header_length = major == 1 ? u16(npy + 8) : u32(npy + 8);
+    if (prefix + header_length > size) throw fail(member + " is truncated");
+    const std::string header(reinterpret_cast<const char *>(npy + prefix), header_length);
+    NpyArray array;
+    array.descr = dict_value(header, "descr");
+    if (dict_value(header, "fortran_order") != "False") throw fail(member + " is in Fortran order");
+    const std::string dims = dict_value(header, "shape");
+    size_t p = 0;
+    while (p < dims.size()) {
+        while (p < dims.size() && (dims[p] == ' ' || dims[p] == ',')) ++p;
+        if (p >= dims.size()) break;
+        if (!std::isdigit(static_cast<unsigned char>(dims[p]))) throw fail(member + " has an impossible shape");
+        int64_t value = 0;
+        while (p < dims.size() && std::isdigit(static_cast<unsigned char>(dims[p])) && value <= (int64_t{1} << 31))
+            value = value * 10 + (dims[p++] - '0');
+        if (value > (int64_t{1} << 31)) throw fail(member + " has an impossible shape");
+        array.shape.push_back(value);
+    }
+    const size_t item = itemsize(array.descr);
+    if (item == 0) throw fail(member + " has dtype " + array.descr);
+    const uint64_t bytes = static_cast<uint64_t>(array.count()) * item;
+    if (prefix + header_length + bytes != size) throw fail(member + " holds another size than its shape");
+    array.data.assign(npy + prefix + header_length, npy + size);
+    return array;
+}
 
 int64_t NpyArray::count() const {
     int64_t n = 1;
@@ -99,34 +132,7 @@ NpyArray read_npz_member(const std::filesystem::path &path, const std::string &n
         if (offset + 30 > zip.size() || std::memcmp(&zip[offset], "PK\x03\x04", 4) != 0) throw fail("a damaged member " + member);
         const uint64_t data_at = offset + 30 + u16(&zip[offset + 26]) + u16(&zip[offset + 28]);
         if (data_at + size > zip.size()) throw fail(member + " is truncated");
-        const unsigned char *npy = &zip[data_at];
-        if (size < 10 || std::memcmp(npy, "\x93NUMPY", 6) != 0) throw fail(member + " is not a .npy array");
-        const int major = npy[6];
-        const size_t prefix = major == 1 ? 10 : 12;
-        if (size < prefix) throw fail(member + " is truncated");
-        const size_t header_length = major == 1 ? u16(npy + 8) : u32(npy + 8);
-        if (prefix + header_length > size) throw fail(member + " is truncated");
-        const std::string header(reinterpret_cast<const char *>(npy + prefix), header_length);
-        NpyArray array;
-        array.descr = dict_value(header, "descr");
-        if (dict_value(header, "fortran_order") != "False") throw fail(member + " is in Fortran order");
-        const std::string dims = dict_value(header, "shape");
-        size_t p = 0;
-        while (p < dims.size()) {
-            while (p < dims.size() && (dims[p] == ' ' || dims[p] == ',')) ++p;
-            if (p >= dims.size()) break;
-            size_t used = 0;
-            const long long value = std::stoll(dims.substr(p), &used);
-            if (value < 0 || value > (1LL << 31)) throw fail(member + " has an impossible shape");
-            array.shape.push_back(value);
-            p += used;
-        }
-        const size_t item = itemsize(array.descr);
-        if (item == 0) throw fail(member + " has dtype " + array.descr);
-        const uint64_t bytes = static_cast<uint64_t>(array.count()) * item;
-        if (prefix + header_length + bytes != size) throw fail(member + " holds another size than its shape");
-        array.data.assign(npy + prefix + header_length, npy + size);
-        return array;
+        return parse_npy(&zip[data_at], size, where, member);
     }
     throw fail("no " + member + " in it");
 }

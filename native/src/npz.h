@@ -18,6 +18,9 @@ struct NpyArray {
     int64_t count() const;
 };
 
+// One .npy array held in `size` bytes; errors say "<where><member> ...); re-export".
+NpyArray parse_npy(const unsigned char *npy, uint64_t size, const std::string &where, const std::string &member);
+
 // Member `name` (without ".npy") of the .npz at `path`; throws npgmf::Error (NPGMF_BUNDLE_ERROR).
 NpyArray read_npz_member(const std::filesystem::path &path, const std::string &name);
 
