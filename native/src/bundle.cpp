@@ -37,6 +37,22 @@ Error bundle_error(const std::string &message) { return Error(NPGMF_BUNDLE_ERROR
 
 std::string quoted(const std::string &text) { return "'" + text + "'"; }
 
+// Python's repr() of a JSON value as the Python reader's messages show it ({name!r}).
+std::string py_repr(const json &value) {
+    if (!value.is_string()) return value.is_null() ? "None" : value.is_boolean() ? (value.get<bool>() ? "True" : "False") : value.dump();
+    const std::string &text = value.get_ref<const std::string &>();
+    const char quote = text.find('\'') != std::string::npos && text.find('"') == std::string::npos ? '"' : '\'';
+    std::string out(1, quote);
+    for (const char c : text) {
+        if (c == '\\' || c == quote) out += '\\';
+        if (c == '\n') out += "\\n";
+        else if (c == '\t') out += "\\t";
+        else if (c == '\r') out += "\\r";
+        else out += c;
+    }
+    return out + quote;
+}
+
 const json &at(const json &object, const std::string &key) {
     if (!object.is_object()) throw Malformed("expected an object holding " + quoted(key));
     auto found = object.find(key);
@@ -200,7 +216,7 @@ void check_named_files(const fs::path &root, const json &data, const fs::path &m
         const std::string name = value.is_string() ? value.get<std::string>() : "";
         if (!value.is_string() || name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
             name.find('\0') != std::string::npos)
-            throw bundle_error(manifest_path.string() + ": " + where + " is " + value.dump() +
+            throw bundle_error(manifest_path.string() + ": " + where + " is " + py_repr(value) +
                                ", not a plain file name inside the bundle (no folders, '..' or absolute paths); "
                                "re-export the bundle");
         if (k < named.size() && !files.contains(name))
@@ -332,9 +348,15 @@ json load_json(const fs::path &path) {
     if (nesting_depth(text) > kMaxNesting)
         throw bundle_error("cannot read " + path.string() + " (nested deeper than " + std::to_string(kMaxNesting) +
                            " levels); re-export the bundle");
-    json value = json::parse(text, nullptr, false);
-    if (value.is_discarded())
-        throw bundle_error("cannot read " + path.string() + " (not valid JSON); re-export the bundle");
+    json value;
+    try {
+        value = json::parse(text);
+    } catch (const json::exception &exc) {
+        std::string reason = exc.what();
+        const size_t at = reason.find("] ");  // "[json.exception.parse_error.101] parse error at line 2, ..."
+        throw bundle_error("cannot read " + path.string() + " (" + (at == std::string::npos ? reason : reason.substr(at + 2)) +
+                           "); re-export the bundle");
+    }
     if (!value.is_object()) throw bundle_error(path.string() + " is not a JSON object; re-export the bundle");
     return value;
 }

@@ -19,6 +19,16 @@ constexpr int64_t kOpenCvMaxPixels = int64_t{1} << 30;
 
 Error image_error(const std::string &message) { return Error(NPGMF_IMAGE_ERROR, message); }
 
+// 16000000 -> "16,000,000", as Python's f"{n:,}".
+std::string thousands(int64_t value) {
+    std::string digits = std::to_string(value), out;
+    for (size_t k = 0; k < digits.size(); ++k) {
+        if (k && (digits.size() - k) % 3 == 0) out += ',';
+        out += digits[k];
+    }
+    return out;
+}
+
 uint32_t be32(const unsigned char *p) {
     return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }
@@ -188,13 +198,9 @@ cv::Mat decode_bytes(const std::vector<unsigned char> &data, int64_t max_pixels,
         throw image_error("cannot read " + name + ": OpenCV cannot decode it (corrupt, truncated or not an image: "
                           "its header states no size, so the pixel limit cannot be checked)");
     if (header.width * header.height > max_pixels) {
-        char buffer[512];
-        std::snprintf(buffer, sizeof buffer,
-                      "%s is %lldx%lld (%lld pixels), above the limit of %lld; shrink it before sending, or open "
-                      "the bundle with a larger max_pixels",
-                      name.c_str(), static_cast<long long>(header.width), static_cast<long long>(header.height),
-                      static_cast<long long>(header.width * header.height), static_cast<long long>(max_pixels));
-        throw image_error(buffer);
+        throw image_error(name + " is " + std::to_string(header.width) + "x" + std::to_string(header.height) + " (" +
+                          thousands(header.width * header.height) + " pixels), above the limit of " + thousands(max_pixels) +
+                          "; shrink it before sending, or open the bundle with a larger max_pixels");
     }
     return to_rgb(imdecode(data, cv::IMREAD_UNCHANGED, name), name);
 }

