@@ -37,7 +37,7 @@ std::string python_float_repr(double value) {
     } else {
         out = digits.substr(0, 1);
         if (digits.size() > 1) out += "." + digits.substr(1);
-        char exp[16];
+        char exp[32];
         std::snprintf(exp, sizeof exp, "e%c%02d", exponent < 0 ? '-' : '+', std::abs(exponent));
         out += exp;
     }
@@ -50,7 +50,7 @@ void append_escaped(std::string &out, const std::string &text) {
     out += '"';
     size_t i = 0;
     auto hex = [&out](unsigned unit) {
-        char buffer[8];
+        char buffer[16];
         std::snprintf(buffer, sizeof buffer, "\\u%04x", unit);
         out += buffer;
     };

@@ -23,7 +23,7 @@ std::string json_string(const std::string &text) {
             out += '\\';
             out += c;
         } else if (byte < 0x20) {
-            char buffer[8];
+            char buffer[16];
             std::snprintf(buffer, sizeof buffer, "\\u%04x", byte);
             out += buffer;
         } else {
