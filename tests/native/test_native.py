@@ -243,13 +243,19 @@ def test_bad_inputs_are_clean_statuses_under_asan_and_ubsan(
     broken = _broken_bundles(graph_bundle, faiss_bundle, tmp_path)
     images = _bad_images(tmp_path, craft_bomb)
     cases = [{"call": "open", "name": name, "bundle": str(bundle)} for name, bundle, _ in broken]
+    intact_bundles = [graph_bundle, faiss_bundle]
+    cases += [{"call": "open", "name": f"intact {b.name}", "bundle": str(b)} for b in intact_bundles]
     image_cases = [{"call": "file", "path": str(p)} for p in [*images, tmp_path / "absent.png"]]
     image_cases += [{"call": "bytes", "path": str(p)} for p in images]
+    good = tmp_path / "good.jpg"
+    cv2.imwrite(str(good), np.full((50, 70, 3), 90, np.uint8))
+    image_cases += [{"call": "file", "path": str(good)}, {"call": "bytes", "path": str(good)}]
     cases.append({"call": "images", "bundle": str(faiss_bundle), "images": image_cases})
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     env = {
         **os.environ,
-        "LD_PRELOAD": sanitizer_runtime("libasan.so"),
+        # libstdc++ preloaded too: ASan resolves __cxa_throw at start, before ctypes loads the library
+        "LD_PRELOAD": f"{sanitizer_runtime('libasan.so')} {sanitizer_runtime('libstdc++.so')}",
         "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
         "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
         "PYTHONPATH": str(Path(__file__).parent),
@@ -265,6 +271,8 @@ def test_bad_inputs_are_clean_statuses_under_asan_and_ubsan(
     assert [r["status"] for r in nulls] == ["NPGMF_INVALID_ARGUMENT"] * len(nulls)
     assert all(r["message"] and "\n" not in r["message"] for r in nulls)
     opened = results[1 : 1 + len(broken)]
+    intact = results[1 + len(broken) : 3 + len(broken)]
+    assert [r["status"] for r in intact] == ["NPGMF_OK"] * 2  # opened, self-test included
     for (name, _, python_reason), got in zip(broken, opened, strict=True):
         assert got["status"] == "NPGMF_BUNDLE_ERROR", (name, got)
         if "cannot read" in python_reason:  # a manifest no longer JSON: each parser words where it stopped
@@ -274,7 +282,8 @@ def test_bad_inputs_are_clean_statuses_under_asan_and_ubsan(
     on_handle = results[-1]["results"]
     invalid = "NPGMF_INVALID_ARGUMENT"
     assert [r["status"] for r in on_handle[:7]] == [*[invalid] * 5, "NPGMF_BUFFER_TOO_SMALL", invalid]
-    for case, got in zip(image_cases, on_handle[7:], strict=True):
+    assert [r["status"] for r in on_handle[-2:]] == ["NPGMF_OK"] * 2  # the good image, inspected under ASan
+    for case, got in zip(image_cases[:-2], on_handle[7:-2], strict=True):
         assert got["status"] == "NPGMF_IMAGE_ERROR", (case, got)
         assert "\n" not in got["message"] and got["message"], case
         if case["call"] == "file":
