@@ -9,6 +9,7 @@
 #include <fstream>
 #include <memory>
 #include <set>
+#include <tuple>
 #include <sstream>
 
 #include "pyjson.h"
@@ -26,7 +27,7 @@ constexpr int kMaxBatch = 4096;
 constexpr int kMaxGoldenImages = 256;
 constexpr const char *kSelfHashKey = "manifest_sha256";
 const char *const kPrecisions[] = {"fp32", "fp16", "int8"};
-constexpr double kFp32Tolerance = 0.01;
+constexpr const char *kLegacySelftest = "selftest.npz";
 
 // A value the manifest holds in the wrong shape: turned into "... is malformed (...); re-export".
 struct Malformed : std::runtime_error {
@@ -202,8 +203,9 @@ void check_named_files(const fs::path &root, const json &data, const fs::path &m
         if (!list.is_array()) throw Malformed("coreset.files must be a list");
         for (size_t k = 0; k < list.size(); ++k) named.emplace_back("coreset.files[" + std::to_string(k) + "]", list[k]);
     }
-    if (data.contains("selftest") && !data["selftest"].is_null() && !(data["selftest"].is_object() && data["selftest"].empty()))
-        named.emplace_back("selftest.file", at(data["selftest"], "file"));
+    if (data.contains("selftest") && data["selftest"].is_object())
+        for (const char *key : {"pixels", "reference_maps", "legacy_file"})
+            if (data["selftest"].contains(key)) named.emplace_back(std::string("selftest.") + key, data["selftest"][key]);
     if (data.contains("engines") && data["engines"].is_object())
         for (const auto &item : data["engines"].items())
             named.emplace_back("engines." + item.key() + ".file", at(item.value(), "file"));
@@ -242,19 +244,94 @@ void verify_files(const fs::path &root, const json &files) {
     }
 }
 
-// Schema 1 -> 2: a legacy calibration reads as pixel-level fusion (calibration() does that per entry).
+std::vector<double> numbers(const json &value, const std::string &name) {
+    if (!value.is_array()) throw Malformed(name + " must be a list of numbers");
+    std::vector<double> out;
+    for (const auto &v : value) {
+        if (!v.is_number()) throw Malformed(name + " must be a list of numbers");
+        out.push_back(v.get<double>());
+    }
+    return out;
+}
+
+// Schema 2 -> 3 (manifest._from_schema_2): the self-test judged against the FP32 reference; the budgets
+// from the stored scores, the flips from the FP32 calibration's threshold, the map check only for fp32
+// (the archive holds the FP32 digest only where the bundle has fp32). No FP32 answer: no self-test.
+void from_schema_2(json &data) {
+    if (!data.contains("selftest") || !data["selftest"].is_object()) return;
+    json &entry = data["selftest"];
+    if (!entry.contains("precisions") || !entry["precisions"].is_object()) return;
+    json &precisions = entry["precisions"];
+    json reference = entry.contains("reference") && !entry["reference"].is_null() ? entry["reference"] : json();
+    if (reference.is_null() && precisions.contains("fp32") && precisions["fp32"].is_object() && precisions["fp32"].contains("scores"))
+        reference = precisions["fp32"]["scores"];
+    if (!reference.is_array()) {
+        data.erase("selftest");
+        return;
+    }
+    json reference_threshold;
+    if (data.contains("calibration") && data["calibration"].is_object() && data["calibration"].contains("fp32") &&
+        data["calibration"]["fp32"].is_object() && data["calibration"]["fp32"].contains("threshold"))
+        reference_threshold = data["calibration"]["fp32"]["threshold"];
+    entry["legacy_file"] = entry.contains("file") ? entry["file"] : json(kLegacySelftest);
+    entry.erase("file");
+    entry["reference"] = reference;
+    entry["reference_threshold"] = reference_threshold;
+    const std::vector<double> ref = numbers(reference, "selftest.reference");
+    for (auto &item : precisions.items()) {
+        json &expected = item.value();
+        const std::string &precision = item.key();
+        const std::vector<double> scores = numbers(at(expected, "scores"), "selftest.precisions." + precision + ".scores");
+        const double error = mean_abs_error(scores, ref);
+        expected["score_error"] = error;
+        expected["budget"] = budget_for(precision, error);
+        expected["map_error"] = nullptr;
+        expected["map_budget"] = nullptr;
+        expected["verdict_flips"] = nullptr;
+        expected["max_flips"] = nullptr;
+        if (precision == "fp32") {
+            expected["map_error"] = 0.0;
+            expected["map_budget"] = budget_for("fp32", 0.0);
+        }
+        if (!reference_threshold.is_null()) {
+            const double threshold = finite(at(at(at(data, "calibration"), precision), "threshold"), "threshold");
+            const int flips = verdict_flips(scores, threshold, ref, finite(reference_threshold, "threshold"));
+            expected["verdict_flips"] = flips;
+            expected["max_flips"] = flips + kFlipAllowance;
+        }
+        expected.erase("tolerance");
+    }
+}
+
+// Schema 1 -> 2 reads a legacy calibration as pixel-level fusion (calibration() does that per entry);
+// 2 -> 3 is from_schema_2.
 json migrate(json data, const fs::path &path) {
     const json &version = data.contains("schema_version") ? data["schema_version"] : json();
     if (!version.is_number_integer() || version.get<int64_t>() < 1)
-        throw bundle_error(path.string() + ": schema_version " + version.dump() + " is not a positive integer; re-export");
+        throw bundle_error(path.string() + ": schema_version " + py_repr(version) + " is not a positive integer; re-export");
     if (version.get<int64_t>() > kSchemaVersion)
         throw bundle_error(path.string() + " has schema_version " + std::to_string(version.get<int64_t>()) +
                            ", newer than this toolkit reads (" + std::to_string(kSchemaVersion) +
                            "); upgrade npgmf-edge on this station, or export the bundle with the version installed here");
+    if (version.get<int64_t>() < 3) from_schema_2(data);
     data["schema_version"] = kSchemaVersion;
     return data;
 }
 
+double non_negative(const json &value, const std::string &name) {
+    if (!value.is_number() || !std::isfinite(value.get<double>()) || value.get<double>() < 0)
+        throw Malformed(name + " must be a finite number >= 0, got " + py_repr(value));
+    return value.get<double>();
+}
+
+std::string g4(double value) {
+    char buffer[64];
+    std::snprintf(buffer, sizeof buffer, "%.4g", value);
+    return buffer;
+}
+
+// manifest._check_selftest (schema 3): a self-test for every graph from schema 2 on; every budget at most
+// what the export's measurement allows, so none can be raised at will.
 void check_selftest(Manifest &m, const fs::path &path, int exported_schema) {
     const json &raw = m.raw;
     const bool older = exported_schema < kSelftestRequiredFrom;
@@ -268,39 +345,54 @@ void check_selftest(Manifest &m, const fs::path &path, int exported_schema) {
     if (!entry.is_object() || !entry.contains("precisions") || !entry["precisions"].is_object())
         throw Malformed("selftest must be an object with precisions");
     Selftest st;
-    st.file = as_string(at(entry, "file"), "selftest.file");
     st.images = bounded_int(at(entry, "images"), "selftest.images", kMaxGoldenImages);
-    st.digest_grid = entry.contains("digest_grid") ? bounded_int(entry["digest_grid"], "selftest.digest_grid", 64) : 8;
+    st.digest_grid = entry.contains("digest_grid") ? bounded_int(entry["digest_grid"], "selftest.digest_grid", 64) : kDigestGrid;
     st.machine = entry.contains("machine") ? entry["machine"] : json::object();
+    if (entry.contains("legacy_file")) st.legacy_file = as_string(entry["legacy_file"], "selftest.legacy_file");
+    else {
+        st.pixels_file = as_string(at(entry, "pixels"), "selftest.pixels");
+        st.reference_maps_file = as_string(at(entry, "reference_maps"), "selftest.reference_maps");
+    }
     for (const auto &item : m.graphs)
         if (!entry["precisions"].contains(item.first) && !older)
             throw bundle_error(path.string() + ": no self-test for " + item.first + "; re-export the bundle");
-    std::optional<std::vector<double>> reference;
-    if (entry.contains("reference") && !entry["reference"].is_null())
-        reference = finite_list(entry["reference"], "selftest.reference", static_cast<size_t>(st.images));
-    else if (!older)
+    if (!entry.contains("reference") || entry["reference"].is_null())
         throw bundle_error(path.string() + ": the selftest section lacks its FP32 reference scores; re-export");
+    st.reference = finite_list(entry["reference"], "selftest.reference", static_cast<size_t>(st.images));
+    if (entry.contains("reference_threshold") && !entry["reference_threshold"].is_null()) {
+        const json &value = entry["reference_threshold"];
+        if (!value.is_number() || !std::isfinite(value.get<double>()))
+            throw Malformed("selftest.reference_threshold must be a finite number, got " + py_repr(value));
+        st.reference_threshold = value.get<double>();
+    }
     for (const auto &item : entry["precisions"].items()) {
-        const std::string name = "selftest.precisions." + item.key();
-        if (!m.graphs.count(item.key()) || !item.value().is_object())
-            throw Malformed(name + ": no such graph, or not an object");
+        const std::string &precision = item.key();
+        const std::string name = "selftest.precisions." + precision;
+        if (!m.graphs.count(precision) || !item.value().is_object()) throw Malformed(name + ": no such graph, or not an object");
+        const json &expected = item.value();
         SelftestPrecision p;
-        p.scores = finite_list(at(item.value(), "scores"), name + ".scores", static_cast<size_t>(st.images));
-        const json &tolerance = at(item.value(), "tolerance");
-        if (!tolerance.is_number() || !(tolerance.get<double>() >= 0))
-            throw Malformed(name + ".tolerance must be a number >= 0, got " + tolerance.dump());
-        p.tolerance = tolerance.get<double>();
-        if (reference) {
-            const double bound = tolerance_for(item.key(), p.scores, *reference);
-            if (!(p.tolerance <= bound * (1 + 1e-9))) {
-                char buffer[512];
-                std::snprintf(buffer, sizeof buffer,
-                              "the %s self-test tolerance %.4g is above what the export measured allows (%.4g)",
-                              item.key().c_str(), p.tolerance, bound);
-                throw bundle_error(path.string() + ": " + buffer + "; the manifest was edited, re-export the bundle");
-            }
+        p.scores = finite_list(at(expected, "scores"), name + ".scores", static_cast<size_t>(st.images));
+        p.budget = non_negative(at(expected, "budget"), name + ".budget");
+        std::vector<std::tuple<std::string, double, double>> allowed = {
+            {"budget", p.budget, budget_for(precision, mean_abs_error(p.scores, st.reference))}};
+        const json map_error = expected.contains("map_error") ? expected["map_error"] : json();
+        const json map_budget = expected.contains("map_budget") ? expected["map_budget"] : json();
+        const double measured_map = map_error.is_null() ? 0.0 : non_negative(map_error, name + ".map_error");
+        if (!map_budget.is_null()) {
+            p.map_budget = non_negative(map_budget, name + ".map_budget");
+            allowed.emplace_back("map budget", *p.map_budget, budget_for(precision, measured_map));
         }
-        st.precisions[item.key()] = p;
+        if (st.reference_threshold) {
+            p.max_flips = bounded_int(at(expected, "max_flips"), name + ".max_flips", st.images, 0);
+            const int flips = verdict_flips(p.scores, m.calibration.at(precision).threshold, st.reference, *st.reference_threshold);
+            allowed.emplace_back("verdict allowance", *p.max_flips, flips + kFlipAllowance);
+        }
+        for (const auto &[what, value, bound] : allowed)
+            if (!(value <= bound * (1 + 1e-9)))
+                throw bundle_error(path.string() + ": the " + precision + " self-test " + what + " " + g4(value) +
+                                   " is above what the export measured allows (" + g4(bound) +
+                                   "); the manifest was edited, re-export the bundle");
+        st.precisions[precision] = p;
     }
     m.selftest = st;
 }
@@ -385,14 +477,28 @@ std::string sha256_file(const fs::path &path) {
     return out;
 }
 
-double tolerance_for(const std::string &precision, const std::vector<double> &scores,
-                     const std::vector<double> &reference) {
-    if (precision == "fp32") return kFp32Tolerance;
-    const double floor = precision == "fp16" ? 0.1 : 0.05;
-    double drift = 0;
+double budget_for(const std::string &precision, double measured) {
+    const double margin = precision == "fp32" ? 0.01 : precision == "fp16" ? 0.3 : 0.2;
+    return measured + margin;
+}
+
+double mean_abs_error(const std::vector<double> &a, const std::vector<double> &b) {
+    if (a.empty() || a.size() != b.size()) return NAN;
+    double sum = 0;
+    for (size_t k = 0; k < a.size(); ++k) {
+        const double diff = std::abs(a[k] - b[k]);
+        if (!std::isfinite(diff)) return NAN;
+        sum += diff;
+    }
+    return sum / static_cast<double>(a.size());
+}
+
+int verdict_flips(const std::vector<double> &scores, double threshold, const std::vector<double> &reference,
+                  double reference_threshold) {
+    int flips = 0;
     for (size_t k = 0; k < scores.size() && k < reference.size(); ++k)
-        drift = std::max(drift, std::abs(scores[k] - reference[k]));
-    return floor + 2.0 * drift;
+        flips += (scores[k] > threshold) != (reference[k] > reference_threshold);
+    return flips;
 }
 
 std::vector<std::string> Manifest::precisions() const {
@@ -428,8 +534,8 @@ Manifest read_manifest(const fs::path &given_root) {
     Manifest m;
     m.root = root;
     const int exported_schema = data["schema_version"].is_number_integer() ? data["schema_version"].get<int>() : 0;
-    data = migrate(std::move(data), path);
     try {
+        data = migrate(std::move(data), path);
         check_named_files(root, data, path);
         verify_files(root, data["files"]);
         m.raw = data;

@@ -15,7 +15,7 @@
 
 namespace npgmf {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 constexpr int kSelftestRequiredFrom = 2;
 constexpr const char *kManifestFile = "manifest.json";
 constexpr const char *kCoresetFaiss = "coreset.faiss";
@@ -47,15 +47,20 @@ struct GraphSpec {
     std::map<std::string, std::vector<int64_t>> outputs;      // shapes without the batch axis
 };
 
+// The golden self-test (runtime/selftest.py, schema 3): each precision judged against the FP32 reference.
 struct SelftestPrecision {
-    std::vector<double> scores;
-    double tolerance = 0;
+    std::vector<double> scores;          // this precision's scores on the export machine (reported only)
+    double budget = 0;                   // mean |score - FP32 reference| allowed
+    std::optional<double> map_budget;    // mean |digest - FP32 digest| allowed; none: no map check
+    std::optional<int> max_flips;        // verdicts allowed to differ from FP32's; none: no flip check
 };
 
 struct Selftest {
-    std::string file;
+    std::string pixels_file, reference_maps_file, legacy_file;  // .npy files, or (schema <= 2) one .npz
     int images = 0;
     int digest_grid = 8;
+    std::vector<double> reference;                  // FP32 scores
+    std::optional<double> reference_threshold;      // FP32 calibration's threshold
     std::map<std::string, SelftestPrecision> precisions;
     nlohmann::json machine;
 };
@@ -83,8 +88,15 @@ struct Manifest {
 std::string sha256_file(const std::filesystem::path &path);
 Manifest read_manifest(const std::filesystem::path &root);
 
-// `selftest.tolerance_for`: what the export's own measurement allows for `precision`.
-double tolerance_for(const std::string &precision, const std::vector<double> &scores,
-                     const std::vector<double> &reference);
+constexpr int kDigestGrid = 8;
+constexpr int kFlipAllowance = 1;
+
+// selftest.budget_for: the error the export measured plus the precision's margin.
+double budget_for(const std::string &precision, double measured);
+// selftest.score_error: mean |a - b|, NaN when any is not finite.
+double mean_abs_error(const std::vector<double> &a, const std::vector<double> &b);
+// selftest.verdict_flips: images anomalous by one (scores, threshold) and normal by the other.
+int verdict_flips(const std::vector<double> &scores, double threshold, const std::vector<double> &reference,
+                  double reference_threshold);
 
 }  // namespace npgmf

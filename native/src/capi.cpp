@@ -26,7 +26,7 @@ thread_local std::string last_error;
 // read as far as this library knows them.
 constexpr size_t kOptionsV1 = offsetof(npgmf_open_options, max_pixels) + sizeof(int64_t);
 constexpr size_t kResultV1 = offsetof(npgmf_result, map_width) + sizeof(int32_t);
-constexpr size_t kInfoV1 = offsetof(npgmf_info, self_test_tolerance) + sizeof(double);
+constexpr size_t kInfoV1 = offsetof(npgmf_info, self_test_max_flips) + sizeof(int32_t);
 
 npgmf_status fail(npgmf_status status, const std::string &message) {
     std::string line = message;
@@ -226,9 +226,13 @@ npgmf_status npgmf_describe(const npgmf_inspector *inspector, npgmf_info *info) 
         info->image_size = in.manifest().image_size;
         info->threshold = in.calibration().threshold;
         info->self_test_ran = in.self_test().ran ? 1 : 0;
-        info->self_test_score_drift = in.self_test().score_drift;
-        info->self_test_map_drift = in.self_test().map_drift;
-        info->self_test_tolerance = in.self_test().tolerance;
+        const npgmf::SelfTestResult &test = in.self_test();
+        info->self_test_score_error = test.score_error;
+        info->self_test_budget = test.budget;
+        info->self_test_map_error = test.map_budget < 0 ? NAN : test.map_error;
+        info->self_test_map_budget = test.map_budget < 0 ? NAN : test.map_budget;
+        info->self_test_verdict_flips = test.verdict_flips;
+        info->self_test_max_flips = test.max_flips;
         return ok();
     });
 }

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <onnxruntime_cxx_api.h>
 #include <opencv2/imgproc.hpp>
 #include <set>
@@ -435,38 +436,58 @@ std::string Inspector::run_self_test() {
     if (!manifest_.selftest || !manifest_.selftest->precisions.count(precision_)) return "";  // exported before it
     const Selftest &entry = *manifest_.selftest;
     const SelftestPrecision &expected = entry.precisions.at(precision_);
-    const fs::path file = manifest_.root / entry.file;
-    const NpyArray golden = read_npz_member(file, "pixels");
-    const NpyArray digest = read_npz_member(file, "digest_" + precision_);
-    const int size = manifest_.image_size, grid = entry.digest_grid;
-    const auto images = static_cast<int64_t>(expected.scores.size());
-    if (golden.descr != "|u1" || golden.shape != std::vector<int64_t>{images, 3, size, size} || digest.descr != "<f4" ||
-        digest.shape != std::vector<int64_t>{images, grid, grid})
-        throw Error(NPGMF_BUNDLE_ERROR, file.string() + ": the self-test arrays do not fit the manifest's images and input size; re-export");
+    const fs::path &root = manifest_.root;
+    // The golden pixels and FP32 digests: .npy files (schema 3), or the legacy archive's "pixels" and
+    // "digest_fp32" (none where the bundle had no fp32 graph).
+    NpyArray golden;
+    std::optional<NpyArray> reference_maps;
+    if (!entry.legacy_file.empty()) {
+        golden = read_npz_member(root / entry.legacy_file, "pixels");
+        if (npz_has_member(root / entry.legacy_file, "digest_fp32"))
+            reference_maps = read_npz_member(root / entry.legacy_file, "digest_fp32");
+    } else {
+        golden = read_npy_file(root / entry.pixels_file);
+        reference_maps = read_npy_file(root / entry.reference_maps_file);
+    }
+    const int size = manifest_.image_size, grid = kDigestGrid;
+    const auto images = static_cast<int64_t>(entry.images);
+    if (golden.descr != "|u1" || golden.shape != std::vector<int64_t>{images, 3, size, size} ||
+        (reference_maps && (reference_maps->descr != "<f4" || reference_maps->shape != std::vector<int64_t>{images, grid, grid})))
+        throw Error(NPGMF_BUNDLE_ERROR, root.string() + ": the self-test files hold other arrays than " + std::to_string(images) +
+                                            " uint8 images of [3, " + std::to_string(size) + ", " + std::to_string(size) +
+                                            "] with their " + std::to_string(grid) + " x " + std::to_string(grid) + " digests; re-export");
     const size_t plane = static_cast<size_t>(3) * size * size;
-    const auto *expected_digest = reinterpret_cast<const float *>(digest.data.data());
-    double score_drift = 0, map_drift = 0;
+    std::vector<double> scores, digests;
     for (int64_t start = 0; start < images; start += manifest_.max_batch) {
         const int batch = static_cast<int>(std::min<int64_t>(manifest_.max_batch, images - start));
         std::vector<float> pixels(plane * batch);
-        for (size_t k = 0; k < pixels.size(); ++k) pixels[k] = golden.data[start * plane + k];
-        std::vector<float> scores, fused;
-        run(pixels.data(), batch, scores, fused);
+        for (size_t k = 0; k < pixels.size(); ++k) pixels[k] = golden.data[static_cast<size_t>(start) * plane + k];
+        std::vector<float> batch_scores, fused;
+        run(pixels.data(), batch, batch_scores, fused);
         for (int b = 0; b < batch; ++b) {
-            score_drift = std::max(score_drift, std::abs(double(scores[b]) - expected.scores[static_cast<size_t>(start + b)]));
-            if (!std::isfinite(scores[b])) score_drift = NAN;
+            scores.push_back(batch_scores[static_cast<size_t>(b)]);
             cv::Mat small;
-            cv::resize(cv::Mat(size, size, CV_32F, fused.data() + static_cast<size_t>(b) * size * size), small, cv::Size(grid, grid), 0, 0, cv::INTER_AREA);
+            cv::resize(cv::Mat(size, size, CV_32F, fused.data() + static_cast<size_t>(b) * size * size), small,
+                       cv::Size(grid, grid), 0, 0, cv::INTER_AREA);
             for (int y = 0; y < grid; ++y)
-                for (int x = 0; x < grid; ++x) {
-                    const double diff = std::abs(double(small.at<float>(y, x)) - expected_digest[(start + b) * grid * grid + y * grid + x]);
-                    map_drift = std::isfinite(diff) ? std::max(map_drift, diff) : NAN;
-                    if (std::isnan(map_drift)) break;
-                }
+                for (int x = 0; x < grid; ++x) digests.push_back(small.at<float>(y, x));
         }
-        if (std::isnan(score_drift) || std::isnan(map_drift)) break;
     }
-    self_test_ = {true, score_drift, map_drift, expected.tolerance};
+    SelfTestResult result;
+    result.ran = true;
+    result.images = static_cast<int>(images);
+    result.score_error = mean_abs_error(scores, entry.reference);
+    result.budget = expected.budget;
+    if (reference_maps && expected.map_budget) {
+        const auto *values = reinterpret_cast<const float *>(reference_maps->data.data());
+        result.map_error = mean_abs_error(digests, std::vector<double>(values, values + digests.size()));
+        result.map_budget = *expected.map_budget;
+    }
+    if (entry.reference_threshold && expected.max_flips) {
+        result.verdict_flips = verdict_flips(scores, calibration().threshold, entry.reference, *entry.reference_threshold);
+        result.max_flips = *expected.max_flips;
+    }
+    self_test_ = result;
     if (self_test_.passed()) return "";
     const auto precisions = manifest_.precisions();
     std::string other;
@@ -478,10 +499,14 @@ std::string Inspector::run_self_test() {
     const std::string advice = other.empty() ? "re-export the bundle on a machine like this one"
                                              : "open it with --precision " + other + ", or pass --fallback " + other + " to answer in " +
                                                    other + " when " + precision_ + " fails here";
-    return manifest_.root.string() + ": the " + precision_ + " graph fails its self-test on this machine: scores drift by " +
-           format_g4(score_drift) + " and maps by " + format_g4(map_drift) + " from the export machine's (tolerance " +
-           format_g4(expected.tolerance) + ") with " + backend() + " on " + describe_this_machine() + "; exported on " +
-           describe_machine(entry.machine) + "; " + advice;
+    const std::string maps = result.map_budget < 0 ? ""
+                                                   : ", maps by " + format_g4(result.map_error) + " (budget " + format_g4(result.map_budget) + ")";
+    const std::string flips = result.max_flips < 0 ? ""
+                                                   : ", " + std::to_string(result.verdict_flips) + " of " + std::to_string(result.images) +
+                                                         " verdicts differ from FP32's (at most " + std::to_string(result.max_flips) + ")";
+    return root.string() + ": the " + precision_ + " graph fails its self-test on this machine: its scores are " +
+           format_g4(result.score_error) + " from FP32's on average (budget " + format_g4(result.budget) + ")" + maps + flips +
+           ", with " + backend() + " on " + describe_this_machine() + "; exported on " + describe_machine(entry.machine) + "; " + advice;
 }
 
 }  // namespace npgmf

@@ -30,10 +30,17 @@ struct OpenOptions {
     bool self_test = true;
 };
 
+// What the self-test measured here against the FP32 reference (runtime/selftest.SelfTestResult).
 struct SelfTestResult {
     bool ran = false;
-    double score_drift = 0, map_drift = 0, tolerance = 0;
-    bool passed() const { return score_drift <= tolerance && map_drift <= tolerance; }  // NaN fails
+    int images = 0;
+    double score_error = 0, budget = 0;   // mean |score here - FP32 score|, and what is allowed
+    double map_error = -1, map_budget = -1;  // mean |digest here - FP32 digest|; -1: not checked
+    int verdict_flips = -1, max_flips = -1;  // -1: not checked
+    bool passed() const {  // a NaN error (non-finite output) fails: comparisons with NaN are false
+        return score_error <= budget && (map_budget < 0 || map_error <= map_budget) &&
+               (max_flips < 0 || verdict_flips <= max_flips);
+    }
 };
 
 // Seconds per stage of one or more calls, as `npgmf-edge bench` names them.

@@ -3,6 +3,7 @@
 #include <cctype>
 #include <cstring>
 #include <fstream>
+#include <optional>
 
 #include "bundle.h"
 
@@ -83,7 +84,9 @@ int64_t NpyArray::count() const {
     return n;
 }
 
-NpyArray read_npz_member(const std::filesystem::path &path, const std::string &name) {
+namespace {
+
+std::optional<NpyArray> npz_member(const std::filesystem::path &path, const std::string &name) {
     const std::string where = path.string() + ": cannot read the self-test images (";
     auto fail = [&](const std::string &why) { return Error(NPGMF_BUNDLE_ERROR, where + why + "); re-export"); };
     std::ifstream in(path, std::ios::binary);
@@ -134,7 +137,26 @@ NpyArray read_npz_member(const std::filesystem::path &path, const std::string &n
         if (data_at + size > zip.size()) throw fail(member + " is truncated");
         return parse_npy(&zip[data_at], size, where, member);
     }
-    throw fail("no " + member + " in it");
+    return std::nullopt;
+}
+
+}  // namespace
+
+NpyArray read_npz_member(const std::filesystem::path &path, const std::string &name) {
+    std::optional<NpyArray> found = npz_member(path, name);
+    if (!found)
+        throw Error(NPGMF_BUNDLE_ERROR, path.string() + ": cannot read the self-test images (no " + name + ".npy in it); re-export");
+    return std::move(*found);
+}
+
+bool npz_has_member(const std::filesystem::path &path, const std::string &name) { return npz_member(path, name).has_value(); }
+
+NpyArray read_npy_file(const std::filesystem::path &path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error(NPGMF_BUNDLE_ERROR, path.string() + ": cannot read the self-test images (cannot open it); re-export");
+    std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (bytes.size() > kMaxNpzBytes) throw Error(NPGMF_BUNDLE_ERROR, path.string() + " is too large for a self-test file; re-export");
+    return parse_npy(bytes.data(), bytes.size(), path.string() + ": cannot read the self-test images (", path.filename().string());
 }
 
 }  // namespace npgmf

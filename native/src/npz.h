@@ -24,4 +24,10 @@ NpyArray parse_npy(const unsigned char *npy, uint64_t size, const std::string &w
 // Member `name` (without ".npy") of the .npz at `path`; throws npgmf::Error (NPGMF_BUNDLE_ERROR).
 NpyArray read_npz_member(const std::filesystem::path &path, const std::string &name);
 
+// A standalone .npy file (schema 3's self-test files).
+NpyArray read_npy_file(const std::filesystem::path &path);
+
+// Whether the .npz at `path` holds member `name` (without ".npy").
+bool npz_has_member(const std::filesystem::path &path, const std::string &name);
+
 }  // namespace npgmf

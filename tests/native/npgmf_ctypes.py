@@ -61,9 +61,12 @@ class Info(ctypes.Structure):
         ("image_size", ctypes.c_int32),
         ("self_test_ran", ctypes.c_int32),
         ("threshold", ctypes.c_double),
-        ("self_test_score_drift", ctypes.c_double),
-        ("self_test_map_drift", ctypes.c_double),
-        ("self_test_tolerance", ctypes.c_double),
+        ("self_test_score_error", ctypes.c_double),
+        ("self_test_budget", ctypes.c_double),
+        ("self_test_map_error", ctypes.c_double),
+        ("self_test_map_budget", ctypes.c_double),
+        ("self_test_verdict_flips", ctypes.c_int32),
+        ("self_test_max_flips", ctypes.c_int32),
     ]
 
 

@@ -98,9 +98,13 @@ typedef struct npgmf_info {
     int32_t image_size;             /* the model's input side */
     int32_t self_test_ran;          /* 1 when the golden self-test ran at open and passed */
     double threshold;
-    double self_test_score_drift;   /* max |score here - score at export| */
-    double self_test_map_drift;     /* max |map digest here - at export| */
-    double self_test_tolerance;
+    /* The self-test, judged against the FP32 reference as runtime/selftest.py judges it: */
+    double self_test_score_error;   /* mean |score here - FP32 score| over the golden images */
+    double self_test_budget;        /* the score error allowed */
+    double self_test_map_error;     /* mean |map digest here - FP32 digest|; NaN: not checked */
+    double self_test_map_budget;    /* NaN: not checked */
+    int32_t self_test_verdict_flips; /* golden images whose verdict differs from FP32's; -1: not checked */
+    int32_t self_test_max_flips;     /* -1: not checked */
 } npgmf_info;
 
 /* NPGMF_ABI_VERSION of the library actually loaded. */
