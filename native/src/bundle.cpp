@@ -478,7 +478,8 @@ std::string sha256_file(const fs::path &path) {
 }
 
 double budget_for(const std::string &precision, double measured) {
-    const double margin = precision == "fp32" ? 0.01 : precision == "fp16" ? 0.3 : 0.2;
+    // selftest.MARGIN on the aarch64 branch (schema 3); keep in step with it.
+    const double margin = precision == "fp32" ? 0.01 : precision == "fp16" ? 0.75 : 0.5;
     return measured + margin;
 }
 
