@@ -114,11 +114,7 @@ int nesting_depth(const std::string &text) {
     return deepest;
 }
 
-std::string sha256_text(const std::string &text) {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    if (EVP_Digest(text.data(), text.size(), digest, &length, EVP_sha256(), nullptr) != 1)
-        throw Error(NPGMF_INTERNAL, "OpenSSL's SHA-256 failed");
+std::string to_hex(const unsigned char *digest, unsigned length) {
     static const char hex[] = "0123456789abcdef";
     std::string out;
     for (unsigned k = 0; k < length; ++k) {
@@ -126,6 +122,14 @@ std::string sha256_text(const std::string &text) {
         out += hex[digest[k] & 15];
     }
     return out;
+}
+
+std::string sha256_text(const std::string &text) {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    if (EVP_Digest(text.data(), text.size(), digest, &length, EVP_sha256(), nullptr) != 1)
+        throw Error(NPGMF_INTERNAL, "OpenSSL's SHA-256 failed");
+    return to_hex(digest, length);
 }
 
 BranchStats branch_stats(const json &value, const std::string &name) {
@@ -468,13 +472,7 @@ std::string sha256_file(const fs::path &path) {
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int length = 0;
     EVP_DigestFinal_ex(ctx.get(), digest, &length);
-    static const char hex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned k = 0; k < length; ++k) {
-        out += hex[digest[k] >> 4];
-        out += hex[digest[k] & 15];
-    }
-    return out;
+    return to_hex(digest, length);
 }
 
 double budget_for(const std::string &precision, double measured) {

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -22,11 +23,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 from native_build import ROOT, sanitizer_runtime
 from npgmf_ctypes import NativeError
-from onnx import numpy_helper
 
 from npgmf_edge.errors import BundleError
 from npgmf_edge.runtime import Inspector
@@ -35,7 +34,6 @@ from npgmf_edge.runtime.manifest import (
     SELF_HASH_KEY,
     _content_sha256,
     graph_file,
-    write_manifest,
 )
 from npgmf_edge.runtime.selftest import FP32_TOLERANCE, SelfTestError
 from npgmf_edge.workflows import CSV_FIELDS
@@ -50,28 +48,20 @@ def _images(tiny_run) -> list[Path]:
     return [s.image_path for s in samples[::step][:PARITY_IMAGES]]
 
 
-def _rewrite(bundle: Path, change) -> None:
-    """The manifest changed by `change` and written again with its hashes (what a bad copy cannot do)."""
-    raw = json.loads((bundle / MANIFEST_FILE).read_text())
-    for key in ("schema_version", "files", SELF_HASH_KEY):
-        raw.pop(key)
-    change(raw)
-    write_manifest(bundle, raw)
+def _python_selftest_tests():
+    """tests/runtime/test_selftest.py as a module: its clipped-INT8 bundle (`drifting_bundle`) and its
+    manifest rewrite (`rehash`) are what these tests use too, so both runtimes face the same bundle."""
+    spec = importlib.util.spec_from_file_location(
+        "python_selftest_tests", ROOT / "tests/runtime/test_selftest.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@pytest.fixture(scope="module")
-def clipped_bundle(graph_bundle, tmp_path_factory) -> Path:
-    """tests/runtime/test_selftest.py's drifting bundle: INT8 weights above 32 in magnitude clipped."""
-    bundle = tmp_path_factory.mktemp("native_drift") / "bundle"
-    shutil.copytree(graph_bundle, bundle)
-    model = onnx.load(str(bundle / graph_file("int8")))
-    for tensor in model.graph.initializer:
-        weights = numpy_helper.to_array(tensor)
-        if weights.dtype == np.int8 and weights.ndim >= 2:
-            tensor.CopyFrom(numpy_helper.from_array(np.clip(weights, -32, 32).astype(np.int8), tensor.name))
-    onnx.save(model, str(bundle / graph_file("int8")))
-    _rewrite(bundle, lambda raw: None)
-    return bundle
+_SELFTEST_TESTS = _python_selftest_tests()
+drifting_bundle = _SELFTEST_TESTS.drifting_bundle  # a fixture: the graph bundle with INT8 weights clipped
+_rewrite = _SELFTEST_TESTS.rehash  # (bundle, change): the manifest rewritten with its hashes
 
 
 @pytest.mark.parametrize("knn", ["graph", "faiss"])
@@ -104,15 +94,15 @@ def test_native_gives_the_python_runtimes_answers(
             assert np.array_equal(from_array.anomaly_map, got.anomaly_map)
 
 
-def test_the_clipped_int8_bundle_is_refused_with_the_python_reason(native_lib, clipped_bundle, tiny_run):
+def test_the_clipped_int8_bundle_is_refused_with_the_python_reason(native_lib, drifting_bundle, tiny_run):
     with pytest.raises(SelfTestError) as python:
-        Inspector.open(clipped_bundle, precision="int8")
+        Inspector.open(drifting_bundle, precision="int8")
     with pytest.raises(NativeError) as native:
-        native_lib.open(clipped_bundle, precision="int8")
+        native_lib.open(drifting_bundle, precision="int8")
     assert native.value.status == "NPGMF_SELFTEST_FAILED"
     message, reason = str(native.value), str(python.value)
     assert "\n" not in message
-    head = f"{clipped_bundle}: the int8 graph fails its self-test on this machine: its scores are "
+    head = f"{drifting_bundle}: the int8 graph fails its self-test on this machine: its scores are "
     assert message.startswith(head) and "onnxruntime" in message
     # The same export machine and advice: "exported on x86_64 with ...; open it with --precision fp32, or
     # pass --fallback fp32 to answer in fp32 when int8 fails here".
@@ -124,12 +114,12 @@ def test_the_clipped_int8_bundle_is_refused_with_the_python_reason(native_lib, c
     assert error > float(message.split("(budget ")[1].split(")")[0])
 
     image = _images(tiny_run)[0]
-    with native_lib.open(clipped_bundle, precision="int8", fallback="fp32") as answering:
+    with native_lib.open(drifting_bundle, precision="int8", fallback="fp32") as answering:
         info = answering.describe()
         assert (info.precision, info.requested_precision) == (b"fp32", b"int8")
         assert info.fallback_reason.decode() == message
         score = answering.inspect_file(image).score
-    with native_lib.open(clipped_bundle, precision="fp32") as fp32:
+    with native_lib.open(drifting_bundle, precision="fp32") as fp32:
         assert fp32.inspect_file(image).score == score
 
 
