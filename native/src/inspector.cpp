@@ -336,9 +336,14 @@ class Engine {
     }
 
     static cv::Mat standardized(const cv::Mat &map, const BranchStats &stats, double weight) {
+        // A plain loop, not cv::Mat::forEach: the maps are small, and OpenCV's thread pool under many caller
+        // threads only oversubscribes the cores (and hides its synchronisation from ThreadSanitizer).
         cv::Mat out(map.size(), CV_32F);
         const float mean = static_cast<float>(stats.mean), std = static_cast<float>(stats.std), w = static_cast<float>(weight);
-        out.forEach<float>([&](float &value, const int *at) { value = w * ((map.at<float>(at[0], at[1]) - mean) / std); });
+        const cv::Mat in = map.isContinuous() ? map : map.clone();
+        const float *src = in.ptr<float>();
+        float *dst = out.ptr<float>();
+        for (size_t k = 0; k < in.total(); ++k) dst[k] = w * ((src[k] - mean) / std);
         return out;
     }
 
