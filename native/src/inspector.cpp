@@ -12,6 +12,7 @@
 #include <fstream>
 #include <limits>
 #include <mutex>
+#include <omp.h>
 #include <optional>
 #include <onnxruntime_cxx_api.h>
 #include <opencv2/imgproc.hpp>
@@ -302,9 +303,15 @@ class Engine {
                     queries[static_cast<size_t>((b * patches + p) * d + c)] = features[(b * d + c) * patches + p];
         std::vector<float> distances(static_cast<size_t>(n));
         std::vector<faiss::Index::idx_t> labels(static_cast<size_t>(n));
+        // One OpenMP thread per call (restored after): concurrency comes from the caller's threads, and
+        // libgomp's spinning team cost 2-6x the search time here on a loaded 2-core machine.
+        const int previous = omp_get_max_threads();
+        omp_set_num_threads(1);
         try {
             index_->search(n, queries.data(), 1, distances.data(), labels.data());
+            omp_set_num_threads(previous);
         } catch (const std::exception &exc) {
+            omp_set_num_threads(previous);
             throw Error(NPGMF_BACKEND_ERROR, std::string("FAISS search failed (") + first_line(exc.what()) + ")");
         }
         const float *bank = flat_->get_xb();
