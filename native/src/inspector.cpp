@@ -302,7 +302,7 @@ class Engine {
                 for (int64_t p = 0; p < patches; ++p)
                     queries[static_cast<size_t>((b * patches + p) * d + c)] = features[(b * d + c) * patches + p];
         std::vector<float> distances(static_cast<size_t>(n));
-        std::vector<faiss::Index::idx_t> labels(static_cast<size_t>(n));
+        std::vector<int64_t> labels(static_cast<size_t>(n));  // faiss::idx_t (Index::idx_t before 1.7.4)
         // One OpenMP thread per call (restored after): concurrency comes from the caller's threads, and
         // libgomp's spinning team cost 2-6x the search time here on a loaded 2-core machine.
         const int previous = omp_get_max_threads();
