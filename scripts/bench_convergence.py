@@ -113,6 +113,16 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--run-out", type=Path, help="train the whole run into this folder and keep it")
+    parser.add_argument(
+        "--stop-on",
+        choices=("validation_loss", "pseudo_auroc"),
+        help="with --run-out: early stopping on, watching this (default: off, the rule replayed)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --run-out: continue its checkpoint (a cut-short run, e.g. with --stop-on added)",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -123,6 +133,8 @@ def main() -> None:
     cfg.train.epochs = args.epochs or cfg.train.epochs
     rule = (cfg.train.patience, cfg.train.min_delta)
     cfg.train.early_stopping = False  # train to the cap; the rule is replayed on the recorded losses below
+    if args.run_out and args.stop_on:
+        cfg.train.early_stopping, cfg.train.stop_on = True, args.stop_on
     with tempfile.TemporaryDirectory() as tmp:
         dataset = dataset_for(args, Path(tmp))
         dataset = with_validation_split(dataset, cfg.train.validation_fraction, args.seed)
@@ -156,7 +168,10 @@ def main() -> None:
             print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
 
         if args.run_out:
-            train_run(dataset, cfg, args.run_out, on_epoch=measure)
+            summary = train_run(dataset, cfg, args.run_out, resume=args.resume, on_epoch=measure)
+            if not curve:  # a resumed run whose recorded epochs already said stop
+                print(json.dumps(summary["logical"]["curve"], indent=1))
+                return
         else:
             train_logical(dataset, cfg, Path(tmp) / "logical", progress=False, on_epoch=measure)
 

@@ -76,16 +76,11 @@ log = logging.getLogger(__name__)
 MODEL_PREFIX = "model."
 BEST_PREFIX = "best."  # the best epoch's weights in the checkpoint, when they are not the last epoch's
 # What a resumed run must share with the interrupted one: everything that shapes the network or its
-# training, except the number of epochs (so a finished run can also be extended) and the stopping rule
-# (it only reads the recorded validation losses).
+# training, except the number of epochs (so a finished run can also be extended) and the stopping rule's
+# patience and threshold (it only reads the recorded history). What it watches (`stop_on`) must match:
+# the checkpoint holds the best epoch's weights by that signal only.
 RESUME_MUST_MATCH = ("image_size", "logical.", "train.")
-RESUME_MAY_CHANGE = {
-    "train.epochs",
-    "train.early_stopping",
-    "train.patience",
-    "train.min_delta",
-    "train.stop_on",
-}
+RESUME_MAY_CHANGE = {"train.epochs", "train.early_stopping", "train.patience", "train.min_delta"}
 
 LR_SCHEDULES = ("constant", "cosine")
 
