@@ -75,11 +75,11 @@ def plot_training_curve(curve: TrainingCurve, path: Path) -> Path:
         label = f"best epoch {curve.best_epoch}" + (" (weights kept)" if curve.restored_best else "")
         lines.append(ax.axvline(curve.best_epoch, color="black", linestyle="--", label=label))
     watched = "pseudo-anomaly AUROC" if curve.stop_on == "pseudo_auroc" else "validation loss"
-    ax.set(
-        xlabel="epoch",
-        ylabel="loss",
-        title=f"Logical branch on {watched}: stopped after epoch {curve.stopped_after_epoch} "
-        f"({curve.stop_reason})",
+    ax.set(xlabel="epoch", ylabel="loss")
+    ax.set_title(
+        f"Logical branch: stopped after epoch {curve.stopped_after_epoch} ({curve.stop_reason}),\n"
+        f"early stopping watching the {watched}",
+        fontsize="medium",
     )
     ax.legend(lines, [line.get_label() for line in lines], fontsize="small")
     return _save(fig, path)
