@@ -36,6 +36,11 @@ class Branch(str, Enum):
     all = "all"
 
 
+class StopOn(str, Enum):
+    validation_loss = "validation-loss"
+    pseudo_auroc = "pseudo-auroc"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -159,7 +164,18 @@ def train(
     ] = None,
     min_delta: Annotated[
         float | None,
-        typer.Option(help="Smallest relative drop of the validation loss that counts as improvement."),
+        typer.Option(
+            help="Smallest relative drop of what early stopping watches (the validation loss, or "
+            "1 - the pseudo-anomaly AUROC) that counts as improvement."
+        ),
+    ] = None,
+    stop_on: Annotated[
+        StopOn | None,
+        typer.Option(
+            help="What early stopping watches: the loss on the validation images, or the logical branch's "
+            "image AUROC on pseudo-anomalies made from them (both are recorded every epoch). Default: "
+            "the preset's."
+        ),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
@@ -220,6 +236,7 @@ def train(
         "early_stopping": early_stopping,
         "patience": patience,
         "min_delta": min_delta,
+        "stop_on": None if stop_on is None else stop_on.value.replace("-", "_"),
     }
     for name, value in overrides.items():
         if value is not None:

@@ -23,6 +23,7 @@ from npgmf_edge.fileio import save_json
 
 T = TypeVar("T")
 FUSION_MODES = ("auto", "paper", "fixed")  # how calibration sets the fusion (`calibration.fusion_choice`)
+STOP_ON = ("validation_loss", "pseudo_auroc")  # what early stopping of the logical branch watches
 
 
 @dataclass
@@ -129,6 +130,9 @@ class TrainConfig:
     early_stopping: bool = True
     patience: int = 5
     min_delta: float = 0.005
+    # What early stopping watches (`training.early_stopping`): "validation_loss", or "pseudo_auroc" (the
+    # branch's image AUROC on pseudo-anomalies of the validation images, watched as 1 - AUROC).
+    stop_on: str = "validation_loss"
 
 
 @dataclass
@@ -183,6 +187,8 @@ class NpgmfConfig:
             raise ConfigError(f"patience must be >= 1, got {t.patience}")
         if not (math.isfinite(t.min_delta) and 0.0 <= t.min_delta < 1.0):
             raise ConfigError(f"train.min_delta must be in [0, 1), got {t.min_delta}")
+        if t.stop_on not in STOP_ON:
+            raise ConfigError(f"train.stop_on must be one of {', '.join(STOP_ON)}, got {t.stop_on!r}")
         f = self.fusion
         for name in ("weight_structural", "weight_logical", "gaussian_sigma"):
             value = getattr(f, name)

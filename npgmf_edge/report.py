@@ -57,23 +57,31 @@ def plot_score_histogram(
 
 
 def plot_training_curve(curve: TrainingCurve, path: Path) -> Path:
-    """The logical branch's training and validation loss per epoch, its best epoch marked, why it stopped
+    """The logical branch's training and validation loss per epoch and, on a second axis, its AUROC on the
+    validation pseudo-anomalies; the best epoch (by what early stopping watched) marked, why it stopped
     in the title."""
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     epochs = np.arange(1, len(curve.train_loss) + 1)
-    ax.plot(epochs, curve.train_loss, marker=".", label="training loss")
+    lines = ax.plot(epochs, curve.train_loss, marker=".", label="training loss")
     validation = np.array([np.nan if v is None else v for v in curve.validation_loss], dtype=float)
     if np.isfinite(validation).any():
-        ax.plot(epochs, validation, marker=".", label="validation loss (good images)")
+        lines += ax.plot(epochs, validation, marker=".", label="validation loss (good images)")
+    pseudo = np.array([np.nan if v is None else v for v in curve.pseudo_auroc], dtype=float)
+    if len(pseudo) == len(epochs) and np.isfinite(pseudo).any():
+        right = ax.twinx()
+        lines += right.plot(epochs, pseudo, marker=".", color="tab:green", label="pseudo-anomaly AUROC")
+        right.set(ylabel="AUROC", ylim=(min(0.5, np.nanmin(pseudo)) - 0.02, 1.02))
     if curve.best_epoch is not None:
         label = f"best epoch {curve.best_epoch}" + (" (weights kept)" if curve.restored_best else "")
-        ax.axvline(curve.best_epoch, color="black", linestyle="--", label=label)
-    ax.set(
-        xlabel="epoch",
-        ylabel="loss",
-        title=f"Logical branch: stopped after epoch {curve.stopped_after_epoch} ({curve.stop_reason})",
+        lines.append(ax.axvline(curve.best_epoch, color="black", linestyle="--", label=label))
+    watched = "pseudo-anomaly AUROC" if curve.stop_on == "pseudo_auroc" else "validation loss"
+    ax.set(xlabel="epoch", ylabel="loss")
+    ax.set_title(
+        f"Logical branch: stopped after epoch {curve.stopped_after_epoch} ({curve.stop_reason}),\n"
+        f"early stopping watching the {watched}",
+        fontsize="medium",
     )
-    ax.legend()
+    ax.legend(lines, [line.get_label() for line in lines], fontsize="small")
     return _save(fig, path)
 
 

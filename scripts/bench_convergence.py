@@ -1,5 +1,5 @@
 """How many epochs the logical branch needs: its test image AUROC after every epoch, and where early
-stopping would have stopped.
+stopping would have stopped, watching the validation loss or the pseudo-anomaly AUROC.
 
 Trains one preset's logical branch to its cap (`--epochs`, default the preset's) with early stopping off,
 measuring after each epoch its validation loss (what early stopping watches) and its image AUROC on the
@@ -8,12 +8,14 @@ deterministic and the stopping rule a pure function of the validation losses, so
 the recorded losses gives exactly the epoch a run with early stopping stops at and the weights it keeps
 (the cosine learning-rate schedule depends on the cap only). Prints one JSON document: the per-epoch
 curve, the cap's AUROC, the first epoch within `--tolerance` of it, and the early-stopping outcome for the
-preset's rule and a few other patiences. Wall and CPU time (this process's, less sensitive to other
-load on a shared machine) count training and validation up to an epoch (model build and image decoding
-included), not the test-set evaluation this script adds.
+preset's rule and a few other patiences, watching either signal (`train.stop_on`; both are recorded
+every epoch). `--run-out DIR` trains the whole run there instead (structural branch and calibration
+too, kept for `scripts/bench_fusion.py`; make-data is then generated into DIR_data). Wall and CPU time
+(this process's, less sensitive to other load on a shared machine) count training and validation up to
+an epoch (model build and image decoding included), not the test-set evaluation this script adds.
 
     python scripts/bench_convergence.py --preset tiny --make-data-seed 0
-    python scripts/bench_convergence.py --preset tiny --magnetic-tile [PATH]
+    python scripts/bench_convergence.py --preset tiny --magnetic-tile [PATH] --run-out runs/mt
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from npgmf_edge.postprocess import gaussian_sigma_for, image_scores, smooth
 from npgmf_edge.training.early_stopping import decide
 from npgmf_edge.training.images import ImageTensorDataset
 from npgmf_edge.training.logical import train_logical
-from npgmf_edge.training.run import with_validation_split
+from npgmf_edge.training.run import train_run, with_validation_split
 
 MAGNETIC_TILE = Path(__file__).resolve().parents[1].parent / "shared/data/magnetic_tile"
 MT_DEFECTS = {"blowhole": "MT_Blowhole/Imgs", "crack": "MT_Crack/Imgs"}
@@ -60,15 +62,20 @@ def logical_auroc(
     return float(roc_auc_score(labels, image_scores(smooth(np.concatenate(maps), sigma))))
 
 
-def stopping(curve: list[dict[str, Any]], patience: int, min_delta: float, cap: int) -> dict[str, Any]:
-    """Where the rule stops on the recorded validation losses, the epoch it keeps and that epoch's AUROC."""
-    losses = [np.nan if c["validation_loss"] is None else c["validation_loss"] for c in curve]
+def stopping(
+    curve: list[dict[str, Any]], patience: int, min_delta: float, cap: int, stop_on: str = "validation_loss"
+) -> dict[str, Any]:
+    """Where the rule stops on the recorded signal (as `training.logical` feeds it: the validation loss, or
+    1 - the pseudo-anomaly AUROC), the epoch it keeps and that epoch's test AUROC."""
+    values = [np.nan if c[stop_on] is None else c[stop_on] for c in curve]
+    losses = [1.0 - v for v in values] if stop_on == "pseudo_auroc" else values
     for stop in range(1, len(losses) + 1):
         decision = decide(losses[:stop], patience=patience, min_delta=min_delta, max_epochs=cap)
         if decision.stop:
             break
     best = decision.best_epoch
     return {
+        "stop_on": stop_on,
         "patience": patience,
         "min_delta": min_delta,
         "stopped_after_epoch": stop,
@@ -85,7 +92,8 @@ def dataset_for(args: argparse.Namespace, work: Path) -> AnomalyDataset:
         return load_dataset(
             args.magnetic_tile, format="folder", normal_dir="MT_Free/Imgs", abnormal_dirs=MT_DEFECTS, seed=0
         )
-    return load_dataset(generate_dataset(work / "data", SyntheticConfig(seed=args.make_data_seed))["dataset"])
+    where = Path(f"{args.run_out}_data") if args.run_out else work / "data"
+    return load_dataset(generate_dataset(where, SyntheticConfig(seed=args.make_data_seed))["dataset"])
 
 
 def main() -> None:
@@ -104,6 +112,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="the cap (default: the preset's)")
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--run-out", type=Path, help="train the whole run into this folder and keep it")
+    parser.add_argument(
+        "--stop-on",
+        choices=("validation_loss", "pseudo_auroc"),
+        help="with --run-out: early stopping on, watching this (default: off, the rule replayed)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --run-out: continue its checkpoint (a cut-short run, e.g. with --stop-on added)",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -114,6 +133,8 @@ def main() -> None:
     cfg.train.epochs = args.epochs or cfg.train.epochs
     rule = (cfg.train.patience, cfg.train.min_delta)
     cfg.train.early_stopping = False  # train to the cap; the rule is replayed on the recorded losses below
+    if args.run_out and args.stop_on:
+        cfg.train.early_stopping, cfg.train.stop_on = True, args.stop_on
     with tempfile.TemporaryDirectory() as tmp:
         dataset = dataset_for(args, Path(tmp))
         dataset = with_validation_split(dataset, cfg.train.validation_fraction, args.seed)
@@ -134,6 +155,9 @@ def main() -> None:
                     "epoch": record["epoch"],
                     "train_loss": round(record["loss"]["total"], 5),
                     "validation_loss": record["validation_loss"],
+                    "pseudo_auroc": None
+                    if record["pseudo_auroc"] is None
+                    else round(record["pseudo_auroc"], 4),
                     "auroc": round(auroc, 4),
                     "wall_s": round(reached - start - evaluating, 1),
                     "cpu_s": round(reached_cpu - start_cpu - evaluating_cpu, 1),
@@ -143,7 +167,13 @@ def main() -> None:
             evaluating_cpu += time.process_time() - reached_cpu
             print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
 
-        train_logical(dataset, cfg, Path(tmp) / "logical", progress=False, on_epoch=measure)
+        if args.run_out:
+            summary = train_run(dataset, cfg, args.run_out, resume=args.resume, on_epoch=measure)
+            if not curve:  # a resumed run whose recorded epochs already said stop
+                print(json.dumps(summary["logical"]["curve"], indent=1))
+                return
+        else:
+            train_logical(dataset, cfg, Path(tmp) / "logical", progress=False, on_epoch=measure)
 
     final = curve[-1]["auroc"]
     within = next(c for c in curve if c["auroc"] >= final - args.tolerance)
@@ -163,6 +193,9 @@ def main() -> None:
         "stays_within_tolerance_from": stays,
         "early_stopping": stopping(curve, *rule, cfg.train.epochs),
         "other_patiences": [stopping(curve, p, rule[1], cfg.train.epochs) for p in PATIENCES],
+        "pseudo_auroc_stopping": [
+            stopping(curve, p, rule[1], cfg.train.epochs, "pseudo_auroc") for p in PATIENCES
+        ],
         "curve": curve,
     }
     print(json.dumps(report, indent=1))

@@ -5,10 +5,12 @@ Computes the branch maps of the run's validation images, of their pseudo-anomali
 once, then calibrates both ways in memory (the run on disk is not changed). Also prints each candidate's
 test AUROC (what an oracle would pick) beside its pseudo-anomaly AUROC. `--random-logical` re-initialises
 the logical branch's trained layers first (the deliberately broken case: the fusion must fall back to the
-structural branch).
+structural branch). `--save-maps FILE.npz` keeps every branch map and the labels, and `--maps FILE.npz`
+replays a saved run without it (to compare choice rules at no model cost).
 
 Usage:
     python scripts/bench_fusion.py runs/tray --data data/ [--random-logical] [--out fusion.json]
+    python scripts/bench_fusion.py runs/tray --data data/ --save-maps tray.npz; ... --maps tray.npz
     python scripts/bench_fusion.py runs/mt --data ../shared/data/magnetic_tile --normal-dir MT_Free/Imgs \
         --abnormal blowhole=MT_Blowhole/Imgs --abnormal crack=MT_Crack/Imgs
 """
@@ -65,10 +67,24 @@ def main() -> None:
     parser.add_argument("--abnormal", action="append", default=[], help="NAME=DIR (folder datasets)")
     parser.add_argument("--random-logical", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--save-maps", type=Path, default=None)
+    parser.add_argument("--maps", type=Path, default=None, help="replay saved maps (RUN and data unused)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     started = time.perf_counter()
+    maps = np.load(args.maps) if args.maps else compute_maps(args)
+    if args.save_maps:
+        np.savez_compressed(args.save_maps, **maps)
+    result = {"run": str(args.run), "random_logical": args.random_logical, **score(maps)}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
 
+
+def compute_maps(args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """Every map the comparison needs: "normal_*", "pseudo_*", "test_*" per branch, the test labels, which
+    test images are logical / structural anomalies, and the smoothing sigma."""
     run = load_run(args.run)
     if args.random_logical:
         randomize_logical(run.net.logical, run.net.logical.encoder)
@@ -90,22 +106,36 @@ def main() -> None:
     dataset = load_dataset(args.data, **kwargs)
     test = dataset.test
     test_maps = maps_of(fn, [read_image(s.image_path) for s in test], size)
-    labels = np.array([s.label for s in test])
-    subsets = {"all": np.ones(len(test), bool)}
+    return {
+        **{f"{part}_{name}": maps[name] for part, maps in
+           (("normal", normal_maps), ("pseudo", pseudo_maps), ("test", test_maps)) for name in maps},
+        "labels": np.array([s.label for s in test]),
+        "pseudo_kinds": np.array([p.kind for p in pseudo]),
+        **{kind: np.array([s.label == 0 or s.defect_type == kind for s in test])
+           for kind in ("logical_anomalies", "structural_anomalies")},
+        "sigma": np.array(sigma),
+    }  # fmt: skip
+
+
+def score(maps: dict[str, np.ndarray]) -> dict:
+    """Test AUROC of each branch, of the paper's and of auto's fusion, and of every candidate."""
+    labels, sigma = maps["labels"], float(maps["sigma"])
+    branches = ("structural", "logical")
+    normal_maps = {name: maps[f"normal_{name}"] for name in branches}
+    pseudo_maps = {name: maps[f"pseudo_{name}"] for name in branches}
+    test_maps = {name: maps[f"test_{name}"] for name in branches}
+    subsets = {"all": np.ones(len(labels), bool)}
     for kind in ("logical_anomalies", "structural_anomalies"):
-        members = np.array([s.label == 0 or s.defect_type == kind for s in test])
-        if (labels[members] == 1).any():
-            subsets[kind] = members
+        if (labels[maps[kind]] == 1).any():
+            subsets[kind] = maps[kind]
 
     def aurocs(scores: np.ndarray) -> dict[str, float]:
         return {name: round(float(roc_auc_score(labels[m], scores[m])), 4) for name, m in subsets.items()}
 
     result: dict = {
-        "run": str(args.run),
-        "random_logical": args.random_logical,
-        "n_validation": len(validation),
-        "n_pseudo": len(pseudo),
-        "n_test": len(test),
+        "n_validation": len(normal_maps["structural"]),
+        "n_pseudo": len(pseudo_maps["structural"]),
+        "n_test": len(labels),
         "structural": aurocs(branch_image_scores(test_maps["structural"], sigma)),
         "logical": aurocs(branch_image_scores(test_maps["logical"], sigma)),
     }
@@ -133,10 +163,7 @@ def main() -> None:
                 "test_auroc": test_auroc,
             }
         )
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Why training ended, as recorded in summary.json.
 STOP_PATIENCE = "patience"  # `patience` epochs without improvement
@@ -77,8 +77,10 @@ class TrainingCurve:
     """The logical branch's training, epoch by epoch, as summary.json records it under "curve".
 
     `validation_loss[i]` is None where epoch i+1 was not validated (no validation images) or its loss
-    was not finite; `best_epoch` is 1-based; `restored_best` says the saved weights are the best epoch's
-    rather than the last one's.
+    was not finite; `pseudo_auroc[i]` is the branch's image AUROC on the validation images'
+    pseudo-anomalies after that epoch (`training.pseudo_validation`), None likewise; `stop_on` names which
+    of the two the rule watched; `best_epoch` is 1-based; `restored_best` says the saved weights are the
+    best epoch's rather than the last one's.
     """
 
     train_loss: list[float]
@@ -92,6 +94,10 @@ class TrainingCurve:
     patience: int
     min_delta: float
     max_epochs: int
+    # Added with early stopping on pseudo-anomalies; a summary.json from before has neither (read as
+    # not measured, and the validation loss watched).
+    pseudo_auroc: list[float | None] = field(default_factory=list)
+    stop_on: str = "validation_loss"
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainingCurve:

@@ -69,14 +69,16 @@ from npgmf_edge.training.early_stopping import (
     decide,
 )
 from npgmf_edge.training.images import ImageTensorDataset
+from npgmf_edge.training.pseudo_validation import PseudoValidation
 
 log = logging.getLogger(__name__)
 
 MODEL_PREFIX = "model."
 BEST_PREFIX = "best."  # the best epoch's weights in the checkpoint, when they are not the last epoch's
 # What a resumed run must share with the interrupted one: everything that shapes the network or its
-# training, except the number of epochs (so a finished run can also be extended) and the stopping rule
-# (it only reads the recorded validation losses).
+# training, except the number of epochs (so a finished run can also be extended) and the stopping rule's
+# patience and threshold (it only reads the recorded history). What it watches (`stop_on`) must match:
+# the checkpoint holds the best epoch's weights by that signal only.
 RESUME_MUST_MATCH = ("image_size", "logical.", "train.")
 RESUME_MAY_CHANGE = {"train.epochs", "train.early_stopping", "train.patience", "train.min_delta"}
 
@@ -199,6 +201,7 @@ def train_logical(
 
     images = ImageTensorDataset(dataset.train, cfg.image_size)
     validation = ImageTensorDataset(dataset.validation, cfg.image_size) if dataset.validation else None
+    monitor = PseudoValidation.from_samples(dataset.validation, cfg) if dataset.validation else None
     if validation is None and tc.early_stopping:
         log.warning(
             "%s has no validation images for %r: no early stopping, the logical branch trains all %d epochs",
@@ -215,8 +218,9 @@ def train_logical(
             if decision.stop:  # also a resumed run whose recorded losses already say stop
                 break
             record = _train_epoch(net, optimizer, images, cfg, epoch, report, on_step)
-            if validation is not None:
+            if validation is not None and monitor is not None:
                 record["validation_loss"] = validation_loss(net, validation, cfg)
+                record["pseudo_auroc"] = monitor.auroc(net)
             history.append(record)
             decision = _decision(history, cfg, validation is not None)
             if decision.best_epoch == epoch + 1:
@@ -249,9 +253,13 @@ def train_logical(
 
 
 def _decision(history: list[dict[str, Any]], cfg: NpgmfConfig, validated: bool = True) -> StopDecision:
-    """The stopping rule on the recorded validation losses (an epoch without one never improves)."""
+    """The stopping rule on what `train.stop_on` names: the recorded validation losses, or 1 - the
+    pseudo-anomaly AUROCs (an epoch without one never improves)."""
     tc = cfg.train
-    losses = [_finite_or_nan(h.get("validation_loss")) for h in history]
+    if tc.stop_on == "pseudo_auroc":
+        losses = [1.0 - _finite_or_nan(h.get("pseudo_auroc")) for h in history]
+    else:
+        losses = [_finite_or_nan(h.get("validation_loss")) for h in history]
     enabled = tc.early_stopping and validated and bool(history) and "validation_loss" in history[-1]
     return decide(losses, patience=tc.patience, min_delta=tc.min_delta, max_epochs=tc.epochs, enabled=enabled)
 
@@ -307,6 +315,7 @@ def _curve(
     return TrainingCurve(
         train_loss=[h["loss"]["total"] for h in history],
         validation_loss=[h.get("validation_loss") for h in history],
+        pseudo_auroc=[h.get("pseudo_auroc") for h in history],
         seconds=[h["seconds"] for h in history],
         best_epoch=decision.best_epoch,
         stopped_after_epoch=len(history),
@@ -316,6 +325,7 @@ def _curve(
         patience=tc.patience,
         min_delta=tc.min_delta,
         max_epochs=tc.epochs,
+        stop_on=tc.stop_on,
     )
 
 
@@ -324,18 +334,22 @@ def _epoch_line(record: dict[str, Any], decision: StopDecision, cap: int) -> str
     terms = " ".join(f"{k} {v:.4f}" for k, v in record["loss"].items())
     line = f"logical epoch {record['epoch']}/{cap}: {terms}"
     if "validation_loss" in record:
-        value = record["validation_loss"]
+        value, auroc = record["validation_loss"], record.get("pseudo_auroc")
         shown = "not finite" if value is None else f"{value:.4f}"
-        line += f" | validation {shown} (best: epoch {decision.best_epoch})"
+        shown_auroc = "not finite" if auroc is None else f"{auroc:.4f}"
+        line += (
+            f" | validation {shown}, pseudo-anomaly AUROC {shown_auroc} (best: epoch {decision.best_epoch})"
+        )
     return f"{line} ({record['seconds']:.1f} s)"
 
 
 def _stop_line(curve: TrainingCurve) -> str:
     """Why training ended and which weights were kept."""
+    watched = "pseudo-anomaly AUROC" if curve.stop_on == "pseudo_auroc" else "validation loss"
     why = {
-        STOP_PATIENCE: f"validation loss not lower by {curve.min_delta:.1%} for {curve.patience} epochs",
+        STOP_PATIENCE: f"{watched} not better by {curve.min_delta:.1%} for {curve.patience} epochs",
         STOP_CAP: f"reached the cap of {curve.max_epochs} epochs",
-        STOP_NOT_FINITE: "validation loss not finite",
+        STOP_NOT_FINITE: f"{watched} not finite",
         STOP_NO_VALIDATION: f"reached the cap of {curve.max_epochs} epochs (no validation images)",
     }[curve.stop_reason]
     kept = f"epoch {curve.best_epoch}'s (the best)" if curve.restored_best else "the last epoch's"

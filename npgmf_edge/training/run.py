@@ -12,7 +12,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,10 @@ from npgmf_edge.data import AnomalyDataset
 from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import ConfigError, DatasetError
 from npgmf_edge.fileio import save_json
+
+if TYPE_CHECKING:
+    from npgmf_edge.training.logical import EpochCallback
+
 from npgmf_edge.rundir import (
     CONFIG_FILE,
     DATASET_FILE,
@@ -178,9 +182,11 @@ def train_run(
     branch: str = "all",
     resume: bool = False,
     device: str | torch.device = "cpu",
+    on_epoch: EpochCallback | None = None,
 ) -> dict[str, Any]:
     """Train the chosen branch(es) of `cfg` on `dataset.train` into `out` on `device` (both branches and
-    the calibration, so the validation queries match the memory bank); returns a summary."""
+    the calibration, so the validation queries match the memory bank); returns a summary. `on_epoch` is
+    called after each epoch of the logical branch (`training.logical.train_logical`)."""
     if branch not in BRANCHES:
         raise ConfigError(f"unknown branch {branch!r}; choose one of: {', '.join(BRANCHES)}")
     device = resolve_device(device)
@@ -208,7 +214,9 @@ def train_run(
     if branch in ("logical", "all"):
         from npgmf_edge.training.logical import train_logical
 
-        summary["logical"] = train_logical(dataset, cfg, out / LOGICAL_DIR, resume=resume, device=device)
+        summary["logical"] = train_logical(
+            dataset, cfg, out / LOGICAL_DIR, resume=resume, device=device, on_epoch=on_epoch
+        )
     if branch in ("structural", "all"):
         from npgmf_edge.training.structural import train_structural
 

@@ -1,6 +1,8 @@
 """Choosing the fusion on pseudo-anomalies, on hand-made branch maps whose AUROCs are known: a useless
-logical branch is dropped, a useful one is kept, the paper's 1:3 wins ties, and every AUROC recorded is
-scikit-learn's on independently computed scores."""
+logical branch is dropped, a useful one is kept, pseudo-anomalies that leave no room for a gain give the
+logical branch no weight, the paper's weights at image level win ties among the fusions that earned it
+(hand-built candidate sets whose answer is known), and every AUROC recorded is scikit-learn's on
+independently computed scores."""
 
 import dataclasses
 
@@ -8,10 +10,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from npgmf_edge.calibration.calibrate import Calibration
+from npgmf_edge.calibration.calibrate import Calibration, FusionCandidate
 from npgmf_edge.calibration.fusion_choice import (
     LOGICAL_WEIGHTS,
-    PAPER_TIE_MARGIN,
+    TIE_MARGIN,
+    _best,
     choose_fusion,
     parse_fusion_weights,
 )
@@ -106,7 +109,9 @@ def test_paper_and_fixed_modes_keep_their_weights_at_pixel_level() -> None:
     assert np.isnan(fixed.pseudo_auroc)  # 0.7 is not on the grid: measured only for the grid
 
 
-def test_the_paper_fusion_is_kept_when_it_ties_within_the_margin() -> None:
+def test_saturated_pseudo_anomalies_give_the_logical_branch_no_weight() -> None:
+    # Both branches find every pseudo-anomaly: no fusion can show a gain over the structural branch, so
+    # the logical branch has not earned weight (on the magnetic-tile set the paper's 1:3 then cost 0.2).
     rng = np.random.default_rng(2)
     normal = {
         "structural": _maps(20, rng, np.zeros(20, bool), 0.0),
@@ -116,8 +121,44 @@ def test_the_paper_fusion_is_kept_when_it_ties_within_the_margin() -> None:
     pseudo = {"structural": _maps(20, rng, everywhere, 5.0), "logical": _maps(20, rng, everywhere, 5.0)}
     calibration = choose_fusion(normal, pseudo, FusionConfig(), sigma=1.0)  # every candidate is perfect
     assert all(c.auroc == 1.0 for c in calibration.fusion_selection.candidates)
-    assert (calibration.fusion_level, calibration.weight_logical) == ("pixel", 3.0)
-    assert calibration.fusion_selection.margin == PAPER_TIE_MARGIN
+    assert (calibration.fusion_level, calibration.weight_logical) == ("pixel", 0.0)
+    assert calibration.fusion_selection.margin == TIE_MARGIN
+
+
+def _candidates(structural: float, scored: dict[tuple[str, float], tuple[float, float]]) -> list:
+    """The full grid: the structural branch alone at `structural` AUROC, the candidates in `scored` at
+    their (AUROC, lift_low), every other one 0.5 (no lift)."""
+    out = []
+    for level in ("pixel", "image"):
+        for w in LOGICAL_WEIGHTS:
+            auroc, low = (structural, 0.0) if w == 0.0 else scored.get((level, w), (0.5, -0.4))
+            out.append(FusionCandidate(level, 1.0, w, auroc, low))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("structural", "scored", "expected"),
+    [
+        # the paper's weights at image level within TIE_MARGIN (0.004 < 0.005) of the best: kept
+        (0.90, {("pixel", 1.0): (0.970, 0.01), ("image", 3.0): (0.966, 0.01)}, ("image", 3.0)),
+        # ... 0.006 below it: the best (pixel 1:1)
+        (0.90, {("pixel", 1.0): (0.970, 0.01), ("image", 3.0): (0.964, 0.01)}, ("pixel", 1.0)),
+        # exact ties: the first in grid order (pixel before image, smaller weights first)
+        (0.90, {("image", 0.5): (0.95, 0.01), ("pixel", 3.0): (0.95, 0.01)}, ("pixel", 3.0)),
+        (0.90, {("image", 0.5): (0.95, 0.01), ("image", 1.0): (0.95, 0.01)}, ("image", 0.5)),
+        # the paper's weights at image level tie but their gain is chance (lift_low < 0): the best
+        (0.90, {("pixel", 0.5): (0.950, 0.02), ("image", 3.0): (0.951, -0.01)}, ("pixel", 0.5)),
+        # a gain of 0.004 (< LIFT_MARGIN) is no gain: the structural branch alone
+        (0.90, {("pixel", 3.0): (0.904, 0.001), ("image", 3.0): (0.904, 0.001)}, ("pixel", 0.0)),
+        # large gains that are chance everywhere: the structural branch alone
+        (0.80, {("pixel", 1.0): (0.90, -0.02), ("image", 3.0): (0.92, -0.05)}, ("pixel", 0.0)),
+        # the structural branch alone already perfect: nothing can gain
+        (1.00, {("pixel", 3.0): (1.0, 0.0), ("image", 3.0): (1.0, 0.0)}, ("pixel", 0.0)),
+    ],
+)
+def test_the_rule_on_hand_built_candidates(structural, scored, expected) -> None:
+    level, w_s, w_l = _best(_candidates(structural, scored))
+    assert (level, w_l) == expected and w_s == 1.0
 
 
 def test_the_threshold_is_set_on_the_chosen_fusions_scores() -> None:

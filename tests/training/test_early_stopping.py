@@ -158,6 +158,9 @@ def test_the_best_epochs_weights_are_saved(stopped_run) -> None:
 def test_the_curve_is_in_summary_json_and_readable_from_the_run(stopped_run) -> None:
     _, out, summary, _ = stopped_run
     assert json.loads((out / SUMMARY_FILE).read_text())["curve"] == summary["curve"]
+    pseudo = summary["curve"]["pseudo_auroc"]  # measured every epoch, whatever the rule watches
+    assert len(pseudo) == 4 and all(0.0 <= v <= 1.0 for v in pseudo)
+    assert summary["curve"]["stop_on"] == "validation_loss"
     curve = read_training_curve(out.parent)
     assert curve is not None and curve.best_epoch == 2 and curve.validation_loss == PLATEAU[:4]
     assert read_training_curve(out.parent.parent) is None  # no logical/ there
@@ -257,6 +260,34 @@ def test_validation_loss_is_the_training_loss_on_the_validation_images_without_c
     assert same_weights(net.state_dict(), before)  # no BatchNorm statistics, no codebook usage counted
 
 
+def test_training_can_stop_on_the_pseudo_anomaly_auroc(loco_dataset_dir: Path, tmp_path: Path) -> None:
+    # The loss keeps falling; the pseudo-anomaly AUROC is best at epoch 2, then 2 epochs do not beat it:
+    # patience 2 stops after epoch 4 and keeps epoch 2's weights. Watching the loss would run all 6.
+    aurocs = [0.70, 0.90, 0.85, 0.88, 0.95, 0.96]
+    cfg = small_cfg(epochs=6)
+    cfg.train.stop_on = "pseudo_auroc"
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+    calls = iter(aurocs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logical_training, "validation_loss", scripted([3.0, 2.0, 1.5, 1.2, 1.0, 0.9]))
+        patch.setattr(logical_training.PseudoValidation, "auroc", lambda self, net: next(calls))
+        summary = train_logical(
+            load_dataset(loco_dataset_dir), cfg, tmp_path / "logical", progress=False,
+            on_epoch=snapshots(weights),
+        )  # fmt: skip
+    curve = summary["curve"]
+    assert (curve["stopped_after_epoch"], curve["best_epoch"], curve["stop_reason"]) == (4, 2, STOP_PATIENCE)
+    assert curve["pseudo_auroc"] == aurocs[:4] and curve["stop_on"] == "pseudo_auroc"
+    assert same_weights(load_logical(tmp_path / "logical").state_dict(), weights[2])
+
+
+def test_an_unknown_stop_signal_is_refused() -> None:
+    cfg = small_cfg(epochs=2)
+    cfg.train.stop_on = "accuracy"
+    with pytest.raises(ConfigError, match="stop_on"):
+        cfg.validate()
+
+
 # --- where it is shown -----------------------------------------------------------------------------
 
 
@@ -264,13 +295,13 @@ def test_cli_records_the_options_and_logs_each_epoch(cli, loco_dataset_dir: Path
     code, _, err = cli(
         "train", loco_dataset_dir, "--out", tmp_path / "run", "--preset", "tiny", "--image-size", 64,
         "--no-pretrained", "--no-text-prior", "--branch", "logical", "--max-epochs", 2, "--patience", 7,
-        "--min-delta", 0.02, "--no-early-stopping",
+        "--min-delta", 0.02, "--no-early-stopping", "--stop-on", "pseudo-auroc",
     )  # fmt: skip
     assert code == 0, err
     train = json.loads((tmp_path / "run" / "logical" / CONFIG_FILE).read_text())["train"]
     recorded = (train["epochs"], train["patience"], train["min_delta"], train["early_stopping"])
-    assert recorded == (2, 7, 0.02, False)
-    assert "logical epoch 1/2:" in err and "| validation " in err
+    assert recorded == (2, 7, 0.02, False) and train["stop_on"] == "pseudo_auroc"
+    assert "logical epoch 1/2:" in err and "| validation " in err and "pseudo-anomaly AUROC 0." in err
     assert "logical branch stopped after epoch 2: reached the cap of 2 epochs" in err
 
 

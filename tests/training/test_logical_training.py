@@ -117,6 +117,17 @@ def test_resume_with_another_architecture_is_refused(one_epoch_run, tmp_path: Pa
         train_logical(dataset, cfg, out, resume=True, progress=False)
 
 
+def test_resume_watching_another_signal_is_refused(one_epoch_run, tmp_path: Path) -> None:
+    # The checkpoint keeps the best epoch's weights by the signal it watched; another signal's best
+    # epoch may be one whose weights are gone.
+    dataset, run, _ = one_epoch_run
+    out = Path(shutil.copytree(run, tmp_path / "logical"))
+    cfg = small_cfg(epochs=2, text_prior=True)
+    cfg.train.stop_on = "pseudo_auroc"
+    with pytest.raises(CheckpointError, match=r"train.stop_on: 'validation_loss' -> 'pseudo_auroc'"):
+        train_logical(dataset, cfg, out, resume=True, progress=False)
+
+
 def test_missing_run_and_unknown_schedule_are_clear_errors(loco_dataset_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="holds no trained logical branch"):
         load_logical(tmp_path)
