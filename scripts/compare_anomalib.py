@@ -37,6 +37,9 @@ Usage:
     python scripts/compare_anomalib.py runs/mt --data ../shared/data/magnetic_tile \
         --normal-dir MT_Free/Imgs --abnormal-dir blowhole=MT_Blowhole/Imgs \
         --abnormal-dir crack=MT_Crack/Imgs --train-structural edge
+    # the other aggregation or encoder, ours only (the peer does not depend on the aggregation)
+    python scripts/compare_anomalib.py runs/mt-lm --data ... --train-structural edge \
+        --aggregation local_mean --lite 0 --no-peer
 """
 
 from __future__ import annotations
@@ -159,7 +162,7 @@ def compare(args: argparse.Namespace) -> Comparison:
     from npgmf_edge.config import NpgmfConfig, get_preset
     from npgmf_edge.data import load_dataset
     from npgmf_edge.errors import DatasetError
-    from npgmf_edge.rundir import CONFIG_FILE, DATASET_FILE
+    from npgmf_edge.rundir import CONFIG_FILE, read_provenance
 
     dataset = load_dataset(args.data, category=args.category, **folder_options(args))
     if args.train_structural:
@@ -180,7 +183,7 @@ def compare(args: argparse.Namespace) -> Comparison:
     weights = cfg.weights.encoder_weights(structural=not shared)
     if weights is None:
         raise SystemExit(f"{args.run}: the encoder has no offline weights to give the peer (hub or random)")
-    train = [Path(p) for p in json.loads((args.run / DATASET_FILE).read_text())["train_images"]]
+    train = [Path(p) for p in read_provenance(args.run)["train_images"]]  # paths that exist here
     known = {s.image_path.resolve() for s in dataset.train}
     if not all(p.resolve() in known for p in train):
         raise DatasetError(f"{args.run} was trained on images outside {args.data}'s training split")
