@@ -291,7 +291,8 @@ def _tiny() -> NpgmfConfig:
 
 def _edge() -> NpgmfConfig:
     """Default: one EfficientNet-Lite2 pass feeds both branches at 256 px (chosen by measurement among
-    lite0/1/2: docs/DESIGN.md "Presets")."""
+    lite0/1/2: docs/DESIGN.md "Presets"); the structural branch pools with `local_mean` (measured on
+    magnetic tile and make-data: docs/DESIGN.md "Structural branch")."""
     cfg = NpgmfConfig(preset="edge", image_size=256, weights=WeightsConfig(weights="efficientnet-lite2"))
     cfg.logical = LogicalConfig(
         encoder="tf_efficientnet_lite2",
@@ -302,8 +303,12 @@ def _edge() -> NpgmfConfig:
         decoder_block="bottleneck",
         decoder_depth=1,
     )
-    cfg.structural = StructuralConfig(
-        encoder="tf_efficientnet_lite2", share_logical_encoder=True, pretrain_embed_dim=256, embed_dim=256
+    cfg.structural = StructuralConfig(  # D = 48 + 120 = 168 (embed dims apply to `reference` only)
+        encoder="tf_efficientnet_lite2",
+        share_logical_encoder=True,
+        aggregation="local_mean",
+        pretrain_embed_dim=256,
+        embed_dim=256,
     )
     cfg.train = TrainConfig(epochs=50, batch_size=4, lr=5e-4)
     cfg.train.patience = 8  # a sixth of the cap, as tiny's

@@ -104,3 +104,9 @@ def test_a_config_saved_before_the_aggregation_option_loads_as_the_reference(nam
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data))
     assert NpgmfConfig.load(path).structural.aggregation == "reference"
+
+
+def test_edge_pools_with_local_mean_and_the_others_with_the_reference() -> None:
+    """docs/DESIGN.md "Structural branch": measured for edge (Lite2, 256 px) only."""
+    aggregations = {name: get_preset(name).structural.aggregation for name in PRESETS}
+    assert aggregations == {"tiny": "reference", "edge": "local_mean", "paper": "reference"}
