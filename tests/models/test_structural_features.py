@@ -82,10 +82,15 @@ def test_aggregator_equals_the_patchcore_reference(channels, shapes, patch_size,
 
 def test_aggregator_has_no_saved_state_and_rejects_bad_sizes():
     assert PatchFeatureAggregator([64, 128], 32, 32).state_dict() == {}
+    assert LocalMeanAggregator([64, 128]).state_dict() == {}
     with pytest.raises(ConfigError, match="positive odd"):
         PatchFeatureAggregator([64, 128], 32, 32, patch_size=2)
     with pytest.raises(ConfigError, match="2 levels"):
         PatchFeatureAggregator([64, 128, 256], 32, 32)
+    with pytest.raises(ConfigError, match="positive odd"):
+        LocalMeanAggregator([64, 128], patch_size=4)
+    with pytest.raises(ConfigError, match="2 levels"):
+        LocalMeanAggregator([64])
 
 
 def test_extractor_on_the_logical_encoder_equals_its_own_encoder_with_the_same_weights():

@@ -64,6 +64,14 @@ def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
     return matrix
 
 
+def _check_levels(channels: Sequence[int], patch_size: int) -> None:
+    """ConfigError unless there are exactly two levels and the neighbourhood has an odd side."""
+    if len(channels) != 2:
+        raise ConfigError(f"the structural branch aggregates 2 levels, got channels {list(channels)}")
+    if patch_size < 1 or patch_size % 2 == 0:
+        raise ConfigError(f"patch_size must be a positive odd number, got {patch_size}")
+
+
 class PatchFeatureAggregator(nn.Module):
     """[f2 (B, C2, h, w), f3 (B, C3, h/2, w/2)] -> (B, embed_dim, h, w) locally aware patch features."""
 
@@ -75,10 +83,7 @@ class PatchFeatureAggregator(nn.Module):
         patch_size: int = 3,
     ) -> None:
         super().__init__()
-        if len(channels) != 2:
-            raise ConfigError(f"the structural branch aggregates 2 levels, got channels {list(channels)}")
-        if patch_size < 1 or patch_size % 2 == 0:
-            raise ConfigError(f"patch_size must be a positive odd number, got {patch_size}")
+        _check_levels(channels, patch_size)
         if pretrain_embed_dim < 1 or embed_dim < 1:
             raise ConfigError(
                 f"embedding dimensions must be >= 1, got pretrain_embed_dim={pretrain_embed_dim}, "
@@ -121,15 +126,12 @@ class LocalMeanAggregator(nn.Module):
     """[f2 (B, C2, h, w), f3 (B, C3, h/2, w/2)] -> (B, C2 + C3, h, w): per-channel p x p means, concatenated.
 
     Averaging each channel over the neighbourhood forgets which neighbour a value came from (the
-    reference keeps it); measured, that helps anomalies of arrangement and costs fine structural ones a
-    little (docs/BENCHMARKS.md "Structural aggregation")."""
+    reference keeps it); measured, that helps anomalies of arrangement, costs make-data's structural ones
+    a little and magnetic tile's real defects nothing (docs/BENCHMARKS.md "Structural aggregation")."""
 
     def __init__(self, channels: Sequence[int], patch_size: int = 3) -> None:
         super().__init__()
-        if len(channels) != 2:
-            raise ConfigError(f"the structural branch aggregates 2 levels, got channels {list(channels)}")
-        if patch_size < 1 or patch_size % 2 == 0:
-            raise ConfigError(f"patch_size must be a positive odd number, got {patch_size}")
+        _check_levels(channels, patch_size)
         self.channels = [int(c) for c in channels]
         self.patch_size = patch_size
         self.embed_dim = sum(self.channels)
