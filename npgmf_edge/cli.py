@@ -41,6 +41,11 @@ class StopOn(str, Enum):
     pseudo_auroc = "pseudo-auroc"
 
 
+class Aggregation(str, Enum):  # config.STRUCTURAL_AGGREGATIONS
+    reference = "reference"
+    local_mean = "local_mean"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -213,6 +218,14 @@ def train(
         bool, typer.Option("--no-codebooks", help="Ablation: drop the normal codebooks.")
     ] = False,
     coreset_ratio: Annotated[float | None, typer.Option(help="Coreset fraction in (0, 1].")] = None,
+    structural_aggregation: Annotated[
+        Aggregation | None,
+        typer.Option(
+            help="How the structural branch pools levels 2+3 into patch features: reference (PatchCore's "
+            "code: unfold + adaptive pooling) or local_mean (anomalib's: per-channel 3x3 mean, "
+            "concatenated). Default: the preset's."
+        ),
+    ] = None,
     fusion_weights: FusionWeightsOption = "auto",
     resume: Annotated[bool, typer.Option(help="Resume an interrupted run in OUT.")] = False,
     device: DeviceOption = Device.auto,
@@ -257,6 +270,8 @@ def train(
     cfg.logical.use_codebooks = not no_codebooks
     if coreset_ratio is not None:
         cfg.structural.coreset_ratio = coreset_ratio
+    if structural_aggregation is not None:
+        cfg.structural.aggregation = structural_aggregation.value
     from npgmf_edge.calibration.fusion_choice import parse_fusion_weights
 
     cfg.fusion.mode, cfg.fusion.weight_structural, cfg.fusion.weight_logical = parse_fusion_weights(

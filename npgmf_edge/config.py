@@ -24,6 +24,8 @@ from npgmf_edge.fileio import save_json
 T = TypeVar("T")
 FUSION_MODES = ("auto", "paper", "fixed")  # how calibration sets the fusion (`calibration.fusion_choice`)
 STOP_ON = ("validation_loss", "pseudo_auroc")  # what early stopping of the logical branch watches
+# How the structural branch aggregates levels 2 + 3 into patch features (`models.structural.features`).
+STRUCTURAL_AGGREGATIONS = ("reference", "local_mean")
 
 
 @dataclass
@@ -83,9 +85,13 @@ class StructuralConfig:
     encoder: str = "resnet18"  # used when share_logical_encoder is false (levels 2 and 3 of it)
     out_indices: tuple[int, ...] = (2, 3)  # timm levels aggregated: strides 8 and 16 (fixed by the method)
     share_logical_encoder: bool = False  # take levels 2/3 from the logical encoder's pass instead
+    # "reference": PatchCore's reference code (unfold + adaptive pooling to embed_dim); "local_mean":
+    # anomalib's (per-channel p x p mean, concatenated: D = C2 + C3). A run saved before the option
+    # existed has no such key and loads as "reference", which is what it was built with.
+    aggregation: str = "reference"
     patch_size: int = 3  # local average neighbourhood (odd)
-    pretrain_embed_dim: int = 256  # per-level channel pooling (PatchCore "pretrain_embed_dimension")
-    embed_dim: int = 256  # final patch feature size D after pooling the concatenated levels
+    pretrain_embed_dim: int = 256  # reference: per-level pooling (PatchCore "pretrain_embed_dimension")
+    embed_dim: int = 256  # reference: final patch feature size D after pooling the concatenated levels
     coreset_sampler: str = "greedy"  # "greedy" (k-center) | "random" | "identity" (keep the whole bank)
     coreset_ratio: float = 0.1  # fraction of the bank kept, in (0, 1]
     coreset_projection_dim: int = 128  # random projection the greedy selection runs on
@@ -96,6 +102,11 @@ class StructuralConfig:
         """Raise ConfigError naming the first out-of-range value."""
         if tuple(self.out_indices) != (2, 3):
             raise ConfigError(f"structural.out_indices must be (2, 3), got {tuple(self.out_indices)}")
+        if self.aggregation not in STRUCTURAL_AGGREGATIONS:
+            raise ConfigError(
+                f"structural.aggregation must be one of {', '.join(STRUCTURAL_AGGREGATIONS)}, "
+                f"got {self.aggregation!r}"
+            )
         if self.patch_size < 1 or self.patch_size % 2 == 0:
             raise ConfigError(f"structural.patch_size must be a positive odd number, got {self.patch_size}")
         for name in ("pretrain_embed_dim", "embed_dim", "coreset_projection_dim", "batch_size"):
@@ -286,7 +297,8 @@ def _tiny() -> NpgmfConfig:
 
 def _edge() -> NpgmfConfig:
     """Default: one EfficientNet-Lite2 pass feeds both branches at 256 px (chosen by measurement among
-    lite0/1/2: docs/DESIGN.md "Presets")."""
+    lite0/1/2: docs/DESIGN.md "Presets"); the structural branch pools with `local_mean` (measured on
+    magnetic tile and make-data: docs/DESIGN.md "Structural branch")."""
     cfg = NpgmfConfig(preset="edge", image_size=256, weights=WeightsConfig(weights="efficientnet-lite2"))
     cfg.logical = LogicalConfig(
         encoder="tf_efficientnet_lite2",
@@ -297,8 +309,12 @@ def _edge() -> NpgmfConfig:
         decoder_block="bottleneck",
         decoder_depth=1,
     )
-    cfg.structural = StructuralConfig(
-        encoder="tf_efficientnet_lite2", share_logical_encoder=True, pretrain_embed_dim=256, embed_dim=256
+    cfg.structural = StructuralConfig(  # D = 48 + 120 = 168 (embed dims apply to `reference` only)
+        encoder="tf_efficientnet_lite2",
+        share_logical_encoder=True,
+        aggregation="local_mean",
+        pretrain_embed_dim=256,
+        embed_dim=256,
     )
     cfg.train = TrainConfig(epochs=50, batch_size=4, lr=5e-4)
     cfg.train.patience = 8  # a sixth of the cap, as tiny's

@@ -7,10 +7,11 @@ images excluded, seed 0), a 10% greedy coreset is selected (our sampler), and th
 exactly (FAISS); each image-score reduction is then scored from the same distances. Image AUROC per subset
 as `evaluate` forms them.
 
-Aggregations:
-    reference  ours: each 3x3 neighbourhood unfolded, adaptive-pooled to P per level, levels pooled to D
-               (PatchCore's reference code; `PatchFeatureAggregator`)
-    avgpool    anomalib's: 3x3 average pooling of each level, level 3 upsampled bilinearly, concatenated
+Aggregations (`structural.aggregation`, both from `models.structural.features.build_aggregator`):
+    reference   each 3x3 neighbourhood unfolded, adaptive-pooled to P per level, levels pooled to D
+                (PatchCore's reference code; `PatchFeatureAggregator`)
+    local_mean  anomalib's: 3x3 average pooling of each level, level 3 upsampled bilinearly, concatenated
+                (`LocalMeanAggregator`)
 Image scores:
     blur-max       max of the bilinearly upsampled map after the Gaussian (sigma 4 px at 256): `evaluate`
     patch-max      max patch distance
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from npgmf_edge.data import load_dataset, read_image
 from npgmf_edge.metrics import image_auroc
 from npgmf_edge.models.backbone import FrozenEncoder
-from npgmf_edge.models.structural.features import PatchFeatureAggregator
+from npgmf_edge.models.structural.features import build_aggregator
 from npgmf_edge.models.structural.sampler import GreedyCoresetSampler
 from npgmf_edge.postprocess import gaussian_sigma_for, smooth
 from npgmf_edge.preprocess import to_model_input
@@ -61,13 +62,9 @@ def encoder_maps(lite: int, size: int, paths: list[Path], batch: int = 8) -> lis
 
 def aggregate(name: str, maps: list[torch.Tensor], dims: tuple[int, int], batch: int = 16) -> torch.Tensor:
     f2, f3 = maps
-    if name == "reference":
-        agg = PatchFeatureAggregator([f2.shape[1], f3.shape[1]], *dims)
-        with torch.no_grad():
-            return torch.cat([agg([f2[i : i + batch], f3[i : i + batch]]) for i in range(0, len(f2), batch)])
-    pooled2, pooled3 = (F.avg_pool2d(f, 3, 1, 1) for f in (f2, f3))
-    up3 = F.interpolate(pooled3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
-    return torch.cat([pooled2, up3], dim=1)
+    agg = build_aggregator(name, [f2.shape[1], f3.shape[1]], *dims, patch_size=3)
+    with torch.no_grad():
+        return torch.cat([agg([f2[i : i + batch], f3[i : i + batch]]) for i in range(0, len(f2), batch)])
 
 
 def image_scores(
@@ -112,7 +109,7 @@ def main() -> None:
     parser.add_argument("--abnormal-dir", action="append", default=[])
     parser.add_argument("--lite", type=int, nargs="+", default=[2])
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--aggregations", nargs="+", default=["reference", "avgpool"])
+    parser.add_argument("--aggregations", nargs="+", default=["reference", "local_mean"])
     parser.add_argument("--dims", type=int, nargs=2, default=[256, 256], help="reference: P and D")
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=None)

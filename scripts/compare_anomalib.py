@@ -37,6 +37,9 @@ Usage:
     python scripts/compare_anomalib.py runs/mt --data ../shared/data/magnetic_tile \
         --normal-dir MT_Free/Imgs --abnormal-dir blowhole=MT_Blowhole/Imgs \
         --abnormal-dir crack=MT_Crack/Imgs --train-structural edge
+    # the other aggregation or encoder, ours only (the peer does not depend on the aggregation)
+    python scripts/compare_anomalib.py runs/mt-lm --data ... --train-structural edge \
+        --aggregation local_mean --lite 0 --no-peer
 """
 
 from __future__ import annotations
@@ -87,8 +90,10 @@ class Comparison:
     n_train: int
     n_test: int
     ours: dict[str, dict[str, float]]  # branch -> subset -> image AUROC
-    anomalib: dict[str, float]  # subset -> image AUROC
-    peer: PeerScores
+    anomalib: dict[str, float]  # subset -> image AUROC (empty with --no-peer)
+    peer: PeerScores | None  # None with --no-peer
+    aggregation: str = "reference"  # the run's structural.aggregation
+    seconds_coreset: float | None = None  # our structural branch's coreset selection (its summary.json)
 
 
 def side_venv(cache: Path, version: str) -> Path:
@@ -157,7 +162,7 @@ def compare(args: argparse.Namespace) -> Comparison:
     from npgmf_edge.config import NpgmfConfig, get_preset
     from npgmf_edge.data import load_dataset
     from npgmf_edge.errors import DatasetError
-    from npgmf_edge.rundir import CONFIG_FILE, DATASET_FILE
+    from npgmf_edge.rundir import CONFIG_FILE, read_provenance
 
     dataset = load_dataset(args.data, category=args.category, **folder_options(args))
     if args.train_structural:
@@ -166,6 +171,11 @@ def compare(args: argparse.Namespace) -> Comparison:
         cfg = get_preset(args.train_structural)
         if args.image_size:
             cfg.image_size = args.image_size
+        if args.aggregation:
+            cfg.structural.aggregation = args.aggregation
+        if args.lite is not None:
+            cfg.logical.encoder = cfg.structural.encoder = f"tf_efficientnet_lite{args.lite}"
+            cfg.weights.weights = cfg.weights.structural_weights = f"efficientnet-lite{args.lite}"
         train_run(dataset, cfg, args.run, branch="structural")
     cfg = NpgmfConfig.load(args.run / CONFIG_FILE)
     shared = cfg.structural.share_logical_encoder
@@ -173,7 +183,7 @@ def compare(args: argparse.Namespace) -> Comparison:
     weights = cfg.weights.encoder_weights(structural=not shared)
     if weights is None:
         raise SystemExit(f"{args.run}: the encoder has no offline weights to give the peer (hub or random)")
-    train = [Path(p) for p in json.loads((args.run / DATASET_FILE).read_text())["train_images"]]
+    train = [Path(p) for p in read_provenance(args.run)["train_images"]]  # paths that exist here
     known = {s.image_path.resolve() for s in dataset.train}
     if not all(p.resolve() in known for p in train):
         raise DatasetError(f"{args.run} was trained on images outside {args.data}'s training split")
@@ -184,6 +194,25 @@ def compare(args: argparse.Namespace) -> Comparison:
         from npgmf_edge.workflows import evaluate_run
 
         metrics = evaluate_run(args.run, dataset, args.work / "ours")["results"]
+    summary_path = args.run / "structural" / "summary.json"
+    seconds_coreset = (
+        json.loads(summary_path.read_text()).get("seconds_coreset") if summary_path.is_file() else None
+    )
+    mine = {
+        "run": str(args.run),
+        "data": str(args.data),
+        "encoder": encoder,
+        "weights": str(weights),
+        "image_size": cfg.image_size,
+        "coreset_ratio": cfg.structural.coreset_ratio,
+        "n_train": len(train),
+        "n_test": len(dataset.test),
+        "ours": ours_aurocs(metrics),
+        "aggregation": cfg.structural.aggregation,
+        "seconds_coreset": seconds_coreset,
+    }
+    if args.no_peer:
+        return Comparison(**mine, anomalib={}, peer=None)
 
     spec = {
         "anomalib_coreset": args.anomalib_coreset,
@@ -204,19 +233,7 @@ def compare(args: argparse.Namespace) -> Comparison:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     subprocess.run([str(python), __file__, "--worker", str(spec_path), str(result_path)], check=True, env=env)
     peer = PeerScores(**json.loads(result_path.read_text()))
-    return Comparison(
-        run=str(args.run),
-        data=str(args.data),
-        encoder=encoder,
-        weights=str(weights),
-        image_size=cfg.image_size,
-        coreset_ratio=cfg.structural.coreset_ratio,
-        n_train=len(train),
-        n_test=len(dataset.test),
-        ours=ours_aurocs(metrics),
-        anomalib=peer_aurocs(dataset, peer.scores),
-        peer=peer,
-    )
+    return Comparison(**mine, anomalib=peer_aurocs(dataset, peer.scores), peer=peer)
 
 
 def pruned_select(self) -> list[int]:
@@ -337,17 +354,21 @@ def worker(spec_path: Path, result_path: Path) -> None:
 
 def format_table(c: Comparison) -> str:
     branches = list(c.ours)
-    head = ["subset", *(f"ours {b}" for b in branches), "anomalib PatchCore"]
-    lines = [
-        f"{c.run}: {c.encoder} ({c.weights}), {c.image_size} px, coreset {c.coreset_ratio}, "
-        f"{c.n_train} train / {c.n_test} test images; anomalib {c.peer.anomalib_version} layers "
-        f"{'+'.join(c.peer.layers)}, memory bank {c.peer.memory_bank[0]} x {c.peer.memory_bank[1]}",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for subset, peer in c.anomalib.items():
+    head = ["subset", *(f"ours {b}" for b in branches), *(["anomalib PatchCore"] if c.peer else [])]
+    title = (
+        f"{c.run}: {c.encoder} ({c.weights}), {c.image_size} px, {c.aggregation} aggregation, coreset "
+        f"{c.coreset_ratio} ({c.seconds_coreset} s), {c.n_train} train / {c.n_test} test images"
+    )
+    if c.peer:
+        title += (
+            f"; anomalib {c.peer.anomalib_version} layers {'+'.join(c.peer.layers)}, memory bank "
+            f"{c.peer.memory_bank[0]} x {c.peer.memory_bank[1]}"
+        )
+    lines = [title, "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for subset in next(iter(c.ours.values())):
         ours = [f"{c.ours[b].get(subset, float('nan')):.3f}" for b in branches]
-        lines.append(f"| {subset} | " + " | ".join(ours) + f" | {peer:.3f} |")
+        peer = [f"{c.anomalib[subset]:.3f}"] if c.peer else []
+        lines.append(f"| {subset} | " + " | ".join(ours + peer) + " |")
     return "\n".join(lines)
 
 
@@ -368,6 +389,11 @@ def main() -> None:
     parser.add_argument("--train-structural", default=None, metavar="PRESET",
                         help="first fit our structural branch into RUN with this preset")  # fmt: skip
     parser.add_argument("--image-size", type=int, default=None, help="with --train-structural")
+    parser.add_argument("--aggregation", choices=["reference", "local_mean"], default=None,
+                        help="with --train-structural: the aggregation (default: preset's)")  # fmt: skip
+    parser.add_argument("--lite", type=int, choices=[0, 1, 2], default=None,
+                        help="with --train-structural: EfficientNet-Lite N + ImageNet weights")  # fmt: skip
+    parser.add_argument("--no-peer", action="store_true", help="ours only (the peer needs no rerun)")
     parser.add_argument("--ours-metrics", type=Path, default=None, help="evaluate's metrics.json of RUN")
     parser.add_argument("--anomalib-version", default=ANOMALIB_VERSION)
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/npgmf_edge"))
@@ -382,7 +408,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         args.work = Path(tmp)
         result = dataclasses.asdict(comparison := compare(args))
-    result["peer"].pop("scores")
+    if result["peer"]:
+        result["peer"].pop("scores")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2) if args.json else format_table(comparison))

@@ -69,6 +69,12 @@ def test_damaged_config_file_is_one_error_naming_the_file_and_the_key(
         ("train", "lr", float("nan"), "learning rate must be a finite number > 0, got nan"),
         ("train", "validation_fraction", 1.0, r"train.validation_fraction must be in \(0, 1\), got 1.0"),
         ("structural", "coreset_ratio", 0.0, r"coreset ratio must be in \(0, 1\], got 0.0"),
+        (
+            "structural",
+            "aggregation",
+            "mean",
+            r"structural\.aggregation must be one of reference, local_mean",
+        ),
         ("fusion", "false_alarm_rate", 1.0, r"fusion.false_alarm_rate must be in \[0, 1\), got 1.0"),
         ("fusion", "weight_logical", float("inf"), "fusion.weight_logical must be a finite number >= 0"),
         (None, "image_size", 0, "image size must be a positive multiple of 64 for the tiny preset"),
@@ -87,3 +93,20 @@ def test_every_preset_is_valid_and_its_image_size_a_multiple_of_what_it_needs(na
     cfg = get_preset(name)
     cfg.validate()
     assert cfg.image_multiple() == {"tiny": 64, "edge": 128, "paper": 128}[name]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_a_config_saved_before_the_aggregation_option_loads_as_the_reference(name: str, tmp_path: Path):
+    """Runs written before `structural.aggregation` existed were built with PatchCore's reference
+    aggregation, whatever their preset's default is now."""
+    data = get_preset(name).to_dict()
+    del data["structural"]["aggregation"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    assert NpgmfConfig.load(path).structural.aggregation == "reference"
+
+
+def test_edge_pools_with_local_mean_and_the_others_with_the_reference() -> None:
+    """docs/DESIGN.md "Structural branch": measured for edge (Lite2, 256 px) only."""
+    aggregations = {name: get_preset(name).structural.aggregation for name in PRESETS}
+    assert aggregations == {"tiny": "reference", "edge": "local_mean", "paper": "reference"}

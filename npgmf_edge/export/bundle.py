@@ -353,6 +353,7 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
         "dim": int(ex.coreset.shape[1]),
         "metric": "l2",
         "grid": list(ex.grid),
+        "aggregation": run.cfg.structural.aggregation,  # what the graph's patch features are
     }
     if options.knn == "graph":
         coreset["search"] = options.knn_search

@@ -123,6 +123,13 @@ class Manifest:
         """The in-graph kNN head's search ("exact" or "int8"; bundles from before the option: exact)."""
         return (self.coreset or {}).get("search", "exact")
 
+    @property
+    def structural_aggregation(self) -> str:
+        """How the graph aggregates the structural patch features ("reference" or "local_mean"; bundles
+        from before the option: "reference", the only one there was). The graph computes it; the
+        runtime only reports it."""
+        return (self.coreset or {}).get("aggregation", "reference")
+
 
 def _content_sha256(manifest: dict[str, Any]) -> str:
     """SHA-256 of the manifest's own content (canonical JSON, without this field): a changed byte in

@@ -23,10 +23,7 @@ from npgmf_edge.data import AnomalyDataset
 from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import ConfigError, DatasetError
 from npgmf_edge.fileio import save_json
-
-if TYPE_CHECKING:
-    from npgmf_edge.training.logical import EpochCallback
-
+from npgmf_edge.models.structural.torch_model import patch_feature_dim
 from npgmf_edge.rundir import (
     CONFIG_FILE,
     DATASET_FILE,
@@ -37,6 +34,9 @@ from npgmf_edge.rundir import (
     provenance_record,
     write_run_manifest,
 )
+
+if TYPE_CHECKING:
+    from npgmf_edge.training.logical import EpochCallback
 
 BRANCHES = ("logical", "structural", "all")
 STRUCTURAL_STRIDE = 8  # the memory bank's patch grid: the finer of the structural levels (strides 8, 16)
@@ -79,12 +79,13 @@ def check_memory(cfg: NpgmfConfig, dataset: AnomalyDataset, branch: str) -> None
         return
     grid = cfg.image_size // STRUCTURAL_STRIDE
     patches = len(dataset.train) * grid * grid
-    needed = patches * (cfg.structural.embed_dim + cfg.structural.coreset_projection_dim) * 4
+    dim = patch_feature_dim(cfg)
+    needed = patches * (dim + cfg.structural.coreset_projection_dim) * 4
     available = available_memory()
     if needed > MEMORY_HEADROOM * available:
         raise ConfigError(
             f"the structural memory bank needs about {needed / 2**30:.1f} GiB ({len(dataset.train)} images x "
-            f"{grid}x{grid} patches x ({cfg.structural.embed_dim} + {cfg.structural.coreset_projection_dim}) "
+            f"{grid}x{grid} patches x ({dim} + {cfg.structural.coreset_projection_dim}) "
             f"float32) but {available / 2**30:.1f} GiB of memory is available; train on fewer images or a "
             "smaller --image-size"
         )

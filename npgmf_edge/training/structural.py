@@ -127,6 +127,7 @@ def train_structural(
         "images": len(samples),
         "feature_grid": list(grid),
         "embed_dim": int(coreset.shape[1]),
+        "aggregation": cfg.structural.aggregation,
         "bank_size": bank_size,
         "coreset_size": len(coreset),
         "coreset_sampler": cfg.structural.coreset_sampler,

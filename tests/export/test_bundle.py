@@ -116,6 +116,7 @@ def test_manifest_holds_the_contract(faiss_bundle: Path, graph_bundle: Path) -> 
         "patch_features": [128, 16, 16],
     }
     assert data["coreset"]["dim"] == 128 and data["coreset"]["files"] == ["coreset.faiss", "coreset.npy"]
+    assert data["coreset"]["aggregation"] == "reference"  # the tiny preset's structural.aggregation
     assert sorted(data["files"]) == sorted(p.name for p in faiss_bundle.iterdir() if p.name != MANIFEST_FILE)
     assert {"fp16", "int8"} == set(data["quality"])
     # Each precision's calibration comes from its own maps: fp16 and int8 statistics differ from fp32's.
@@ -179,6 +180,14 @@ def test_a_coreset_of_another_dimension_is_refused(bundle_copy: Path) -> None:
     _edit_manifest(bundle_copy, lambda d: d["coreset"].update(dim=64))
     with pytest.raises(BundleError, match="yields 128-dim patch features but the coreset has dimension 64"):
         read_manifest(bundle_copy)
+
+
+def test_a_bundle_from_before_the_aggregation_option_reads_as_the_reference(bundle_copy: Path) -> None:
+    assert read_manifest(bundle_copy).structural_aggregation == "reference"
+    _edit_manifest(bundle_copy, lambda d: d["coreset"].update(aggregation="local_mean"))
+    assert read_manifest(bundle_copy).structural_aggregation == "local_mean"
+    _edit_manifest(bundle_copy, lambda d: d["coreset"].pop("aggregation"))
+    assert read_manifest(bundle_copy).structural_aggregation == "reference"
 
 
 def test_a_truncated_manifest_is_a_bundle_error(bundle_copy: Path) -> None:

@@ -1,4 +1,5 @@
-"""Patch features: PatchCore's reference aggregation (as constant convolutions), shared encoder, ONNX."""
+"""Patch features: PatchCore's reference aggregation (as constant convolutions), anomalib's local mean,
+shared encoder, ONNX."""
 
 import numpy as np
 import onnxruntime as ort
@@ -12,11 +13,12 @@ from npgmf_edge.export.onnx_graph import ONNX_OPSET, export_onnx, graph_op_types
 from npgmf_edge.export.tensorrt_ops import TENSORRT_OPS
 from npgmf_edge.models.backbone import FrozenEncoder
 from npgmf_edge.models.structural.features import (
+    LocalMeanAggregator,
     PatchFeatureAggregator,
     PatchFeatureExtractor,
     adaptive_pool_matrix,
 )
-from npgmf_edge.models.structural.torch_model import build_patch_extractor
+from npgmf_edge.models.structural.torch_model import build_patch_extractor, patch_feature_dim
 
 
 def _reference_patchcore_embed(f2, f3, patch_size, pretrain_dim, target_dim):
@@ -80,10 +82,15 @@ def test_aggregator_equals_the_patchcore_reference(channels, shapes, patch_size,
 
 def test_aggregator_has_no_saved_state_and_rejects_bad_sizes():
     assert PatchFeatureAggregator([64, 128], 32, 32).state_dict() == {}
+    assert LocalMeanAggregator([64, 128]).state_dict() == {}
     with pytest.raises(ConfigError, match="positive odd"):
         PatchFeatureAggregator([64, 128], 32, 32, patch_size=2)
     with pytest.raises(ConfigError, match="2 levels"):
         PatchFeatureAggregator([64, 128, 256], 32, 32)
+    with pytest.raises(ConfigError, match="positive odd"):
+        LocalMeanAggregator([64, 128], patch_size=4)
+    with pytest.raises(ConfigError, match="2 levels"):
+        LocalMeanAggregator([64])
 
 
 def test_extractor_on_the_logical_encoder_equals_its_own_encoder_with_the_same_weights():
@@ -128,3 +135,94 @@ def test_onnx_export_reproduces_features_in_onnxruntime(tmp_path):
         expected = extractor(pixels).numpy()
     assert got.shape == expected.shape == (3, 64, 16, 16)
     assert np.abs(got - expected).max() < 1e-4
+
+
+def _local_mean_by_hand(f2: np.ndarray, f3: np.ndarray, p: int) -> np.ndarray:
+    """anomalib's aggregation written out with loops in float64: the p x p window sum over the
+    zero-padded map divided by p * p (`nn.AvgPool2d(p, 1, p // 2)` counts the padding), then bilinear
+    upsampling of level 3 with align_corners=False (source coordinate (i + 0.5) * in / out - 0.5, clamped
+    at 0, neighbours clamped at the border), then level 2's channels followed by level 3's."""
+
+    def window_mean(f):
+        b, c, h, w = f.shape
+        padded = np.zeros((b, c, h + p - 1, w + p - 1))
+        padded[:, :, p // 2 : p // 2 + h, p // 2 : p // 2 + w] = f
+        out = np.zeros((b, c, h, w))
+        for y in range(h):
+            for x in range(w):
+                out[:, :, y, x] = padded[:, :, y : y + p, x : x + p].sum(axis=(2, 3)) / (p * p)
+        return out
+
+    def taps(out_len, in_len):
+        for i in range(out_len):
+            src = max((i + 0.5) * in_len / out_len - 0.5, 0.0)
+            lo = int(np.floor(src))
+            hi = min(lo + 1, in_len - 1)
+            yield i, lo, hi, src - lo
+
+    m2, m3 = window_mean(f2.astype(np.float64)), window_mean(f3.astype(np.float64))
+    h, w = f2.shape[-2:]
+    up = np.zeros((*m3.shape[:2], h, w))
+    for y, y0, y1, ly in taps(h, m3.shape[-2]):
+        for x, x0, x1, lx in taps(w, m3.shape[-1]):
+            up[:, :, y, x] = (1 - ly) * ((1 - lx) * m3[:, :, y0, x0] + lx * m3[:, :, y0, x1]) + ly * (
+                (1 - lx) * m3[:, :, y1, x0] + lx * m3[:, :, y1, x1]
+            )
+    return np.concatenate([m2, up], axis=1)
+
+
+@pytest.mark.parametrize(
+    ("channels", "shapes", "patch_size"),
+    [
+        ((40, 112), ((12, 10), (6, 5)), 3),  # lite0's levels
+        ((8, 12), ((9, 7), (5, 4)), 3),  # odd grid: level 3 is not exactly half
+        ((6, 4), ((8, 8), (4, 4)), 5),
+        ((6, 4), ((8, 8), (4, 4)), 1),  # no neighbourhood: plain upsample + concatenate
+    ],
+)
+def test_local_mean_equals_anomalib_written_out(channels, shapes, patch_size):
+    torch.manual_seed(0)
+    f2 = torch.randn(2, channels[0], *shapes[0])
+    f3 = torch.randn(2, channels[1], *shapes[1])
+    got = LocalMeanAggregator(channels, patch_size)([f2, f3])
+    by_hand = _local_mean_by_hand(f2.numpy(), f3.numpy(), patch_size)
+    # anomalib 2.7 `PatchcoreModel`: `feature_pooler = torch.nn.AvgPool2d(3, 1, 1)` per layer, then
+    # `generate_embedding` interpolates the later layer to the first one's size (bilinear) and concatenates.
+    pooler = torch.nn.AvgPool2d(patch_size, 1, patch_size // 2)
+    pooled2, pooled3 = pooler(f2), pooler(f3)
+    anomalib = torch.cat([pooled2, F.interpolate(pooled3, size=pooled2.shape[-2:], mode="bilinear")], dim=1)
+    assert got.shape == (2, sum(channels), *shapes[0])
+    assert np.abs(got.numpy() - by_hand).max() < 1e-5
+    assert torch.allclose(got, anomalib, atol=1e-6)
+
+
+def test_aggregation_is_chosen_by_the_config_and_sets_the_dimension():
+    cfg = get_preset("tiny")
+    cfg.weights.pretrained = False
+    cfg.structural.aggregation = "local_mean"
+    extractor = build_patch_extractor(cfg)
+    assert isinstance(extractor.aggregator, LocalMeanAggregator)
+    assert extractor.embed_dim == patch_feature_dim(cfg) == 40 + 112  # Lite0 levels 2 + 3, no projection
+    assert extractor(torch.zeros(1, 3, 64, 64)).shape == (1, 152, 8, 8)
+    cfg.structural.aggregation = "reference"
+    assert isinstance(build_patch_extractor(cfg).aggregator, PatchFeatureAggregator)
+    assert patch_feature_dim(cfg) == cfg.structural.embed_dim
+    cfg.structural.aggregation = "mean"
+    with pytest.raises(ConfigError, match=r"structural\.aggregation must be one of reference, local_mean"):
+        build_patch_extractor(cfg)
+
+
+def test_local_mean_exports_as_average_pool_resize_concat_and_matches_torch(tmp_path):
+    torch.manual_seed(0)
+    encoder = FrozenEncoder("resnet18", out_indices=(2, 3), pretrained=False)
+    extractor = PatchFeatureExtractor(encoder, LocalMeanAggregator(encoder.channels), (0, 1)).eval()
+    path = export_onnx(extractor, torch.rand(1, 3, 96, 96) * 255, tmp_path / "s.onnx", "pixels", ["features"])
+    ops = graph_op_types(path)
+    assert {"AveragePool", "Resize", "Concat"} <= ops and ops <= TENSORRT_OPS
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pixels = torch.rand(2, 3, 96, 96) * 255
+    (got,) = session.run(None, {"pixels": pixels.numpy()})
+    with torch.no_grad():
+        expected = extractor(pixels).numpy()
+    assert got.shape == expected.shape == (2, 128 + 256, 12, 12)
+    assert np.abs(got - expected).max() < 1e-4 * max(1.0, np.abs(expected).max())

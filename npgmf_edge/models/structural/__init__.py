@@ -2,7 +2,8 @@
 
 The nearest-neighbour scorers live in `npgmf_edge.knn` (numpy + faiss only, shared with the runtime).
 
-- `features`: `PatchFeatureAggregator` (levels 2+3 -> D-dim patch features), `PatchFeatureExtractor`
+- `features`: `PatchFeatureAggregator` (PatchCore's reference aggregation of levels 2+3) and
+  `LocalMeanAggregator` (anomalib's), `build_aggregator` (the one a config names), `PatchFeatureExtractor`
   (frozen encoder + aggregator; exported as structural.onnx).
 - `sampler`: `IdentitySampler`, `RandomSampler`, `GreedyCoresetSampler` (+ `LoopGreedyCoresetSampler`,
   the plain-loop reference).
@@ -10,9 +11,11 @@ The nearest-neighbour scorers live in `npgmf_edge.knn` (numpy + faiss only, shar
 """
 
 from npgmf_edge.models.structural.features import (
+    LocalMeanAggregator,
     PatchFeatureAggregator,
     PatchFeatureExtractor,
     adaptive_pool_matrix,
+    build_aggregator,
 )
 from npgmf_edge.models.structural.sampler import (
     BaseSampler,
@@ -31,12 +34,14 @@ __all__ = [
     "BaseSampler",
     "GreedyCoresetSampler",
     "IdentitySampler",
+    "LocalMeanAggregator",
     "LoopGreedyCoresetSampler",
     "PatchFeatureAggregator",
     "PatchFeatureExtractor",
     "RandomSampler",
     "StructuralDetector",
     "adaptive_pool_matrix",
+    "build_aggregator",
     "build_patch_extractor",
     "scores_to_map",
 ]

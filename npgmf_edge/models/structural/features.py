@@ -1,5 +1,15 @@
 """Locally aware patch features for the structural branch (PatchCore, Roth et al. CVPR 2022, §3.1).
 
+Two aggregations of the encoder's level-2 and level-3 maps (strides 8 and 16) into one (B, D, h, w) map on
+the level-2 grid, chosen by `structural.aggregation` (docs/DESIGN.md "Structural branch" says which wins
+where):
+
+- `reference` (`PatchFeatureAggregator`): PatchCore's reference code, below. D = `embed_dim`.
+- `local_mean` (`LocalMeanAggregator`): anomalib's `PatchcoreModel.generate_embedding`: each channel
+  averaged over its p x p neighbourhood (zero padding counted, as `nn.AvgPool2d(3, 1, 1)`), level 3
+  upsampled bilinearly (`align_corners=False`) to level 2's grid, the two concatenated. D = C2 + C3, no
+  projection. The exported graph is AveragePool / Resize / Concat.
+
 `PatchFeatureAggregator` turns the encoder's level-2 and level-3 maps (strides 8 and 16) into one
 (B, D, h, w) map on the level-2 grid, exactly as PatchCore's reference code does
 (amazon-science/patchcore-inspection, `PatchMaker.patchify`, `PatchCore._embed`, `common.Preprocessing`,
@@ -17,9 +27,9 @@ contiguous band of the D outputs (sharing at most one row with the next level), 
 computes only its band and the bands are concatenated. The exported graph is Conv / Resize / Slice /
 Add / Concat: no Unfold, no adaptive pooling with uneven bins, static shapes.
 
-`PatchFeatureExtractor` = `FrozenEncoder` + aggregator; it is what `structural.onnx` contains. It can also
-sit on the logical branch's encoder (`share_logical_encoder`): the encoder then returns levels 1-3 and the
-aggregator takes levels 2 and 3 from that list, so one encoder pass can serve both branches.
+`PatchFeatureExtractor` = `FrozenEncoder` + either aggregator; it is what `structural.onnx` contains. It
+can also sit on the logical branch's encoder (`share_logical_encoder`): the encoder then returns levels
+1-3 and the aggregator takes levels 2 and 3 from that list, so one encoder pass can serve both branches.
 
 Example:
     >>> enc = FrozenEncoder("resnet18", out_indices=(2, 3), pretrained=False)
@@ -36,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from npgmf_edge.config import STRUCTURAL_AGGREGATIONS
 from npgmf_edge.errors import ConfigError
 from npgmf_edge.models.backbone import FrozenEncoder
 
@@ -53,6 +64,14 @@ def adaptive_pool_matrix(in_dim: int, out_dim: int) -> torch.Tensor:
     return matrix
 
 
+def _check_levels(channels: Sequence[int], patch_size: int) -> None:
+    """ConfigError unless there are exactly two levels and the neighbourhood has an odd side."""
+    if len(channels) != 2:
+        raise ConfigError(f"the structural branch aggregates 2 levels, got channels {list(channels)}")
+    if patch_size < 1 or patch_size % 2 == 0:
+        raise ConfigError(f"patch_size must be a positive odd number, got {patch_size}")
+
+
 class PatchFeatureAggregator(nn.Module):
     """[f2 (B, C2, h, w), f3 (B, C3, h/2, w/2)] -> (B, embed_dim, h, w) locally aware patch features."""
 
@@ -64,10 +83,7 @@ class PatchFeatureAggregator(nn.Module):
         patch_size: int = 3,
     ) -> None:
         super().__init__()
-        if len(channels) != 2:
-            raise ConfigError(f"the structural branch aggregates 2 levels, got channels {list(channels)}")
-        if patch_size < 1 or patch_size % 2 == 0:
-            raise ConfigError(f"patch_size must be a positive odd number, got {patch_size}")
+        _check_levels(channels, patch_size)
         if pretrain_embed_dim < 1 or embed_dim < 1:
             raise ConfigError(
                 f"embedding dimensions must be >= 1, got pretrain_embed_dim={pretrain_embed_dim}, "
@@ -106,6 +122,42 @@ class PatchFeatureAggregator(nn.Module):
         return torch.cat([p for p in pieces if p.shape[1] > 0], dim=1)
 
 
+class LocalMeanAggregator(nn.Module):
+    """[f2 (B, C2, h, w), f3 (B, C3, h/2, w/2)] -> (B, C2 + C3, h, w): per-channel p x p means, concatenated.
+
+    Averaging each channel over the neighbourhood forgets which neighbour a value came from (the
+    reference keeps it); measured, that helps anomalies of arrangement, costs make-data's structural ones
+    a little and magnetic tile's real defects nothing (docs/BENCHMARKS.md "Structural aggregation")."""
+
+    def __init__(self, channels: Sequence[int], patch_size: int = 3) -> None:
+        super().__init__()
+        _check_levels(channels, patch_size)
+        self.channels = [int(c) for c in channels]
+        self.patch_size = patch_size
+        self.embed_dim = sum(self.channels)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        f2, f3 = (
+            F.avg_pool2d(f, self.patch_size, stride=1, padding=self.patch_size // 2, count_include_pad=True)
+            for f in features
+        )
+        f3 = F.interpolate(f3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat([f2, f3], dim=1)
+
+
+def build_aggregator(
+    aggregation: str, channels: Sequence[int], pretrain_embed_dim: int, embed_dim: int, patch_size: int
+) -> PatchFeatureAggregator | LocalMeanAggregator:
+    """The aggregator `structural.aggregation` names (`pretrain_embed_dim`, `embed_dim`: reference only)."""
+    if aggregation == "reference":
+        return PatchFeatureAggregator(channels, pretrain_embed_dim, embed_dim, patch_size)
+    if aggregation == "local_mean":
+        return LocalMeanAggregator(channels, patch_size)
+    raise ConfigError(
+        f"structural.aggregation must be one of {', '.join(STRUCTURAL_AGGREGATIONS)}, got {aggregation!r}"
+    )
+
+
 class PatchFeatureExtractor(nn.Module):
     """Raw pixels (B, 3, S, S) in [0, 255] -> patch features (B, D, S/8, S/8). Exported as structural.onnx.
 
@@ -114,7 +166,10 @@ class PatchFeatureExtractor(nn.Module):
     """
 
     def __init__(
-        self, encoder: FrozenEncoder, aggregator: PatchFeatureAggregator, levels: tuple[int, int] = (0, 1)
+        self,
+        encoder: FrozenEncoder,
+        aggregator: PatchFeatureAggregator | LocalMeanAggregator,
+        levels: tuple[int, int] = (0, 1),
     ) -> None:
         super().__init__()
         self.encoder = encoder

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import timm
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +21,7 @@ from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.errors import ConfigError
 from npgmf_edge.knn import NearestNeighbourScorer
 from npgmf_edge.models.backbone import FrozenEncoder
-from npgmf_edge.models.structural.features import PatchFeatureAggregator, PatchFeatureExtractor
+from npgmf_edge.models.structural.features import PatchFeatureExtractor, build_aggregator
 
 STRUCTURAL_LEVELS = (2, 3)  # timm out_indices of the two levels the branch uses (strides 8 and 16)
 
@@ -58,8 +59,21 @@ def build_patch_extractor(cfg: NpgmfConfig, *, weights_follow: bool = False) -> 
         encoder = FrozenEncoder(name, out_indices, pretrained=cfg.weights.pretrained, weights=weights)
     levels = tuple(out_indices.index(i) for i in STRUCTURAL_LEVELS)
     channels = [encoder.channels[i] for i in levels]
-    aggregator = PatchFeatureAggregator(channels, s.pretrain_embed_dim, s.embed_dim, s.patch_size)
+    aggregator = build_aggregator(s.aggregation, channels, s.pretrain_embed_dim, s.embed_dim, s.patch_size)
     return PatchFeatureExtractor(encoder, aggregator, levels).eval()
+
+
+def patch_feature_dim(cfg: NpgmfConfig) -> int:
+    """D of the patch features a config describes, without building weights: `embed_dim` for the
+    reference aggregation, the two levels' channels for `local_mean` (the encoder built on the meta
+    device, which allocates nothing)."""
+    s = cfg.structural
+    if s.aggregation == "reference":
+        return s.embed_dim
+    name = cfg.logical.encoder if s.share_logical_encoder else s.encoder
+    with torch.device("meta"):
+        body = timm.create_model(name, pretrained=False, features_only=True, out_indices=STRUCTURAL_LEVELS)
+    return int(sum(body.feature_info.channels()))
 
 
 class StructuralDetector:
