@@ -18,17 +18,28 @@ import os
 import sys
 
 AT_HWCAP, AT_HWCAP2 = 16, 26
-HWCAP = (
-    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop "
-    "sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg"
-).split()
-HWCAP2 = (
-    "dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svef32mm svef64mm svebf16 "
-    "i8mm bf16 dgh rng bti mte ecv afp rpres"
-).split()
+# fmt: off
+HWCAP = [  # bit n of AT_HWCAP is the n-th name (arch/arm64/include/uapi/asm/hwcap.h)
+    "fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp",
+    "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop", "sha3", "sm3", "sm4", "asimddp", "sha512",
+    "sve", "asimdfhm", "dit", "uscat", "ilrcpc", "flagm", "ssbs", "sb", "paca", "pacg",
+]
+HWCAP2 = [  # bit n of AT_HWCAP2 is the n-th name (arch/arm64/include/uapi/asm/hwcap.h)
+    "dcpodp", "sve2", "sveaes", "svepmull", "svebitperm", "svesha3", "svesm4", "flagm2", "frint",
+    "svei8mm", "svef32mm", "svef64mm", "svebf16", "i8mm", "bf16", "dgh", "rng", "bti", "mte", "ecv",
+    "afp", "rpres",
+]
+# fmt: on
 # MIDR part numbers (Arm's TRMs) of the models qemu 7.2 emulates; `max` is built on the Cortex-A57 there.
-CPU_PART = {"cortex-a53": 0xD03, "cortex-a57": 0xD07, "cortex-a72": 0xD08, "cortex-a76": 0xD0B,
-            "neoverse-n1": 0xD0C, "cortex-a78ae": 0xD42, "max": 0xD07}  # fmt: skip
+CPU_PART = {
+    "cortex-a53": 0xD03,
+    "cortex-a57": 0xD07,
+    "cortex-a72": 0xD08,
+    "cortex-a76": 0xD0B,
+    "neoverse-n1": 0xD0C,
+    "cortex-a78ae": 0xD42,
+    "max": 0xD07,
+}  # fmt: skip
 
 
 def feature_names(hwcap: int, hwcap2: int) -> list[str]:

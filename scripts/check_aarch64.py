@@ -33,10 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,7 +180,9 @@ def verify_and_predict(prefix_command: list[str], env: dict[str, str], bundle: P
             capture_output=True, text=True, env=env,
         )  # fmt: skip
         if not done.stdout.strip():
-            raise SystemExit(f"error: predict printed nothing (exit {done.returncode}): {done.stderr[-2000:]}")
+            raise SystemExit(
+                f"error: predict printed nothing (exit {done.returncode}): {done.stderr[-2000:]}"
+            )
         rows = json.loads(done.stdout)["predictions"]
         result["verdicts"][precision] = [row["verdict"] for row in rows]
         result["scores"][precision] = [row["score"] for row in rows]
@@ -210,19 +212,29 @@ def compare(native: dict, emulated: dict[str, dict]) -> list[str]:
                 problems.append(f"{name}: {row['precision']} self-test {row.get('message', 'did not pass')}")
     for cpu, result in emulated.items():
         for precision, verdicts in result["verdicts"].items():
-            wrong = [i for i, (a, b) in enumerate(zip(verdicts, native["verdicts"][precision])) if a != b]
+            wrong = [
+                i
+                for i, (a, b) in enumerate(zip(verdicts, native["verdicts"][precision], strict=False))
+                if a != b
+            ]
             if wrong or len(verdicts) != len(native["verdicts"][precision]):
                 problems.append(f"{cpu}: {precision} verdicts differ from x86 on images {wrong}")
     return problems
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("bundle", type=Path)
     parser.add_argument("images", nargs="+", help="image files or folders (the verdicts compared)")
-    parser.add_argument("--cpu", action="append", help=f"qemu -cpu model (default: {' and '.join(DEFAULT_CPUS)})")
+    parser.add_argument(
+        "--cpu", action="append", help=f"qemu -cpu model (default: {' and '.join(DEFAULT_CPUS)})"
+    )
     parser.add_argument("--limit", type=int, default=8, help="at most this many images, spread (0: all)")
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("NPGMF_AARCH64_CACHE", DEFAULT_CACHE)))
+    parser.add_argument(
+        "--cache", type=Path, default=Path(os.environ.get("NPGMF_AARCH64_CACHE", DEFAULT_CACHE))
+    )
     args = parser.parse_args()
     if platform.machine() != "x86_64":
         raise SystemExit("error: this compares an x86_64 host with emulated aarch64; run it on x86_64")
