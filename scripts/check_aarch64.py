@@ -14,7 +14,8 @@ Builds, once, in a cache folder (NPGMF_AARCH64_CACHE, default ~/.cache/npgmf-edg
                host's x86 one through, and onnxruntime's cpuinfo library segfaults on it).
 Then runs `npgmf-edge verify BUNDLE --json` and `npgmf-edge predict BUNDLE IMAGES --precision P --json`
 natively and under `qemu-aarch64 -cpu CPU` for each CPU, and fails (exit 1) unless every precision passes
-its self-test everywhere and every image gets the same verdict as on x86. Prints one JSON summary.
+its self-test everywhere and every image gets the same verdict as on x86; with `--refused OTHER`, unless
+OTHER fails its self-test everywhere. Prints one JSON summary.
 
 Emulation checks instruction semantics (NEON / dotprod / SVE kernels, their rounding), not a Jetson's
 speed: qemu runs about 20-50x slower than the host. Needs qemu-user (installed with apt-get when run as
@@ -164,15 +165,22 @@ def build_prefix(cache: Path, sysroot: Path, version: str, qemu: str, cpu: str) 
     return prefix
 
 
-def verify_and_predict(prefix_command: list[str], env: dict[str, str], bundle: Path, images: list[Path],
-                       precisions: list[str], out: Path) -> dict:  # fmt: skip
-    """`verify --json` and, per precision, `predict --json` on `images`, through `prefix_command`."""
-    cli = [*prefix_command, "-m", "npgmf_edge"]
-    tick = time.perf_counter()
+def verify(cli: list[str], env: dict[str, str], bundle: Path) -> dict:
+    """`verify BUNDLE --json`'s report through `cli` (its exit code is the report's `passed`)."""
     done = subprocess.run([*cli, "verify", str(bundle), "--json"], capture_output=True, text=True, env=env)
     if not done.stdout.strip():
         raise SystemExit(f"error: verify printed nothing (exit {done.returncode}): {done.stderr[-2000:]}")
-    result = {"verify": json.loads(done.stdout), "verify_exit": done.returncode, "verdicts": {}, "scores": {}}
+    return json.loads(done.stdout)
+
+
+def verify_and_predict(prefix_command: list[str], env: dict[str, str], bundle: Path, images: list[Path],
+                       precisions: list[str], out: Path, refused: list[Path]) -> dict:  # fmt: skip
+    """`verify --json` and, per precision, `predict --json` on `images`, through `prefix_command`; and
+    `verify --json` of each bundle in `refused`."""
+    cli = [*prefix_command, "-m", "npgmf_edge"]
+    tick = time.perf_counter()
+    result = {"verify": verify(cli, env, bundle), "verdicts": {}, "scores": {}}
+    result["refused"] = {str(other): verify(cli, env, other) for other in refused}
     for precision in precisions:
         done = subprocess.run(
             [*cli, "predict", str(bundle), *map(str, images), "--precision", precision, "--json",
@@ -219,6 +227,11 @@ def compare(native: dict, emulated: dict[str, dict]) -> list[str]:
             ]
             if wrong or len(verdicts) != len(native["verdicts"][precision]):
                 problems.append(f"{cpu}: {precision} verdicts differ from x86 on images {wrong}")
+    for name, result in {"x86_64": native, **emulated}.items():
+        problems.extend(
+            f"{name}: {bundle} passes its self-test, which it must not" for bundle, report in
+            result["refused"].items() if report["passed"]
+        )  # fmt: skip
     return problems
 
 
@@ -231,6 +244,10 @@ def main() -> None:
     parser.add_argument(
         "--cpu", action="append", help=f"qemu -cpu model (default: {' and '.join(DEFAULT_CPUS)})"
     )
+    parser.add_argument(
+        "--refused", type=Path, action="append", default=[],
+        help="a bundle that must fail its self-test on every CPU (clipped INT8 weights, say)",
+    )  # fmt: skip
     parser.add_argument("--limit", type=int, default=8, help="at most this many images, spread (0: all)")
     parser.add_argument(
         "--cache", type=Path, default=Path(os.environ.get("NPGMF_AARCH64_CACHE", DEFAULT_CACHE))
@@ -245,6 +262,7 @@ def main() -> None:
     if qemu is None:
         raise SystemExit("error: no qemu-aarch64; install Debian's qemu-user (apt-get install qemu-user)")
     bundle = args.bundle.resolve()
+    refused = [other.resolve() for other in args.refused]
     images = [p.resolve() for p in expand(args.images, args.limit)]
     if not images:
         raise SystemExit(f"error: no images under {' '.join(args.images)}")
@@ -257,7 +275,13 @@ def main() -> None:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "OMP_NUM_THREADS": "2"}
     log(f"x86_64: verify and predict on {len(images)} images")
     native = verify_and_predict(
-        [sys.executable], {**env, "PYTHONPATH": str(ROOT)}, bundle, images, precisions, work / "x86_64"
+        [sys.executable],
+        {**env, "PYTHONPATH": str(ROOT)},
+        bundle,
+        images,
+        precisions,
+        work / "x86_64",
+        refused,
     )
     emulated = {}
     for cpu in args.cpu or DEFAULT_CPUS:
@@ -265,7 +289,7 @@ def main() -> None:
         log(f"{cpu}: verify and predict under qemu-aarch64 (slow)")
         command = [qemu, "-L", str(prefix), "-cpu", cpu, str(sysroot / "usr" / "bin" / f"python{version}")]
         emulated[cpu] = verify_and_predict(
-            command, {**env, "PYTHONPATH": f"{ROOT}:{site}"}, bundle, images, precisions, work / cpu
+            command, {**env, "PYTHONPATH": f"{ROOT}:{site}"}, bundle, images, precisions, work / cpu, refused
         )
     problems = compare(native, emulated)
     summary = {

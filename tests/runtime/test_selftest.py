@@ -3,6 +3,7 @@ an explicit fallback that answers and says so, and `npgmf-edge verify BUNDLE` on
 
 import hashlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -272,18 +273,63 @@ QEMU = shutil.which("qemu-x86_64")
     QEMU is None or platform.machine() != "x86_64",
     reason="needs qemu-user on x86_64 (Debian: apt-get install qemu-user) to emulate a CPU without VNNI",
 )
-def test_the_bundle_passes_its_self_test_on_an_emulated_cpu_without_vnni(graph_bundle) -> None:
+def test_the_bundle_passes_its_self_test_on_an_emulated_cpu_without_vnni(
+    graph_bundle, drifting_bundle
+) -> None:
     """`-cpu Haswell` reports AVX2 and FMA but no AVX-512 and no VNNI: onnxruntime takes the vpmaddubsw
-    kernels whose int16 pair sums saturate. The bundle exported here must give the same answers there."""
+    kernels whose int16 pair sums saturate. The bundle exported here must pass its self-test there, and
+    the clipped-weights bundle's INT8 must still be refused there."""
     code = "import sys; from npgmf_edge.cli import main; sys.argv[0] = 'npgmf-edge'; main()"
-    done = subprocess.run(
-        [QEMU, "-cpu", "Haswell", sys.executable, "-c", code, "verify", str(graph_bundle), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+
+    def verify(bundle: Path) -> subprocess.CompletedProcess:
+        command = [QEMU, "-cpu", "Haswell", sys.executable, "-c", code, "verify", str(bundle), "--json"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=1200)
+
+    refused = json.loads(verify(drifting_bundle).stdout)
+    assert [(row["precision"], row["passed"]) for row in refused["rows"]] == [("fp32", True), ("int8", False)]
+    done = verify(graph_bundle)
     report = json.loads(done.stdout)
     features = set(report["machine"]["cpu_features"])
     assert "avx2" in features and not features & {"avx512_vnni", "avx_vnni", "avx512f"}
     assert done.returncode == 0 and report["passed"], done.stdout
     assert {row["precision"] for row in report["rows"]} == {"fp32", "int8"}
+
+
+QEMU_AARCH64 = shutil.which("qemu-aarch64") or (shutil.which("apt-get") if os.geteuid() == 0 else None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    QEMU_AARCH64 is None or platform.machine() != "x86_64",
+    reason="needs x86_64 with qemu-user (Debian: apt-get install qemu-user; as root the script installs it)",
+)
+def test_the_bundle_passes_on_emulated_aarch64_with_the_verdicts_of_x86(
+    graph_bundle, drifting_bundle, tiny_run
+) -> None:
+    """scripts/check_aarch64.py: a Debian arm64 Python with aarch64 wheels of the versions installed here,
+    under `qemu-aarch64 -cpu cortex-a76` (ARMv8.2 + dotprod, as Orin's A78AE) and `-cpu max` (SVE2, i8mm):
+    every precision passes its self-test, every test image gets the verdict it gets on x86, and the
+    clipped-weights bundle's INT8 is refused there too."""
+    samples = tiny_run[1].test
+    images = [samples[i].image_path for i in np.linspace(0, len(samples) - 1, num=6).round().astype(int)]
+    script = Path(__file__).resolve().parents[2] / "scripts" / "check_aarch64.py"
+    command = [sys.executable, str(script), str(graph_bundle), *map(str, images), "--limit", "0"]
+    done = subprocess.run(
+        [*command, "--refused", str(drifting_bundle)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["passed"], report["problems"] or done.stderr[-3000:]
+    runs = report["runs"]
+    assert set(runs) == {"x86_64", "cortex-a76", "max"}
+    assert runs["cortex-a76"]["verify"]["machine"]["machine"] == "aarch64"
+    assert "asimddp" in runs["cortex-a76"]["verify"]["machine"]["cpu_features"]
+    assert {"sve", "sve2", "i8mm"} <= set(runs["max"]["verify"]["machine"]["cpu_features"])
+    for run in runs.values():
+        assert [row["precision"] for row in run["verify"]["rows"]] == ["fp32", "int8"]
+        assert all(row["passed"] for row in run["verify"]["rows"])
+        assert run["verdicts"] == runs["x86_64"]["verdicts"] and len(run["verdicts"]["int8"]) == 6
+        rows = run["refused"][str(drifting_bundle)]["rows"]
+        assert [(row["precision"], row["passed"]) for row in rows] == [("fp32", True), ("int8", False)]
