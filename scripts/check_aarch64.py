@@ -1,7 +1,8 @@
 """A bundle on emulated aarch64 CPUs (a Jetson's ISA): its self-test passes and its verdicts equal x86's.
 
     python scripts/check_aarch64.py BUNDLE IMAGES... [--cpu cortex-a76 --cpu max] [--limit 8]
-    (or scripts/check_aarch64.sh, or `make check-aarch64 BUNDLE=... IMAGES=...`)
+        [--refused CLIPPED_BUNDLE]
+    (or scripts/check_aarch64.sh ..., or `make check-aarch64 BUNDLE=... IMAGES=...`)
 
 Builds, once, in a cache folder (NPGMF_AARCH64_CACHE, default ~/.cache/npgmf-edge/aarch64):
     sysroot/   Debian's arm64 Python of the same minor version as this one, with its library closure,
@@ -12,10 +13,11 @@ Builds, once, in a cache folder (NPGMF_AARCH64_CACHE, default ~/.cache/npgmf-edg
     prefix-CPU/ what `qemu-aarch64 -L` serves: lib, usr and etc linked to the sysroot, and a
                /proc/cpuinfo generated for that CPU model (scripts/aarch64_cpuinfo.py; qemu passes the
                host's x86 one through, and onnxruntime's cpuinfo library segfaults on it).
-Then runs `npgmf-edge verify BUNDLE --json` and `npgmf-edge predict BUNDLE IMAGES --precision P --json`
-natively and under `qemu-aarch64 -cpu CPU` for each CPU, and fails (exit 1) unless every precision passes
-its self-test everywhere and every image gets the same verdict as on x86; with `--refused OTHER`, unless
-OTHER fails its self-test everywhere. Prints one JSON summary.
+Then runs `npgmf-edge verify BUNDLE --json`, and each precision's verdicts on IMAGES (the Inspector in
+one more process; verify ran the self-test), natively and under `qemu-aarch64 -cpu CPU` for each CPU, and
+fails (exit 1) unless every precision passes its self-test everywhere and every image gets the same
+verdict as on x86; with `--refused OTHER`, unless OTHER's int8 (`--refused-precision`) fails its
+self-test everywhere. Prints one JSON summary.
 
 Emulation checks instruction semantics (NEON / dotprod / SVE kernels, their rounding), not a Jetson's
 speed: qemu runs about 20-50x slower than the host. Needs qemu-user (installed with apt-get when run as
@@ -173,29 +175,41 @@ def verify(cli: list[str], env: dict[str, str], bundle: Path) -> dict:
     return json.loads(done.stdout)
 
 
-def verify_and_predict(prefix_command: list[str], env: dict[str, str], bundle: Path, images: list[Path],
-                       precisions: list[str], out: Path, refused: list[Path]) -> dict:  # fmt: skip
-    """`verify --json` and, per precision, `predict --json` on `images`, through `prefix_command`; and
-    `verify --json` of each bundle in `refused`."""
-    cli = [*prefix_command, "-m", "npgmf_edge"]
-    tick = time.perf_counter()
-    result = {"verify": verify(cli, env, bundle), "verdicts": {}, "scores": {}}
-    result["refused"] = {str(other): verify(cli, env, other) for other in refused}
-    for precision in precisions:
-        done = subprocess.run(
-            [*cli, "predict", str(bundle), *map(str, images), "--precision", precision, "--json",
-             "--out", str(out / precision)],
-            capture_output=True, text=True, env=env,
-        )  # fmt: skip
-        if not done.stdout.strip():
-            raise SystemExit(
-                f"error: predict printed nothing (exit {done.returncode}): {done.stderr[-2000:]}"
-            )
-        rows = json.loads(done.stdout)["predictions"]
-        result["verdicts"][precision] = [row["verdict"] for row in rows]
-        result["scores"][precision] = [row["score"] for row in rows]
-    result["seconds"] = round(time.perf_counter() - tick, 1)
+def verdicts(job: dict) -> dict:
+    """In this process (under emulation too): each precision's verdicts and scores on the job's images
+    (its self-test ran in `verify` already), and, per refused bundle, whether its `refused_precision`
+    fails its self-test here."""
+    from npgmf_edge.runtime import Inspector
+    from npgmf_edge.runtime.selftest import SelfTestError
+
+    result: dict = {"verdicts": {}, "scores": {}, "refused": {}}
+    for precision in job["precisions"]:
+        with Inspector.open(job["bundle"], precision=precision, self_test=False) as inspector:
+            answers = inspector.inspect(job["images"])
+        result["verdicts"][precision] = [a.verdict for a in answers]
+        result["scores"][precision] = [a.score for a in answers]
+    for bundle in job["refused"]:
+        try:
+            Inspector.open(bundle, precision=job["refused_precision"]).close()
+            result["refused"][bundle] = None
+        except SelfTestError as exc:
+            result["refused"][bundle] = str(exc)
     return result
+
+
+def run_station(python: list[str], env: dict[str, str], job: dict) -> dict:
+    """`npgmf-edge verify BUNDLE --json` through `python`, then `verdicts(job)` in one more process."""
+    tick = time.perf_counter()
+    report = verify([*python, "-m", "npgmf_edge"], env, Path(job["bundle"]))
+    done = subprocess.run(
+        [*python, str(Path(__file__).resolve()), "--job", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise SystemExit(f"error: the verdict run failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    return {"verify": report, **json.loads(done.stdout), "seconds": round(time.perf_counter() - tick, 1)}
 
 
 def expand(images: list[str], limit: int) -> list[Path]:
@@ -212,30 +226,31 @@ def expand(images: list[str], limit: int) -> list[Path]:
 
 
 def compare(native: dict, emulated: dict[str, dict]) -> list[str]:
-    """What differs from a station's point of view: a failing self-test, a verdict unlike x86's."""
+    """What differs from a station's point of view: a failing self-test, a verdict unlike x86's, a bundle
+    that should be refused and is not."""
     problems = []
     for name, result in {"x86_64": native, **emulated}.items():
         for row in result["verify"]["rows"]:
             if row["passed"] is not True:
                 problems.append(f"{name}: {row['precision']} self-test {row.get('message', 'did not pass')}")
-    for cpu, result in emulated.items():
-        for precision, verdicts in result["verdicts"].items():
-            wrong = [
-                i
-                for i, (a, b) in enumerate(zip(verdicts, native["verdicts"][precision], strict=False))
-                if a != b
-            ]
-            if wrong or len(verdicts) != len(native["verdicts"][precision]):
-                problems.append(f"{cpu}: {precision} verdicts differ from x86 on images {wrong}")
-    for name, result in {"x86_64": native, **emulated}.items():
         problems.extend(
-            f"{name}: {bundle} passes its self-test, which it must not" for bundle, report in
-            result["refused"].items() if report["passed"]
-        )  # fmt: skip
+            f"{name}: {bundle} passes its self-test, which it must not"
+            for bundle, refusal in result["refused"].items()
+            if refusal is None
+        )
+    for cpu, result in emulated.items():
+        for precision, answers in result["verdicts"].items():
+            if answers != native["verdicts"][precision]:
+                expected = native["verdicts"][precision]
+                wrong = [i for i, (a, b) in enumerate(zip(answers, expected, strict=True)) if a != b]
+                problems.append(f"{cpu}: {precision} verdicts differ from x86 on images {wrong}")
     return problems
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--job"]:  # the verdict run, in the (emulated) station's Python
+        print(json.dumps(verdicts(json.loads(sys.argv[2]))))
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -248,6 +263,7 @@ def main() -> None:
         "--refused", type=Path, action="append", default=[],
         help="a bundle that must fail its self-test on every CPU (clipped INT8 weights, say)",
     )  # fmt: skip
+    parser.add_argument("--refused-precision", default="int8", help="the precision --refused bundles fail")
     parser.add_argument("--limit", type=int, default=8, help="at most this many images, spread (0: all)")
     parser.add_argument(
         "--cache", type=Path, default=Path(os.environ.get("NPGMF_AARCH64_CACHE", DEFAULT_CACHE))
@@ -273,24 +289,21 @@ def main() -> None:
     site = build_site(cache, version, runtime_pins())
     work = Path(tempfile.mkdtemp(prefix="check_aarch64."))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "OMP_NUM_THREADS": "2"}
-    log(f"x86_64: verify and predict on {len(images)} images")
-    native = verify_and_predict(
-        [sys.executable],
-        {**env, "PYTHONPATH": str(ROOT)},
-        bundle,
-        images,
-        precisions,
-        work / "x86_64",
-        refused,
-    )
+    job = {
+        "bundle": str(bundle),
+        "images": [str(p) for p in images],
+        "precisions": precisions,
+        "refused": [str(other) for other in refused],
+        "refused_precision": args.refused_precision,
+    }
+    log(f"x86_64: verify, and the verdicts on {len(images)} images")
+    native = run_station([sys.executable], {**env, "PYTHONPATH": str(ROOT)}, job)
     emulated = {}
     for cpu in args.cpu or DEFAULT_CPUS:
         prefix = build_prefix(cache, sysroot, version, qemu, cpu)
-        log(f"{cpu}: verify and predict under qemu-aarch64 (slow)")
+        log(f"{cpu}: the same under qemu-aarch64 (slow)")
         command = [qemu, "-L", str(prefix), "-cpu", cpu, str(sysroot / "usr" / "bin" / f"python{version}")]
-        emulated[cpu] = verify_and_predict(
-            command, {**env, "PYTHONPATH": f"{ROOT}:{site}"}, bundle, images, precisions, work / cpu, refused
-        )
+        emulated[cpu] = run_station(command, {**env, "PYTHONPATH": f"{ROOT}:{site}"}, job)
     problems = compare(native, emulated)
     summary = {
         "bundle": str(bundle),

@@ -321,6 +321,7 @@ def test_the_bundle_passes_on_emulated_aarch64_with_the_verdicts_of_x86(
         timeout=3600,
     )
     report = json.loads(done.stdout)
+    print(done.stdout)  # the numbers behind docs/BENCHMARKS.md's margin table (pytest -s shows them)
     assert done.returncode == 0 and report["passed"], report["problems"] or done.stderr[-3000:]
     runs = report["runs"]
     assert set(runs) == {"x86_64", "cortex-a76", "max"}
@@ -331,5 +332,4 @@ def test_the_bundle_passes_on_emulated_aarch64_with_the_verdicts_of_x86(
         assert [row["precision"] for row in run["verify"]["rows"]] == ["fp32", "int8"]
         assert all(row["passed"] for row in run["verify"]["rows"])
         assert run["verdicts"] == runs["x86_64"]["verdicts"] and len(run["verdicts"]["int8"]) == 6
-        rows = run["refused"][str(drifting_bundle)]["rows"]
-        assert [(row["precision"], row["passed"]) for row in rows] == [("fp32", True), ("int8", False)]
+        assert "int8 graph fails its self-test" in run["refused"][str(drifting_bundle)]
