@@ -21,11 +21,14 @@ import onnxruntime as ort
 from npgmf_edge.runtime.selftest import self_test_bundle
 
 
+NONE = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+
 class _Unoptimised:
     """Stands in for `ort.GraphOptimizationLevel`: whatever level the backend asks for, none."""
 
     def __getattr__(self, name: str) -> ort.GraphOptimizationLevel:
-        return ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return NONE
 
 
 def main() -> None:
