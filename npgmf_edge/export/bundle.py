@@ -18,9 +18,10 @@ differently (Spearman below INT8_MIN_RANK_CORRELATION: its own calibration can h
 reordering), or they drift by more than INT8_MAX_SCORE_DRIFT of FP32's; the written graph is held to the
 same drift on the self-test images.
 
-Last, the bundle gets its golden set (`runtime.selftest`): a few validation images, each precision's
-scores and map digests for them as the written graphs compute them here, and this machine's CPU
-features and backend versions; `Inspector.open` runs it on every station.
+Last, the bundle gets its golden set (`runtime.selftest`): 12 validation images (8 nearest the FP32
+threshold), the FP32 run's scores and map digests for them, each precision's error against those as the
+written graphs compute them here (their budgets follow from it), and this machine's CPU features and
+backend versions; `Inspector.open` runs it on every station.
 
 Example:
     >>> summary = export_bundle(Path("runs/tray"), Path("bundle"), ExportOptions(precisions=("fp32", "int8")))
