@@ -303,16 +303,20 @@ def failure_message(result: SelfTestResult, inspector: Inspector) -> str:
 
 
 def self_test_bundle(
-    bundle: Path, backend: str = "auto", device: str = "cpu", trust: Path | None = None
+    bundle: Path,
+    backend: str = "auto",
+    device: str = "cpu",
+    trust: Path | None = None,
+    precisions: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """`npgmf-edge verify BUNDLE` on a station: each precision's self-test here, with this machine's facts
-    (with `trust`, first the bundle's signature by one of those keys)."""
+    """`npgmf-edge verify BUNDLE` on a station: each precision's self-test here (or those of `precisions`
+    it has), with this machine's facts (with `trust`, first the bundle's signature by one of those keys)."""
     from npgmf_edge.runtime.inspector import Inspector
     from npgmf_edge.runtime.manifest import read_manifest
 
     rows = []
     manifest = read_manifest(Path(bundle), trust=trust)
-    for precision in manifest.precisions:
+    for precision in (p for p in manifest.precisions if precisions is None or p in precisions):
         with Inspector.open(bundle, backend, device, precision, self_test=False, trust=trust) as inspector:
             result = run_self_test(inspector)
             rows.append(
