@@ -26,9 +26,10 @@ MARGIN is in the fused map's units (standard deviations of normal pixels, Eq. 11
 spreads between machines at the same precision (docs/BENCHMARKS.md, "Self-test margins"): FP32 differs by
 about 1e-5 between x86 (AVX-512, AVX2) and ARM; INT8's integers are exact everywhere, but the float
 kernels around its Q/DQ nodes differ between ISAs and between onnxruntime's optimised and unoptimised
-graphs, which flips early rounding steps (up to 0.02 in mean error, 0.13 on one image). Each margin is at
-least 3x the largest spread measured, plus what was measured; FP16's is wider because onnxruntime's CPU
-provider only stores FP16 while TensorRT computes in it (not measured here).
+graphs, which flips early rounding steps (measured: INT8's mean error against FP32 up to 0.067, one
+image up to 0.127 from the export machine's). Each margin leaves over 3x the larger of those after them;
+FP16's is wider because onnxruntime's CPU provider only stores FP16 while TensorRT computes in it (not
+measured here).
 
 Bundles of schema 2 (judged against the export machine's answers) are migrated by
 `runtime.manifest`: their budgets come from the same stored scores and FP32 reference; their map check
