@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test native lint clean
+.PHONY: setup demo test native lint clean check-aarch64
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,13 @@ test: $(STAMP) native
 	$(BIN)/ruff check npgmf_edge tests
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$rc
+
+# The bundle on emulated aarch64 CPUs (qemu-user; Debian arm64 Python, aarch64 wheels): self-test passes,
+# verdicts as on x86. `make check-aarch64 BUNDLE=demo_out/bundle IMAGES=demo_out/data/breakfast_tray/test` (after `make demo`).
+BUNDLE ?= demo_out/bundle
+IMAGES ?= demo_out/data/breakfast_tray/test
+check-aarch64: $(STAMP)
+	PYTHON=$(BIN)/python scripts/check_aarch64.sh $(BUNDLE) $(IMAGES)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache native/build native/build-asan native/build-tsan native/build*.log

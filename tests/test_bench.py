@@ -9,6 +9,7 @@ from npgmf_edge.bench import BenchOptions, _add_ratios, format_bench_table, run_
 from npgmf_edge.errors import ConfigError
 from npgmf_edge.runtime import Inspector
 from npgmf_edge.runtime.manifest import read_manifest
+from npgmf_edge.runtime.selftest import GOLDEN_IMAGES
 
 
 def test_bench_reports_every_path_and_batch_with_ratios_stages_and_a_soak(faiss_bundle, tiny_run) -> None:
@@ -39,7 +40,7 @@ def test_bench_reports_every_path_and_batch_with_ratios_stages_and_a_soak(faiss_
     assert len(table.splitlines()) == 3 + 4 + 2 + 1  # machine, bundle, header, 4 rows, 2 opens, soak
     # Opening the bundle ran its self-test once; torch has none. Its share is part of the open's time.
     onnxruntime, torch = report["open"]["onnxruntime"], report["open"]["torch"]
-    assert onnxruntime["self_test_images"] == 4 and torch["self_test_seconds"] is None
+    assert onnxruntime["self_test_images"] == GOLDEN_IMAGES and torch["self_test_seconds"] is None
     assert 0 < onnxruntime["self_test_seconds"] <= onnxruntime["seconds"]
 
 

@@ -18,9 +18,10 @@ differently (Spearman below INT8_MIN_RANK_CORRELATION: its own calibration can h
 reordering), or they drift by more than INT8_MAX_SCORE_DRIFT of FP32's; the written graph is held to the
 same drift on the self-test images.
 
-Last, the bundle gets its golden set (`runtime.selftest`): a few validation images, each precision's
-scores and map digests for them as the written graphs compute them here, and this machine's CPU
-features and backend versions; `Inspector.open` runs it on every station.
+Last, the bundle gets its golden set (`runtime.selftest`): 12 validation images (8 nearest the FP32
+threshold), the FP32 run's scores and map digests for them, each precision's error against those as the
+written graphs compute them here (their budgets follow from it), and this machine's CPU features and
+backend versions; `Inspector.open` runs it on every station.
 
 Example:
     >>> summary = export_bundle(Path("runs/tray"), Path("bundle"), ExportOptions(precisions=("fp32", "int8")))
@@ -327,7 +328,7 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
         )
         calibration = ex.calibrate(maps)
         if reference is None:
-            reference, reference_cal = maps, calibration
+            reference, reference_cal, reference_graph = maps, calibration, base
         if precision not in options.precisions:
             continue
         if precision != "fp32":
@@ -390,18 +391,31 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
     }
     write_manifest(ex.staging, manifest)
     reference_scores = reference_cal.post(reference["structural"], reference["logical"])[1]
-    manifest["selftest"] = _golden_set(ex, val_pixels, reference_scores, manifest["quality"])
+    chosen = selftest.choose_golden(reference_scores, reference_cal.threshold)
+    pixels = np.clip(np.rint(val_pixels[chosen]), 0, 255).astype(np.uint8)
+    maps = _branch_maps(
+        _run_graph(reference_graph, ex.spec("fp32", "faiss"), pixels.astype(np.float32), options.threads),
+        ex.search,
+        ex.size,
+    )
+    fused, scores = reference_cal.post(maps["structural"], maps["logical"])
+    golden_reference = (scores, selftest.map_digest(fused), reference_cal.threshold)
+    thresholds = {p: calibrations[p]["threshold"] for p in calibrations}
+    manifest["selftest"] = _golden_set(ex, pixels, golden_reference, thresholds, manifest["quality"])
     return write_manifest(ex.staging, manifest)
 
 
 def _golden_set(
-    ex: _Exporter, val_pixels: np.ndarray, fp32_scores: np.ndarray, quality: dict[str, Any]
+    ex: _Exporter,
+    pixels: np.ndarray,
+    reference: tuple[np.ndarray, np.ndarray, float],
+    thresholds: dict[str, float],
+    quality: dict[str, Any],
 ) -> dict[str, Any]:
-    """The self-test of `runtime.selftest`: golden images, and what each written graph answers for them
-    here through the station's own code path (`Inspector` on the staged bundle). INT8 is refused when the
-    written graph's scores drift from FP32's by more than INT8_MAX_SCORE_DRIFT on them."""
-    chosen = selftest.choose_golden(fp32_scores)
-    pixels = np.clip(np.rint(val_pixels[chosen]), 0, 255).astype(np.uint8)
+    """The self-test of `runtime.selftest`: the golden images, the FP32 run's answers for them
+    (`reference`: scores, map digests, threshold), and what each written graph answers here through the
+    station's own code path (`Inspector` on the staged bundle), from which the budgets follow. INT8 is
+    refused when the written graph's scores drift from FP32's by more than INT8_MAX_SCORE_DRIFT on them."""
     scores, digests = {}, {}
     for precision in ex.options.precisions:
         inspector = Inspector.open(
@@ -414,16 +428,15 @@ def _golden_set(
         )
         with inspector:
             scores[precision], digests[precision] = selftest.golden_outputs(inspector, pixels)
-    reference = fp32_scores[chosen]  # the FP32 run's, whether or not the bundle holds an fp32 graph
     for precision, values in scores.items():
         if precision in quality:
-            quality[precision]["selftest_score_drift"] = score_drift(reference, values)
+            quality[precision]["selftest_score_drift"] = score_drift(reference[0], values)
             _check_int8(precision, quality[precision], ex.options)
-    selftest.write_golden(ex.staging, pixels, digests)
-    entry = selftest.expectations(scores, reference, len(pixels))
+    selftest.write_golden(ex.staging, pixels, reference[1])
+    entry = selftest.expectations(scores, digests, thresholds, reference)
     ex.log(
-        f"self-test: {len(pixels)} golden images; tolerances "
-        + ", ".join(f"{p} {v['tolerance']:.3g}" for p, v in entry["precisions"].items())
+        f"self-test: {len(pixels)} golden images; FP32 error budgets "
+        + ", ".join(f"{p} {v['budget']:.3g}" for p, v in entry["precisions"].items())
     )
     return entry
 

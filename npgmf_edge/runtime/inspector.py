@@ -1,7 +1,7 @@
 """The station-side inspector: a bundle in, score / verdict / anomaly map out, without torch.
 
     Inspector.open(bundle) -> read_manifest (schema, SHA-256 of every file, coreset vs graph)
-      -> the chosen precision's self-test (`selftest`: golden images vs the export machine's results);
+      -> the chosen precision's self-test (`selftest`: golden images vs the FP32 reference stored at export);
          refused with the reason, or answered by `fallback` when asked for
       images -> decode + resize (preprocess.to_model_input) -> one graph call per batch
         knn "faiss": patch features -> one FAISS search for all patches of the batch -> patch distances
@@ -277,9 +277,9 @@ class Inspector:
         if not self.self_test.passed:
             return failure_message(self.self_test, self)
         log.info(
-            "%s %s self-test passed in %.3f s (score drift %.2g <= %.2g)",
-            self.manifest.root, self.precision, self.self_test.seconds, self.self_test.score_drift,
-            self.self_test.tolerance,
+            "%s %s self-test passed in %.3f s (score error against FP32 %.2g <= %.2g)",
+            self.manifest.root, self.precision, self.self_test.seconds, self.self_test.score_error,
+            self.self_test.budget,
         )  # fmt: skip
         return None
 

@@ -15,7 +15,7 @@ bundles keep loading. numpy and the standard library only: the runtime imports t
 Every value is hostile until checked (docs/SECURITY.md): the JSON's nesting is bounded before it is parsed;
 every file the manifest names (graphs, coreset, self-test, engines) must be a plain file name inside the
 bundle, no symlink out, and among the hashed `files`; sizes and batch limits are bounded integers; from
-schema 2 on, the `selftest` section is mandatory and each tolerance at most what the export's own
+schema 2 on, the `selftest` section is mandatory and each of its budgets at most what the export's own
 measurement allows. With `trust` (a public key or a folder of them), the manifest's bytes must carry a
 signature by a trusted key (`runtime.signing`) before anything else is read.
 
@@ -47,8 +47,9 @@ from npgmf_edge.runtime.backends.base import GraphSpec
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SELFTEST_REQUIRED_FROM = 2  # schema 2: `selftest` mandatory, its tolerances checked against the export's
+# schema 3: the self-test judges against the FP32 reference (`runtime.selftest`), in .npy files
 MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 KNN_MODES = ("faiss", "graph")
@@ -62,7 +63,6 @@ MAX_NESTING = 32  # a real manifest nests 5 deep; checked before parsing (200k `
 MAX_INPUT_SIZE = 8192  # input side in pixels: one float32 image of 8192² is already 805 MB
 MAX_BATCH_LIMIT = 4096
 MAX_GOLDEN_IMAGES = 256
-
 
 
 def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
@@ -80,8 +80,43 @@ def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _from_schema_2(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 -> 3: the self-test judged each precision against the export machine's own answers, with
+    its golden set in one `selftest.npz`; schema 3 judges against the FP32 reference. The old entry has
+    what the new criterion needs from JSON alone: the FP32 reference scores (or, in the oldest bundles,
+    the fp32 graph's), each precision's scores at export (-> its score error and budget), the FP32
+    calibration's threshold (-> verdict flips, where the bundle has fp32). The map check needs the FP32
+    digests, which the archive holds only when the bundle has an fp32 graph: other precisions of a
+    migrated bundle are judged on scores and verdicts. A self-test without any FP32 answer is dropped
+    (the bundle opens with the no-self-test warning; re-export to get one)."""
+    entry = data.get("selftest")
+    if not isinstance(entry, dict) or not isinstance(entry.get("precisions"), dict):
+        return data
+    precisions = entry["precisions"]
+    reference = entry.get("reference") or (precisions.get("fp32") or {}).get("scores")
+    if not isinstance(reference, list):
+        data.pop("selftest")
+        return data
+    fp32_calibration = (data.get("calibration") or {}).get("fp32")
+    reference_threshold = fp32_calibration.get("threshold") if isinstance(fp32_calibration, dict) else None
+    entry.update(legacy_file=entry.pop("file", selftest.LEGACY_FILE), reference=reference)
+    entry["reference_threshold"] = reference_threshold
+    for precision, expected in precisions.items():
+        error = selftest.score_error(np.asarray(expected["scores"], dtype=np.float64), np.asarray(reference))
+        expected.update(score_error=error, budget=selftest.budget_for(precision, error))
+        expected.update(map_error=None, map_budget=None, verdict_flips=None, max_flips=None)
+        if precision == "fp32":
+            expected.update(map_error=0.0, map_budget=selftest.budget_for("fp32", 0.0))
+        if reference_threshold is not None:
+            threshold = data["calibration"][precision]["threshold"]
+            flips = selftest.verdict_flips(expected["scores"], threshold, reference, reference_threshold)
+            expected.update(verdict_flips=flips, max_flips=flips + selftest.FLIP_ALLOWANCE)
+        expected.pop("tolerance", None)
+    return data
+
+
 # schema_version n -> function turning a version-n manifest dict into version n + 1.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_schema_1}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_schema_1, 2: _from_schema_2}
 
 
 def graph_file(precision: str) -> str:
@@ -289,8 +324,8 @@ def read_manifest(
     if data.get(SELF_HASH_KEY) != _content_sha256(data):
         raise BundleError(f"{path} was changed after export (its content hash does not match); re-export it")
     exported_schema = data.get("schema_version")
-    data = _migrate(data, path)
     try:
+        data = _migrate(data, path)
         named = _check_named_files(root, data)
         if check_files:
             verify_files(root, data["files"])
@@ -331,8 +366,10 @@ def _named_files(data: dict[str, Any]) -> dict[str, Any]:
     named: dict[str, Any] = {f"graphs.{p}.file": g["file"] for p, g in data["graphs"].items()}
     coreset = data.get("coreset") or {}
     named.update({f"coreset.files[{i}]": name for i, name in enumerate(coreset.get("files", []))})
-    if data.get("selftest"):
-        named["selftest.file"] = data["selftest"]["file"]
+    entry = data.get("selftest") or {}
+    for key in ("pixels", "reference_maps", "legacy_file"):
+        if key in entry:
+            named[f"selftest.{key}"] = entry[key]
     named.update({f"engines.{p}.file": e["file"] for p, e in (data.get("engines") or {}).items()})
     return named
 
@@ -388,12 +425,22 @@ def _check_machine(machine: Any) -> None:
         raise ValueError("selftest.machine must hold strings, a list of cpu_features, backend versions")
 
 
+def _number(value: Any, name: str, optional: bool = False) -> float | None:
+    """A finite JSON number >= 0 (not a bool), or None where `optional`, else ValueError."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def _check_selftest(
     manifest: Manifest, path: Path, exported_schema: int, named: dict[str, str], required: bool
 ) -> None:
-    """From schema 2 on: a self-test for every graph, each tolerance at most what the export measured
-    (`selftest.tolerance_for` of its scores and the FP32 reference it stores), so it cannot be raised at will.
-    Schema 1 bundles keep loading without one, or without the reference, after a warning."""
+    """From schema 2 on: a self-test for every graph. Every budget at most what the export's measurement
+    allows (`selftest.budget_for` of the error recomputed from the stored scores and FP32 reference; the
+    verdict allowance from the flips they give), so none can be raised at will. Schema 1 bundles keep
+    loading without one, after a warning."""
     entry = manifest.raw.get("selftest")
     older = exported_schema < SELFTEST_REQUIRED_FROM
     if not entry:
@@ -411,32 +458,37 @@ def _check_selftest(
     missing = set(manifest.graphs) - set(entry["precisions"])
     if missing and not older:
         raise BundleError(f"{path}: no self-test for {', '.join(sorted(missing))}; re-export the bundle")
-    reference = entry.get("reference")
-    if older and reference is None:
-        log.warning(
-            "%s is schema %s: its self-test tolerances cannot be checked against the export's measurement; "
-            "re-export the bundle to get them checked", path, exported_schema,
-        )  # fmt: skip
-    elif reference is None:
+    if entry.get("reference") is None:
         raise BundleError(f"{path}: the selftest section lacks its FP32 reference scores; re-export")
-    else:
-        reference = _finite_list(reference, "selftest.reference", images)
+    reference = _finite_list(entry["reference"], "selftest.reference", images)
+    reference_threshold = entry.get("reference_threshold")
+    if reference_threshold is not None and not (
+        isinstance(reference_threshold, int | float) and math.isfinite(reference_threshold)
+    ):
+        raise ValueError(f"selftest.reference_threshold must be a finite number, got {reference_threshold!r}")
     for precision, expected in entry["precisions"].items():
         name = f"selftest.precisions.{precision}"
         if precision not in manifest.graphs or not isinstance(expected, dict):
             raise ValueError(f"{name}: no such graph, or not an object")
         scores = _finite_list(expected["scores"], f"{name}.scores", images)
-        tolerance = expected["tolerance"]
-        if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not tolerance >= 0:
-            raise ValueError(f"{name}.tolerance must be a number >= 0, got {tolerance!r}")
-        if reference is None:
-            continue
-        bound = selftest.tolerance_for(precision, scores, reference)
-        if not tolerance <= bound * (1 + 1e-9):
-            raise BundleError(
-                f"{path}: the {precision} self-test tolerance {tolerance:.4g} is above what the export "
-                f"measured allows ({bound:.4g}); the manifest was edited, re-export the bundle"
-            )
+        budget = _number(expected["budget"], f"{name}.budget")
+        measured = selftest.score_error(scores, reference)
+        allowed = {"budget": (budget, selftest.budget_for(precision, measured))}
+        map_error = _number(expected.get("map_error"), f"{name}.map_error", optional=True)
+        map_budget = _number(expected.get("map_budget"), f"{name}.map_budget", optional=True)
+        if map_budget is not None:
+            allowed["map budget"] = (map_budget, selftest.budget_for(precision, map_error or 0.0))
+        if reference_threshold is not None:
+            max_flips = _bounded_int(expected["max_flips"], f"{name}.max_flips", images, lower=0)
+            threshold = manifest.calibration[precision].threshold
+            flips = selftest.verdict_flips(scores, threshold, reference, reference_threshold)
+            allowed["verdict allowance"] = (max_flips, flips + selftest.FLIP_ALLOWANCE)
+        for what, (value, bound) in allowed.items():
+            if not value <= bound * (1 + 1e-9):
+                raise BundleError(
+                    f"{path}: the {precision} self-test {what} {value:.4g} is above what the export "
+                    f"measured allows ({bound:.4g}); the manifest was edited, re-export the bundle"
+                )
 
 
 def _check_consistency(manifest: Manifest, path: Path) -> None:

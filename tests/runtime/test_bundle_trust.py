@@ -26,6 +26,7 @@ from npgmf_edge.runtime.manifest import (
     graph_file,
     sha256_file,
 )
+from npgmf_edge.runtime.selftest import MARGIN
 from npgmf_edge.runtime.signing import SIGNATURE_FILE, SignatureError, generate_key_pair
 
 
@@ -167,18 +168,30 @@ def test_a_manifest_with_its_selftest_deleted_is_refused(bundle) -> None:
         Inspector.open(bundle)
 
 
-def test_a_raised_selftest_tolerance_is_refused(bundle) -> None:
-    edit_manifest(bundle, lambda d: d["selftest"]["precisions"]["int8"].update(tolerance=1e9))
-    with pytest.raises(BundleError, match=r"int8 self-test tolerance 1e\+09 is above what the export"):
+@pytest.mark.parametrize(
+    ("field", "value", "what"),
+    [("budget", 1e9, "budget"), ("map_budget", 1e9, "map budget"), ("max_flips", 12, "verdict allowance")],
+)
+def test_a_raised_selftest_budget_is_refused(bundle, field: str, value: float, what: str) -> None:
+    edit_manifest(bundle, lambda d: d["selftest"]["precisions"]["int8"].update({field: value}))
+    with pytest.raises(BundleError, match=f"int8 self-test {what} .* is above what the export"):
         read_manifest(bundle)
 
 
-def test_the_tolerance_bound_is_what_the_export_stored(graph_bundle) -> None:
-    """The bound recomputed by hand from the stored scores: floor + 2 x max |int8 - fp32 reference|."""
+def test_the_budget_is_what_the_export_measured_plus_the_margin(graph_bundle) -> None:
+    """Recomputed by hand from the stored numbers: mean |int8 score - FP32 reference| + the int8 margin,
+    and the verdicts that differ from FP32's + one."""
     entry = read_manifest(graph_bundle).raw["selftest"]
     reference, int8 = entry["reference"], entry["precisions"]["int8"]
-    by_hand = 0.05 + 2.0 * max(abs(a - b) for a, b in zip(int8["scores"], reference, strict=True))
-    assert int8["tolerance"] == pytest.approx(by_hand)
+    error = sum(abs(a - b) for a, b in zip(int8["scores"], reference, strict=True)) / len(reference)
+    assert int8["score_error"] == pytest.approx(error)
+    assert int8["budget"] == pytest.approx(error + MARGIN["int8"])
+    threshold = read_manifest(graph_bundle).calibration["int8"].threshold
+    flips = sum(
+        (a > threshold) != (b > entry["reference_threshold"])
+        for a, b in zip(int8["scores"], reference, strict=True)
+    )
+    assert int8["max_flips"] == flips + 1
 
 
 # --- tracebacks -> one line -------------------------------------------------------------------------------
