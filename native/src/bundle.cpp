@@ -476,7 +476,7 @@ std::string sha256_file(const fs::path &path) {
 }
 
 double budget_for(const std::string &precision, double measured) {
-    // selftest.MARGIN on the aarch64 branch (schema 3); keep in step with it.
+    // MARGIN in npgmf_edge/runtime/selftest.py (schema 3); keep the two in step.
     const double margin = precision == "fp32" ? 0.01 : precision == "fp16" ? 0.75 : 0.5;
     return measured + margin;
 }
