@@ -158,7 +158,7 @@ def self_test_result(report: dict[str, Any]) -> str:
         f"{r['precision']} no self-test"
         if r["passed"] is None
         else f"{r['precision']} {'ok' if r['passed'] else 'FAILS'} "
-        f"(drift {r['score_drift']:.2g} <= {r['tolerance']:.2g})"
+        f"(error vs FP32 {r['score_error']:.2g} <= budget {r['budget']:.2g})"
         for r in rows
     )
     return f"{verdicts} on {'; '.join(backends)}"
