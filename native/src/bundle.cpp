@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "pyjson.h"
+#include "signing.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -432,7 +433,9 @@ void check_consistency(const Manifest &m, const fs::path &path) {
     }
 }
 
-json load_json(const fs::path &path) {
+// manifest._load_json: the manifest's bytes read once, so that the signature (with `trust`), the nesting
+// bound and the parse all see the same bytes.
+json load_json(const fs::path &root, const fs::path &path, const fs::path &trust, std::string &key_id) {
     std::error_code ec;
     const auto size = fs::file_size(path, ec);
     if (ec) throw bundle_error("cannot read " + path.string() + " (" + ec.message() + "); re-export the bundle");
@@ -441,6 +444,7 @@ json load_json(const fs::path &path) {
                            std::to_string(kMaxManifestBytes) + "); re-export");
     std::ifstream in(path, std::ios::binary);
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!trust.empty()) key_id = check_signature(root, text, trust);
     if (nesting_depth(text) > kMaxNesting)
         throw bundle_error("cannot read " + path.string() + " (nested deeper than " + std::to_string(kMaxNesting) +
                            " levels); re-export the bundle");
@@ -509,7 +513,7 @@ std::vector<std::string> Manifest::precisions() const {
 
 std::string Manifest::sha256_of(const std::string &file) const { return raw["files"][file].get<std::string>(); }
 
-Manifest read_manifest(const fs::path &given_root) {
+Manifest read_manifest(const fs::path &given_root, const fs::path &trust) {
     fs::path root = given_root;
     if (root.has_filename() == false && root.has_parent_path()) root = root.parent_path();  // "bundle/" -> "bundle"
     const fs::path path = root / kManifestFile;
@@ -519,7 +523,8 @@ Manifest read_manifest(const fs::path &given_root) {
     if (!fs::is_regular_file(path, ec))
         throw bundle_error(std::string("no ") + kManifestFile + " in " + root.string() +
                            ": it is not a complete bundle; re-export it");
-    json data = load_json(path);
+    std::string signed_by;
+    json data = load_json(root, path, trust, signed_by);
     json content = data;
     content.erase(kSelfHashKey);
     std::string content_hash;
@@ -532,6 +537,7 @@ Manifest read_manifest(const fs::path &given_root) {
         throw bundle_error(path.string() + " was changed after export (its content hash does not match); re-export it");
     Manifest m;
     m.root = root;
+    m.signed_by = signed_by;
     const int exported_schema = data["schema_version"].is_number_integer() ? data["schema_version"].get<int>() : 0;
     try {
         data = migrate(std::move(data), path);

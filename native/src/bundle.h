@@ -80,13 +80,15 @@ struct Manifest {
     std::optional<Coreset> coreset;
     std::optional<Selftest> selftest;
     nlohmann::json raw;
+    std::string signed_by;  // the trusted key's id (SHA-256 of the raw public key) when opened with trust
 
     std::vector<std::string> precisions() const;  // in the order fp32, fp16, int8
     std::string sha256_of(const std::string &file) const;
 };
 
 std::string sha256_file(const std::filesystem::path &path);
-Manifest read_manifest(const std::filesystem::path &root);
+// `trust`: a public key PEM file or a folder of them (runtime/signing.py); empty: signatures not checked.
+Manifest read_manifest(const std::filesystem::path &root, const std::filesystem::path &trust = {});
 
 constexpr int kDigestGrid = 8;
 constexpr int kFlipAllowance = 1;

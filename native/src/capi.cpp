@@ -13,6 +13,8 @@
 #include "inspector.h"
 #include "npgmf/npgmf.h"
 
+#undef npgmf_open_options_init  // the header's macro: here the first ABI's function is defined by its name
+
 struct npgmf_inspector {
     std::unique_ptr<npgmf::Inspector> inspector;
     int64_t max_pixels = npgmf::kDefaultMaxPixels;
@@ -25,6 +27,7 @@ thread_local std::string last_error;
 // The first published size of each struct: smaller ones are refused, larger ones (a newer caller) are
 // read as far as this library knows them.
 constexpr size_t kOptionsV1 = offsetof(npgmf_open_options, max_pixels) + sizeof(int64_t);
+constexpr size_t kOptionsTrust = offsetof(npgmf_open_options, trust) + sizeof(const char *);  // libnpgmf 0.2
 constexpr size_t kResultV1 = offsetof(npgmf_result, map_width) + sizeof(int32_t);
 constexpr size_t kInfoV1 = offsetof(npgmf_info, self_test_max_flips) + sizeof(int32_t);
 
@@ -126,16 +129,28 @@ const char *npgmf_status_name(npgmf_status status) {
         case NPGMF_BUFFER_TOO_SMALL: return "NPGMF_BUFFER_TOO_SMALL";
         case NPGMF_NON_FINITE: return "NPGMF_NON_FINITE";
         case NPGMF_INTERNAL: return "NPGMF_INTERNAL";
+        case NPGMF_SIGNATURE_ERROR: return "NPGMF_SIGNATURE_ERROR";
     }
     return "NPGMF_UNKNOWN_STATUS";
 }
 
-npgmf_status npgmf_open_options_init(npgmf_open_options *options) {
+npgmf_status npgmf_open_options_init_sized(npgmf_open_options *options, size_t struct_size) {
     if (!options) return fail(NPGMF_INVALID_ARGUMENT, "options is NULL");
-    std::memset(options, 0, sizeof *options);
-    options->struct_size = sizeof *options;
-    options->self_test = 1;
+    if (struct_size < kOptionsV1)
+        return fail(NPGMF_INVALID_ARGUMENT, "npgmf_open_options_init_sized: struct_size " + std::to_string(struct_size) +
+                                                " is smaller than any npgmf_open_options (" + std::to_string(kOptionsV1) + ")");
+    npgmf_open_options defaults;
+    std::memset(&defaults, 0, sizeof defaults);
+    defaults.struct_size = struct_size;
+    defaults.self_test = 1;
+    // Never past the caller's struct; a newer caller's fields beyond ours are zeroed (their defaults).
+    std::memcpy(options, &defaults, std::min(struct_size, sizeof defaults));
+    if (struct_size > sizeof defaults) std::memset(reinterpret_cast<char *>(options) + sizeof defaults, 0, struct_size - sizeof defaults);
     return ok();
+}
+
+npgmf_status npgmf_open_options_init(npgmf_open_options *options) {
+    return npgmf_open_options_init_sized(options, kOptionsV1);  // the first ABI's callers: version 1's struct
 }
 
 npgmf_status npgmf_result_init(npgmf_result *result) {
@@ -152,7 +167,7 @@ npgmf_status npgmf_open(const char *bundle_dir, const npgmf_open_options *option
     *out = nullptr;
     if (!bundle_dir) return fail(NPGMF_INVALID_ARGUMENT, "bundle_dir is NULL");
     npgmf_open_options defaults;
-    npgmf_open_options_init(&defaults);
+    npgmf_open_options_init_sized(&defaults, sizeof defaults);
     if (options && options->struct_size < kOptionsV1)
         return fail(NPGMF_INVALID_ARGUMENT, "npgmf_open_options.struct_size is " + std::to_string(options->struct_size) +
                                                 ", smaller than any npgmf_open_options (" + std::to_string(kOptionsV1) +
@@ -167,6 +182,7 @@ npgmf_status npgmf_open(const char *bundle_dir, const npgmf_open_options *option
         opened.device = o.device ? o.device : "cpu";
         opened.threads = o.threads;
         opened.self_test = o.self_test == 1;
+        if (o.struct_size >= kOptionsTrust && o.trust) opened.trust = o.trust;
         auto handle = std::make_unique<npgmf_inspector>();
         handle->inspector = npgmf::Inspector::open(bundle_dir, opened);
         if (o.max_pixels > 0) handle->max_pixels = o.max_pixels;

@@ -398,7 +398,7 @@ Inspector::~Inspector() = default;
 std::string Inspector::backend() const { return engine_->describe(); }
 
 std::unique_ptr<Inspector> Inspector::open(const std::string &bundle, const OpenOptions &options) {
-    Manifest manifest = read_manifest(bundle);
+    Manifest manifest = read_manifest(bundle, options.trust);
     const auto precisions = manifest.precisions();
     const std::string precision = options.precision.empty() ? precisions.front() : options.precision;
     for (const std::string &name : {precision, options.fallback})

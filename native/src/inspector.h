@@ -28,6 +28,7 @@ struct OpenOptions {
     std::string precision, fallback, device = "cpu";
     int threads = 0;
     bool self_test = true;
+    std::string trust;  // a public key PEM or a folder of them; empty: signatures not checked
 };
 
 // What the self-test measured here against the FP32 reference (runtime/selftest.SelfTestResult).

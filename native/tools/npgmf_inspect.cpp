@@ -3,7 +3,7 @@
 // the others their verdicts; exit 1 if any failed, 2 if the bundle cannot be opened.
 //
 //   npgmf-inspect [--precision P] [--fallback P] [--device cpu|cuda|tensorrt] [--threads N]
-//                 [--max-pixels N] BUNDLE IMAGE...
+//                 [--max-pixels N] [--trust KEY_OR_FOLDER] BUNDLE IMAGE...
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -42,7 +42,7 @@ const char *verdict_name(npgmf_verdict verdict) {
 
 int usage() {
     std::fprintf(stderr, "usage: npgmf-inspect [--precision P] [--fallback P] [--device cpu|cuda|tensorrt] "
-                         "[--threads N] [--max-pixels N] BUNDLE IMAGE...\n");
+                         "[--threads N] [--max-pixels N] [--trust KEY_OR_FOLDER] BUNDLE IMAGE...\n");
     return 2;
 }
 
@@ -63,6 +63,7 @@ int main(int argc, char **argv) {
             else if (arg == "--device") options.device(value());
             else if (arg == "--threads") options.threads(std::stoi(value()));
             else if (arg == "--max-pixels") options.max_pixels(std::stoll(value()));
+            else if (arg == "--trust") options.trust(value());
             else if (arg == "--help" || arg == "-h") return usage(), 0;
             else if (arg.rfind("--", 0) == 0) throw std::invalid_argument("unknown option " + arg);
             else positional.push_back(arg);

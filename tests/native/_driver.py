@@ -32,10 +32,12 @@ def _null_calls(lib: NativeLibrary) -> list[dict]:
     out.append(_status(lib, c.npgmf_open(None, None, ctypes.byref(handle))))
     out.append(_status(lib, c.npgmf_open(b"/nonexistent", None, None)))
     options = OpenOptions()
-    c.npgmf_open_options_init(ctypes.byref(options))
+    c.npgmf_open_options_init_sized(ctypes.byref(options), ctypes.sizeof(options))
     options.struct_size = 3
     out.append(_status(lib, c.npgmf_open(b"/nonexistent", ctypes.byref(options), ctypes.byref(handle))))
     out.append(_status(lib, c.npgmf_open_options_init(None)))
+    out.append(_status(lib, c.npgmf_open_options_init_sized(None, ctypes.sizeof(options))))
+    out.append(_status(lib, c.npgmf_open_options_init_sized(ctypes.byref(options), 8)))
     result = Result()
     c.npgmf_result_init(ctypes.byref(result))
     pixel = (ctypes.c_uint8 * 3)()

@@ -20,7 +20,7 @@ import numpy as np
 STATUS_NAMES = tuple(
     f"NPGMF_{name}"
     for name in ("OK", "INVALID_ARGUMENT", "BUNDLE_ERROR", "SELFTEST_FAILED", "IMAGE_ERROR", "BACKEND_ERROR",
-                 "UNSUPPORTED", "BUFFER_TOO_SMALL", "NON_FINITE", "INTERNAL")
+                 "UNSUPPORTED", "BUFFER_TOO_SMALL", "NON_FINITE", "INTERNAL", "SIGNATURE_ERROR")
 )  # fmt: skip
 VERDICTS = ("good", "anomalous", "error")
 
@@ -34,6 +34,7 @@ class OpenOptions(ctypes.Structure):
         ("device", ctypes.c_char_p),
         ("self_test", ctypes.c_int32),
         ("max_pixels", ctypes.c_int64),
+        ("trust", ctypes.c_char_p),  # libnpgmf 0.2
     ]
 
 
@@ -95,7 +96,8 @@ class NativeLibrary:
         lib.npgmf_abi_version.restype = ctypes.c_int32
         lib.npgmf_version_string.restype = ctypes.c_char_p
         lib.npgmf_last_error.restype = ctypes.c_char_p
-        lib.npgmf_open_options_init.argtypes = [ctypes.POINTER(OpenOptions)]
+        lib.npgmf_open_options_init.argtypes = [ctypes.c_void_p]  # the first ABI's: version 1's struct
+        lib.npgmf_open_options_init_sized.argtypes = [ctypes.POINTER(OpenOptions), ctypes.c_size_t]
         lib.npgmf_result_init.argtypes = [ctypes.POINTER(Result)]
         lib.npgmf_open.argtypes = [ctypes.c_char_p, ctypes.POINTER(OpenOptions), ctypes.POINTER(handle)]
         lib.npgmf_inspect_rgb.argtypes = [
@@ -117,7 +119,8 @@ class NativeLibrary:
         lib.npgmf_close.argtypes = [handle]
         lib.npgmf_close.restype = None
         for name in ("npgmf_open", "npgmf_inspect_rgb", "npgmf_inspect_encoded", "npgmf_inspect_file",
-                     "npgmf_describe", "npgmf_open_options_init", "npgmf_result_init"):  # fmt: skip
+                     "npgmf_describe", "npgmf_open_options_init", "npgmf_open_options_init_sized",
+                     "npgmf_result_init"):  # fmt: skip
             getattr(lib, name).restype = status
 
     def last_error(self) -> str:
@@ -128,13 +131,15 @@ class NativeLibrary:
             raise NativeError(status, self.last_error())
 
     def options(self, precision: str | None = None, fallback: str | None = None, device: str | None = None,
-                threads: int = 0, self_test: bool = True, max_pixels: int = 0) -> OpenOptions:  # fmt: skip
+                threads: int = 0, self_test: bool = True, max_pixels: int = 0,
+                trust: Path | None = None) -> OpenOptions:  # fmt: skip
         options = OpenOptions()
-        self.check(self.lib.npgmf_open_options_init(ctypes.byref(options)))
+        self.check(self.lib.npgmf_open_options_init_sized(ctypes.byref(options), ctypes.sizeof(options)))
         options.precision = precision.encode() if precision else None
         options.fallback = fallback.encode() if fallback else None
         options.device = device.encode() if device else None
         options.threads, options.self_test, options.max_pixels = threads, int(self_test), max_pixels
+        options.trust = str(trust).encode() if trust is not None else None
         return options
 
     def open(self, bundle: Path, **options) -> NativeInspector:

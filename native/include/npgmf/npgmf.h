@@ -50,7 +50,9 @@ typedef enum npgmf_status {
     NPGMF_UNSUPPORTED = 6,      /* a device or option this build or this machine does not have */
     NPGMF_BUFFER_TOO_SMALL = 7, /* the caller's map buffer holds fewer floats than the image has pixels */
     NPGMF_NON_FINITE = 8,       /* the score is not a finite number: no verdict (damaged model files) */
-    NPGMF_INTERNAL = 9          /* out of memory or a bug: the message says what */
+    NPGMF_INTERNAL = 9,         /* out of memory or a bug: the message says what */
+    NPGMF_SIGNATURE_ERROR = 10  /* with `trust`: the bundle is unsigned, signed by a key not trusted, edited
+                                   after signing, its signature.json malformed, or a trusted key unreadable */
 } npgmf_status;
 
 typedef enum npgmf_verdict {
@@ -71,6 +73,10 @@ typedef struct npgmf_open_options {
     int32_t self_test;      /* 1 (default): run the golden self-test at open; 0: skip it */
     int64_t max_pixels;     /* encoded images above this are decoded reduced (files) or refused (bytes);
                                0: the default, 16 000 000 as in the Python runtime */
+    /* --- added in libnpgmf 0.2 (read only when struct_size covers it) --- */
+    const char *trust;      /* a public key PEM file, or a folder of *.pub / *.pem files: the bundle must
+                               carry a signature.json by one of them over its manifest.json's bytes
+                               (docs/SECURITY.md), else NPGMF_SIGNATURE_ERROR; NULL: not checked */
 } npgmf_open_options;
 
 /* The answer for one image. The map is optional: set `map` to a buffer of `map_capacity` floats (at
@@ -119,7 +125,14 @@ NPGMF_API const char *npgmf_last_error(void);
 /* A short constant name for a status ("NPGMF_BUNDLE_ERROR"). */
 NPGMF_API const char *npgmf_status_name(npgmf_status status);
 
+/* Fill the first `struct_size` bytes of *options with the defaults and set options->struct_size to it:
+ * the library never writes past the struct the caller compiled with. */
+NPGMF_API npgmf_status npgmf_open_options_init_sized(npgmf_open_options *options, size_t struct_size);
+/* The function of the first ABI: fills the options as version 1 of the struct had them (up to
+ * max_pixels), for callers compiled before npgmf_open_options grew. Callers compiled with this header reach
+ * npgmf_open_options_init_sized through the macro below, which passes sizeof their struct. */
 NPGMF_API npgmf_status npgmf_open_options_init(npgmf_open_options *options);
+#define npgmf_open_options_init(options) npgmf_open_options_init_sized((options), sizeof *(options))
 NPGMF_API npgmf_status npgmf_result_init(npgmf_result *result);
 
 /* Read and check `bundle_dir`, open a precision, run its self-test. `options` may be NULL (defaults).

@@ -39,16 +39,19 @@ class Options {
     Options &threads(int32_t value) { raw_.threads = value; return *this; }
     Options &self_test(bool value) { raw_.self_test = value ? 1 : 0; return *this; }
     Options &max_pixels(int64_t value) { raw_.max_pixels = value; return *this; }
+    // A public key PEM file or a folder of them: open only bundles signed by one (docs/SECURITY.md).
+    Options &trust(std::string value) { trust_ = std::move(value); return *this; }
     const npgmf_open_options *get() {
         raw_.precision = precision_.empty() ? nullptr : precision_.c_str();
         raw_.fallback = fallback_.empty() ? nullptr : fallback_.c_str();
         raw_.device = device_.empty() ? nullptr : device_.c_str();
+        raw_.trust = trust_.empty() ? nullptr : trust_.c_str();
         return &raw_;
     }
 
   private:
     npgmf_open_options raw_{};
-    std::string precision_, fallback_, device_;
+    std::string precision_, fallback_, device_, trust_;
 };
 
 struct Result {
