@@ -125,6 +125,8 @@ std::string to_hex(const unsigned char *digest, unsigned length) {
     return out;
 }
 
+}  // namespace
+
 std::string sha256_text(const std::string &text) {
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int length = 0;
@@ -132,6 +134,8 @@ std::string sha256_text(const std::string &text) {
         throw Error(NPGMF_INTERNAL, "OpenSSL's SHA-256 failed");
     return to_hex(digest, length);
 }
+
+namespace {
 
 BranchStats branch_stats(const json &value, const std::string &name) {
     if (!value.is_object() || value.size() != 2 || !value.contains("mean") || !value.contains("std"))
@@ -480,8 +484,7 @@ std::string sha256_file(const fs::path &path) {
 }
 
 double budget_for(const std::string &precision, double measured) {
-    // MARGIN in npgmf_edge/runtime/selftest.py (schema 3); keep the two in step.
-    const double margin = precision == "fp32" ? 0.01 : precision == "fp16" ? 0.75 : 0.5;
+    const double margin = precision == "fp32" ? kMarginFp32 : precision == "fp16" ? kMarginFp16 : kMarginInt8;
     return measured + margin;
 }
 

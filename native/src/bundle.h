@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "npgmf/npgmf.h"
+#include "selftest_margins.h"  // generated from npgmf_edge/runtime/selftest_margins.json
 
 namespace npgmf {
 
@@ -87,11 +88,10 @@ struct Manifest {
 };
 
 std::string sha256_file(const std::filesystem::path &path);
+std::string sha256_text(const std::string &text);  // hex, of these bytes
 // `trust`: a public key PEM file or a folder of them (runtime/signing.py); empty: signatures not checked.
 Manifest read_manifest(const std::filesystem::path &root, const std::filesystem::path &trust = {});
 
-constexpr int kDigestGrid = 8;
-constexpr int kFlipAllowance = 1;
 
 // selftest.budget_for: the error the export measured plus the precision's margin.
 double budget_for(const std::string &precision, double measured);

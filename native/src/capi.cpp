@@ -175,6 +175,9 @@ npgmf_status npgmf_open(const char *bundle_dir, const npgmf_open_options *option
     const npgmf_open_options &o = options ? *options : defaults;
     if (o.threads < 0 || o.max_pixels < 0 || (o.self_test != 0 && o.self_test != 1))
         return fail(NPGMF_INVALID_ARGUMENT, "npgmf_open_options: threads and max_pixels must be >= 0, self_test 0 or 1");
+    const char *trust = o.struct_size >= kOptionsTrust ? o.trust : nullptr;
+    if (trust && !*trust)  // never "checked" by a string that names nothing
+        return fail(NPGMF_INVALID_ARGUMENT, "npgmf_open_options.trust is empty: name a public key file or a folder of them, or pass NULL");
     return guarded([&] {
         npgmf::OpenOptions opened;
         opened.precision = o.precision ? o.precision : "";
@@ -182,7 +185,7 @@ npgmf_status npgmf_open(const char *bundle_dir, const npgmf_open_options *option
         opened.device = o.device ? o.device : "cpu";
         opened.threads = o.threads;
         opened.self_test = o.self_test == 1;
-        if (o.struct_size >= kOptionsTrust && o.trust) opened.trust = o.trust;
+        if (trust) opened.trust = trust;
         auto handle = std::make_unique<npgmf_inspector>();
         handle->inspector = npgmf::Inspector::open(bundle_dir, opened);
         if (o.max_pixels > 0) handle->max_pixels = o.max_pixels;

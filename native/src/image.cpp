@@ -148,6 +148,31 @@ cv::Mat to_rgb(const cv::Mat &raw, const std::string &name) {
     return rgb;
 }
 
+// OpenCV decodes these too, but their headers are not read here: refused by name, never decoded unbounded
+// (signatures as data/image_header.py's sniff_format tells them).
+const char *unread_format(const unsigned char *data, size_t size) {
+    auto starts = [&](const char *prefix, size_t n, size_t at = 0) {
+        return size >= at + n && std::memcmp(data + at, prefix, n) == 0;
+    };
+    if (starts("II*\0", 4) || starts("MM\0*", 4) || starts("II+\0", 4) || starts("MM\0+", 4)) return "TIFF";
+    if (starts("\0\0\0\x0cjP  \r\n\x87\n", 12) || starts("\xff\x4f\xff\x51", 4)) return "JPEG 2000";
+    if (starts("P7", 2)) return "PAM";
+    if (starts("PF", 2) || starts("Pf", 2)) return "PFM";
+    if (starts("#?RADIANCE", 10) || starts("#?RGBE", 6)) return "Radiance HDR";
+    if (starts("\x59\xa6\x6a\x95", 4)) return "Sun raster";
+    if (starts("RIFF", 4) && starts("WEBP", 4, 8)) return "WebP";
+    if (starts("ftyp", 4, 4)) return "AVIF";
+    return nullptr;
+}
+
+// A format this reader has no header check for: one line naming it, before OpenCV sees a byte.
+void refuse_unread(const std::vector<unsigned char> &data, const std::string &name) {
+    if (const char *format = unread_format(data.data(), data.size()))
+        throw image_error("cannot read " + name + ": it is " + format +
+                          ", which the native runtime does not decode (it checks the size of PNG, JPEG, BMP, GIF "
+                          "and PNM headers before decoding); convert it to PNG, or use the Python runtime");
+}
+
 }  // namespace
 
 bool read_header(const unsigned char *data, size_t size, Header &header) {
@@ -193,6 +218,7 @@ bool read_header(const unsigned char *data, size_t size, Header &header) {
 
 cv::Mat decode_bytes(const std::vector<unsigned char> &data, int64_t max_pixels, const std::string &name) {
     if (data.empty()) throw image_error("cannot read " + name + ": OpenCV cannot decode it (it is empty)");
+    refuse_unread(data, name);
     Header header;
     if (!read_header(data.data(), data.size(), header))
         throw image_error("cannot read " + name + ": OpenCV cannot decode it (corrupt, truncated or not an image: "
@@ -212,6 +238,7 @@ cv::Mat decode_file(const std::string &path, int64_t max_pixels) {
     if (!in || !std::filesystem::is_regular_file(path, ec)) throw image_error("image " + path + " does not exist");
     std::vector<unsigned char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (data.empty()) throw image_error("cannot read image " + path + ": OpenCV cannot decode it (the file is empty)");
+    refuse_unread(data, "image " + path);
     Header header;
     const bool known = read_header(data.data(), data.size(), header);
     const int factor = reduction(header, known, max_pixels, path);

@@ -20,7 +20,9 @@ struct Header {
     int64_t width = 0, height = 0;
 };
 
-// The size an encoded image claims (PNG, JPEG, BMP, GIF, PNM); false when its header states none.
+// The size an encoded image claims (PNG, JPEG, BMP, GIF, PNM); false when its header states none. The
+// other formats OpenCV decodes (TIFF, WebP, AVIF, JPEG 2000, PAM, PFM, HDR, Sun raster) are refused by
+// name before decoding (docs/EMBED.md, "Differences from the Python runtime").
 bool read_header(const unsigned char *data, size_t size, Header &header);
 
 // RGB uint8 (H, W, 3) from encoded bytes, decode_image_bytes' rules; `name` is what errors call it.

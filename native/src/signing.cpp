@@ -35,20 +35,6 @@ Error signature_error(const std::string &message) {
     return Error(NPGMF_SIGNATURE_ERROR, message);
 }
 
-std::string hex_sha256(const unsigned char *data, size_t size) {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    if (EVP_Digest(data, size, digest, &length, EVP_sha256(), nullptr) != 1)
-        throw Error(NPGMF_INTERNAL, "OpenSSL's SHA-256 failed");
-    static const char hex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned k = 0; k < length; ++k) {
-        out += hex[digest[k] >> 4];
-        out += hex[digest[k] & 15];
-    }
-    return out;
-}
-
 // The first `count` characters (code points, as Python slices str) of UTF-8 `text`.
 std::string first_chars(const std::string &text, size_t count) {
     size_t at = 0, chars = 0;
@@ -163,7 +149,7 @@ TrustedKey load_public_key(const fs::path &path) {
     size_t length = sizeof raw;
     if (EVP_PKEY_get_raw_public_key(trusted.key.get(), raw, &length) != 1 || length != sizeof raw)
         throw signature_error("trusted key " + path.string() + " is not a PEM public key (no raw Ed25519 key)");
-    trusted.key_id = hex_sha256(raw, length);
+    trusted.key_id = sha256_text(std::string(reinterpret_cast<const char *>(raw), length));
     return trusted;
 }
 

@@ -22,6 +22,8 @@ twelfth of its size, while a broken kernel (saturated INT8 sums, clipped weights
 score) moves every image. The golden set is the NEAR_THRESHOLD validation images closest to the FP32
 threshold (where a verdict can change) and the rest spread over the score range, highest included.
 
+MARGIN, FLIP_ALLOWANCE and DIGEST_GRID live in `selftest_margins.json` beside this module, which the native
+runtime's build reads too (native/CMakeLists.txt generates its header from it): one home for both.
 MARGIN is in the fused map's units (standard deviations of normal pixels, Eq. 11) and sized from measured
 spreads between machines at the same precision (docs/BENCHMARKS.md, "Self-test margins"): FP32 differs by
 about 1e-5 between x86 (AVX-512, AVX2) and ARM; INT8's integers are exact everywhere, but the float
@@ -46,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +69,10 @@ REFERENCE_MAPS_FILE = "selftest.reference_maps.npy"
 LEGACY_FILE = "selftest.npz"  # schema <= 2: pixels and each precision's digests in one archive
 GOLDEN_IMAGES = 12
 NEAR_THRESHOLD = 8
-DIGEST_GRID = 8
-MARGIN = {"fp32": 0.01, "fp16": 0.75, "int8": 0.5}
-FLIP_ALLOWANCE = 1
+_ALLOWANCES = json.loads((Path(__file__).with_name("selftest_margins.json")).read_text())
+DIGEST_GRID: int = _ALLOWANCES["digest_grid"]
+MARGIN: dict[str, float] = _ALLOWANCES["margin"]
+FLIP_ALLOWANCE: int = _ALLOWANCES["flip_allowance"]
 
 
 class SelfTestError(BundleError):

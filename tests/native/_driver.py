@@ -7,7 +7,7 @@ Imports only the standard library, numpy and the ctypes binding.
     python _driver.py LIBRARY CASES.json
 Each case: {"call": "open", "bundle": B, "options": {...}} | {"call": "file" | "bytes", "bundle": B,
 "path": P} | {"call": "rgb", "bundle": B, "shape": [H, W, 3]} | {"call": "null"} (every NULL pointer and
-wrong struct_size the ABI can be given).
+wrong struct_size the ABI can be given); an "images" group may set "max_pixels".
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ def _null_calls(lib: NativeLibrary) -> list[dict]:
     return out
 
 
-def _inspector_calls(lib: NativeLibrary, bundle: str, cases: list[dict]) -> list[dict]:
+def _inspector_calls(lib: NativeLibrary, bundle: str, cases: list[dict], max_pixels: int) -> list[dict]:
     """Calls on one open handle: NULL pixels/path/data and wrong struct sizes with a real handle, and the
     listed images."""
     out = []
-    with lib.open(Path(bundle), self_test=False) as inspector:
+    with lib.open(Path(bundle), self_test=False, max_pixels=max_pixels) as inspector:
         c, h = lib.lib, inspector.handle
         result = Result()
         c.npgmf_result_init(ctypes.byref(result))
@@ -97,7 +97,12 @@ def main() -> None:
                 results.append({"name": case["name"], "status": exc.status, "message": str(exc)})
         elif case["call"] == "images":
             results.append(
-                {"group": "images", "results": _inspector_calls(lib, case["bundle"], case["images"])}
+                {
+                    "group": "images",
+                    "results": _inspector_calls(
+                        lib, case["bundle"], case["images"], case.get("max_pixels", 0)
+                    ),
+                }
             )
     print(json.dumps(results))
 

@@ -4,6 +4,7 @@ or Debian packages: run native/setup_deps.sh as root). A compile error is a fail
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -37,3 +38,23 @@ def sanitizer_runtime(name: str) -> str:
     if not found or not Path(found).exists():
         pytest.skip(f"gcc has no {name} here")
     return str(Path(found).resolve())
+
+
+def run_under_asan(asan_build: Path, cases: list[dict], folder: Path) -> list[dict]:
+    """_driver.py's results for `cases`, in a fresh interpreter with ASan + UBSan preloaded, against the
+    ASan build: any memory error or undefined behaviour fails the test."""
+    here = Path(__file__).parent
+    (folder / "cases.json").write_text(json.dumps(cases))
+    env = {
+        **os.environ,
+        # libstdc++ preloaded too: ASan resolves __cxa_throw at start, before ctypes loads the library
+        "LD_PRELOAD": f"{sanitizer_runtime('libasan.so')} {sanitizer_runtime('libstdc++.so')}",
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+        "PYTHONPATH": str(here),
+    }
+    command = [sys.executable, here / "_driver.py", asan_build / "libnpgmf.so", folder / "cases.json"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "runtime error" not in done.stderr and "AddressSanitizer" not in done.stderr, done.stderr[-3000:]
+    return json.loads(done.stdout)

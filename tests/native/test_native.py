@@ -18,13 +18,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from native_build import ROOT, sanitizer_runtime
+from native_build import ROOT, run_under_asan
+from native_build import build as native_build_of
 from npgmf_ctypes import NativeError
 
 from npgmf_edge.errors import BundleError
@@ -39,6 +39,9 @@ from npgmf_edge.runtime.selftest import SelfTestError
 from npgmf_edge.workflows import CSV_FIELDS
 
 PARITY_IMAGES = 6
+BOMB_FORMATS = ("gif", "png", "jpeg", "bmp", "tiff", "webp", "pnm", "pam", "hdr", "sunras")  # image_bomb's
+UNREAD_FORMATS = {"tiff", "webp", "pam", "hdr", "sunras"}  # refused by name: native reads no such header
+UNREAD_EXTENSIONS = (".tiff", ".webp", ".pam", ".hdr", ".pfm", ".ras", ".jp2", ".avif")
 # The fp32 self-test's tolerance: FP32_TOLERANCE (schema 2), the fp32 margin of the schema-3 self-test.
 FP32_TOLERANCE = getattr(selftest, "FP32_TOLERANCE", None) or selftest.MARGIN["fp32"]
 
@@ -153,6 +156,16 @@ def test_older_onnxruntime_headers_drive_the_newer_library(native_lib):
     assert loaded_minor >= api_version  # equal on Debian 13 with its own library; newer with the wheel
 
 
+@pytest.mark.parametrize("variant", ["release", "address"])
+def test_the_c_abi_checks_pass(variant):
+    """native/tests/abi_test.c: NULLs and wrong sizes are statuses, and an options struct of the first ABI
+    (before `trust`) is never written past (guard bytes, also under ASan)."""
+    folder = native_build_of(variant)
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1"}
+    done = subprocess.run([folder / "npgmf_abi_test"], capture_output=True, text=True, env=env)
+    assert (done.returncode, done.stdout) == (0, "abi_test: ok\n"), done.stderr
+
+
 def test_a_manifest_with_unicode_and_extreme_numbers_passes_its_content_hash(
     native_lib, graph_bundle, tmp_path
 ):
@@ -168,6 +181,37 @@ def test_a_manifest_with_unicode_and_extreme_numbers_passes_its_content_hash(
     assert raw[SELF_HASH_KEY] != _content_sha256(raw)
     with pytest.raises(NativeError, match="was changed after export"):
         native_lib.open(bundle, self_test=False)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_the_margins_of_their_one_home_bound_the_budgets_in_both_runtimes(
+    native_lib, faiss_bundle, tmp_path, precision
+):
+    """runtime/selftest_margins.json is read by selftest.py and compiled into libnpgmf (a header CMake
+    generates from it): a budget of the export's error plus that margin opens in both runtimes, one a
+    hair above is refused by both with the same sentence."""
+    margins = json.loads((ROOT / "npgmf_edge/runtime/selftest_margins.json").read_text())
+    assert (margins["margin"], margins["flip_allowance"]) == (selftest.MARGIN, selftest.FLIP_ALLOWANCE)
+    entry = json.loads((faiss_bundle / MANIFEST_FILE).read_text())["selftest"]
+    measured = selftest.score_error(entry["precisions"][precision]["scores"], entry["reference"])
+    limit = measured + margins["margin"][precision]
+    for factor, opens in ((1.0, True), (1 + 1e-6, False)):
+        bundle = tmp_path / f"budget-{factor}"
+        shutil.copytree(faiss_bundle, bundle)
+        budget = {"budget": limit * factor}
+        _rewrite(bundle, lambda raw, b=budget: raw["selftest"]["precisions"][precision].update(b))
+        try:
+            Inspector.open(bundle, precision=precision, self_test=False).close()
+            python = ""
+        except BundleError as exc:
+            python = str(exc)
+        try:
+            native_lib.open(bundle, precision=precision, self_test=False).close()
+            native = ""
+        except NativeError as exc:
+            native = str(exc)
+        assert (python == "") == (native == "") == opens, (python, native)
+        assert native == python
 
 
 # --- bad inputs, under AddressSanitizer + UBSan ------------------------------------------------------------
@@ -234,6 +278,22 @@ def _bad_images(root: Path, image_bomb) -> list[Path]:
     return [root / name for name in images]
 
 
+def _format_images(root: Path, image_bomb) -> list[Path]:
+    """Bombs of every format `image_bomb` writes, and small valid images of the formats native reads no
+    header of (refused by name)."""
+    images = {}
+    for fmt in BOMB_FORMATS:  # 225 MP claimed, below OpenCV's own wall: only the header check refuses it
+        side = 15000 if fmt != "webp" else 16000
+        images[f"bomb15k.{fmt}"] = image_bomb(fmt, side, side)
+    for extension in UNREAD_EXTENSIONS:
+        ok, encoded = cv2.imencode(extension, np.full((41, 75, 3), 120, np.uint8))  # JPEG 2000: >= 32 px
+        if ok:
+            images[f"small{extension}"] = encoded.tobytes()
+    for name, data in images.items():
+        (root / name).write_bytes(data)
+    return [root / name for name in images]
+
+
 def test_bad_inputs_are_clean_statuses_under_asan_and_ubsan(
     asan_build, graph_bundle, faiss_bundle, tmp_path, craft_bomb
 ):
@@ -247,23 +307,13 @@ def test_bad_inputs_are_clean_statuses_under_asan_and_ubsan(
     good = tmp_path / "good.jpg"
     cv2.imwrite(str(good), np.full((50, 70, 3), 90, np.uint8))
     image_cases += [{"call": "file", "path": str(good)}, {"call": "bytes", "path": str(good)}]
+    # under a limit of 1000 pixels, as the Python runtime's bomb tests (below 16 x the limit a PNG, BMP, GIF
+    # or PNM is decoded whole, by design: 225 MP is not a bomb under the default 16 MP)
+    formats = _format_images(tmp_path, craft_bomb)
+    format_cases = [{"call": call, "path": str(p)} for p in formats for call in ("file", "bytes")]
+    cases.append({"call": "images", "bundle": str(faiss_bundle), "images": format_cases, "max_pixels": 1000})
     cases.append({"call": "images", "bundle": str(faiss_bundle), "images": image_cases})
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    env = {
-        **os.environ,
-        # libstdc++ preloaded too: ASan resolves __cxa_throw at start, before ctypes loads the library
-        "LD_PRELOAD": f"{sanitizer_runtime('libasan.so')} {sanitizer_runtime('libstdc++.so')}",
-        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
-        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
-        "PYTHONPATH": str(Path(__file__).parent),
-    }
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / "_driver.py"), str(asan_build / "libnpgmf.so"),
-         str(tmp_path / "cases.json")], env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "runtime error" not in done.stderr and "AddressSanitizer" not in done.stderr, done.stderr[-3000:]
-    results = json.loads(done.stdout)
+    results = run_under_asan(asan_build, cases, tmp_path)
     nulls = results[0]["results"]
     assert [r["status"] for r in nulls] == ["NPGMF_INVALID_ARGUMENT"] * len(nulls)
     assert all(r["message"] and "\n" not in r["message"] for r in nulls)
@@ -286,6 +336,14 @@ def test_bad_inputs_are_clean_statuses_under_asan_and_ubsan(
         assert "\n" not in got["message"] and got["message"], case
         if case["call"] == "file":
             assert case["path"] in got["message"]
+    for case, got in zip(format_cases, results[-2]["results"][7:], strict=True):
+        assert got["status"] == "NPGMF_IMAGE_ERROR" and "\n" not in got["message"], (case, got)
+        name = Path(case["path"]).name
+        if name.startswith("small.") or name.split(".")[-1] in UNREAD_FORMATS:
+            assert "which the native runtime does not decode" in got["message"], (case, got)
+        elif name.startswith("bomb15k."):  # the Python runtime's refusals (data/image_io.py)
+            refusal = "too large to decode" if case["call"] == "file" else "above the limit"
+            assert refusal in got["message"], (case, got)
 
 
 # --- threads -------------------------------------------------------------------------------------------
