@@ -1,5 +1,6 @@
 #include "image.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
@@ -236,7 +237,13 @@ cv::Mat decode_file(const std::string &path, int64_t max_pixels) {
     std::error_code ec;
     if (std::filesystem::is_directory(path, ec)) throw image_error("image " + path + " is a directory, not an image file");
     if (!in || !std::filesystem::is_regular_file(path, ec)) throw image_error("image " + path + " does not exist");
-    std::vector<unsigned char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // One sized read: the byte-by-byte istreambuf_iterator copy cost ~10 % of a 100 KB PNG's decode.
+    in.seekg(0, std::ios::end);
+    const std::streamoff size = std::max<std::streamoff>(in.tellg(), 0);
+    in.seekg(0, std::ios::beg);
+    std::vector<unsigned char> data(static_cast<size_t>(size));
+    in.read(reinterpret_cast<char *>(data.data()), size);
+    data.resize(static_cast<size_t>(std::max<std::streamsize>(in.gcount(), 0)));  // a file that shrank meanwhile
     if (data.empty()) throw image_error("cannot read image " + path + ": OpenCV cannot decode it (the file is empty)");
     refuse_unread(data, "image " + path);
     Header header;
