@@ -19,9 +19,10 @@ import torch
 
 from npgmf_edge.data import read_image
 from npgmf_edge.inspection import Inspection
+from npgmf_edge.postprocess import structural_maps
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
 from npgmf_edge.rundir import load_coreset, load_run
-from npgmf_edge.runtime.inspector import STAGES, structural_maps
+from npgmf_edge.runtime.inspector import STAGES
 from npgmf_edge.runtime.manifest import Manifest
 
 CUDA_GRAPH_WARMUP = 3  # side-stream iterations before capture, as torch.cuda.graphs recommends

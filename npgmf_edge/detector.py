@@ -24,8 +24,7 @@ from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs, read_image
 from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import CheckpointError
 from npgmf_edge.inspection import Inspection
-from npgmf_edge.models.structural.torch_model import scores_to_map
-from npgmf_edge.postprocess import gaussian_sigma_for, image_scores, smooth
+from npgmf_edge.postprocess import gaussian_sigma_for, image_scores, smooth, structural_maps
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
 from npgmf_edge.progress import Reporter
 from npgmf_edge.rundir import TrainedRun, bank_built_on, load_run
@@ -57,11 +56,8 @@ def branch_map_fn(run: TrainedRun, device: torch.device) -> BranchMapFn:
         }
         result: dict[str, np.ndarray] = {}
         if "patch_features" in outputs:
-            features = outputs["patch_features"]
-            b, d, h, w = features.shape
-            queries = features.permute(0, 2, 3, 1).reshape(-1, d).numpy()
-            distances = torch.from_numpy(scorer.search(queries, k=1)[0][:, 0]).reshape(b, h, w)
-            result["structural"] = scores_to_map(distances, tuple(pixels.shape[-2:]))[:, 0].numpy()
+            features = outputs["patch_features"].numpy()
+            result["structural"] = structural_maps(features, scorer, pixels.shape[-1])
         if "logical_map" in outputs:
             result["logical"] = outputs["logical_map"][:, 0].float().numpy()
         return result

@@ -59,13 +59,13 @@ from npgmf_edge.export.onnx_graph import export_onnx
 from npgmf_edge.fileio import atomic_directory
 from npgmf_edge.knn import BruteForceNN, FaissNN
 from npgmf_edge.models.inspection_net import INPUT_NAME, OUTPUT_NAMES
-from npgmf_edge.postprocess import gaussian_sigma_for
+from npgmf_edge.postprocess import gaussian_sigma_for, structural_maps
 from npgmf_edge.preprocess import to_model_input
 from npgmf_edge.rundir import TrainedRun, load_coreset, load_run, read_provenance
 from npgmf_edge.runtime import selftest
 from npgmf_edge.runtime.backends.base import GraphSpec
 from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from npgmf_edge.runtime.inspector import Inspector, structural_maps
+from npgmf_edge.runtime.inspector import Inspector
 from npgmf_edge.runtime.manifest import (
     CORESET_FAISS,
     CORESET_NPY,
