@@ -70,6 +70,7 @@ class TorchPath:
                 self.run.net, coreset, self.calibration, self.size, grid, manifest.knn_search
             ).eval()
         self.last_stages = dict.fromkeys(STAGES, 0.0)
+        self.self_test = None  # a run has no bundle self-test
 
     @torch.no_grad()
     def inspect(self, images: list[Path]) -> list[Inspection]:
@@ -136,6 +137,7 @@ class TorchCudaPath:
         self.max_batch = max_batch
         self.cuda_graphs = cuda_graphs
         self.last_stages = dict.fromkeys(STAGES, 0.0)
+        self.self_test = None  # a run has no bundle self-test
 
     @torch.no_grad()
     def _graph(self, batch: int):

@@ -23,7 +23,7 @@ from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
 from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs, read_image
 from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import CheckpointError
-from npgmf_edge.inspection import Inspection
+from npgmf_edge.inspection import ImageInput, Inspection
 from npgmf_edge.postprocess import gaussian_sigma_for, image_scores, smooth, structural_maps
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
 from npgmf_edge.progress import Reporter
@@ -35,7 +35,6 @@ BRANCH_NAMES = ("structural", "logical")
 DEFAULT_BATCH = 8
 
 BranchMapFn = Callable[[torch.Tensor], dict[str, np.ndarray]]
-ImageInput = Path | str | np.ndarray
 
 
 def _batches(images: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
@@ -67,7 +66,8 @@ def branch_map_fn(run: TrainedRun, device: torch.device) -> BranchMapFn:
 
 class RunDetector:
     """Loads whichever branches a run has; fuses them when the run is calibrated. The network runs on
-    `device` ("auto", "cpu", "cuda"); a warning says when that is not where the memory bank was built."""
+    `device` ("auto", "cpu", "cuda"); a warning says when that is not where the memory bank was built.
+    An `inspection.MapDetector`."""
 
     def __init__(
         self, run_dir: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, device: str | torch.device = "cpu"
@@ -124,6 +124,26 @@ class RunDetector:
                     out.setdefault(name, []).append(maps)
                 report.advance(len(batch))
         return {name: np.concatenate(maps) for name, maps in out.items()}, sizes
+
+    @torch.no_grad()
+    def maps(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, 3, S, S) float32 pixels -> raw branch maps, and the fused map and score when calibrated."""
+        chunks: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(pixels), DEFAULT_BATCH):
+            for name, value in self.branch_fn(
+                torch.from_numpy(pixels[start : start + DEFAULT_BATCH])
+            ).items():
+                chunks.setdefault(name, []).append(value)
+        maps = {name: np.concatenate(values) for name, values in chunks.items()}
+        if self.calibration is not None and set(maps) == set(BRANCH_NAMES):
+            maps["fused"], maps["score"] = self.calibration.post(maps["structural"], maps["logical"])
+        return maps
+
+    def answered_by(self) -> dict[str, str | None]:
+        return {}  # a run has one graph: its own
+
+    def close(self) -> None:
+        """Nothing to release: the network and the memory bank go with the object."""
 
     def scored_maps(
         self, branch_maps: dict[str, np.ndarray]

@@ -32,7 +32,7 @@ import numpy as np
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs
 from npgmf_edge.errors import BundleError
-from npgmf_edge.inspection import Inspection
+from npgmf_edge.inspection import ImageInput, Inspection
 from npgmf_edge.knn import FaissNN, faiss_gpu_unavailable_reason
 from npgmf_edge.postprocess import structural_maps
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
@@ -47,7 +47,6 @@ BACKENDS = {
     "onnxruntime": ("npgmf_edge.runtime.backends.onnxruntime", "OnnxRuntimeBackend"),
     "tensorrt": ("npgmf_edge.runtime.backends.tensorrt", "TensorRTBackend"),
 }
-ImageInput = Path | str | np.ndarray
 STAGES = ("decode", "preprocess", "graph", "knn", "post")  # seconds per stage, as `bench` reports them
 FAISS_HEADER_SLACK = 4096  # bytes an IndexFlatL2 file holds besides its vectors (about 50)
 
