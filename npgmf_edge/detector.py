@@ -23,15 +23,14 @@ from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
 from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs, read_image
 from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import CheckpointError
-from npgmf_edge.inspection import ImageInput, Inspection
-from npgmf_edge.postprocess import gaussian_sigma_for, image_scores, smooth, structural_maps
+from npgmf_edge.inspection import BRANCH_NAMES, ImageInput, Inspection, concat_batches, scored_maps
+from npgmf_edge.postprocess import gaussian_sigma_for, structural_maps
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
 from npgmf_edge.progress import Reporter
 from npgmf_edge.rundir import TrainedRun, bank_built_on, load_run
 
 log = logging.getLogger(__name__)
 
-BRANCH_NAMES = ("structural", "logical")
 DEFAULT_BATCH = 8
 
 BranchMapFn = Callable[[torch.Tensor], dict[str, np.ndarray]]
@@ -114,30 +113,33 @@ class RunDetector:
         self, images: Iterable[np.ndarray], total: int, batch_size: int, progress: bool
     ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
         size = self.cfg.image_size
-        out: dict[str, list[np.ndarray]] = {}
         sizes: list[tuple[int, int]] = []
         with Reporter("anomaly maps", total, unit="images", enabled=progress) as report:
-            for batch in _batches(images, batch_size):
+
+            def batch_maps(batch: list[np.ndarray]) -> dict[str, np.ndarray]:
                 sizes.extend(image.shape[:2] for image in batch)
-                pixels = torch.from_numpy(np.stack([to_model_input(image, size) for image in batch]))
-                for name, maps in self.branch_fn(pixels).items():
-                    out.setdefault(name, []).append(maps)
                 report.advance(len(batch))
-        return {name: np.concatenate(maps) for name, maps in out.items()}, sizes
+                return self.branch_fn(torch.from_numpy(np.stack([to_model_input(i, size) for i in batch])))
+
+            maps = concat_batches(batch_maps(batch) for batch in _batches(images, batch_size))
+        return maps, sizes
 
     @torch.no_grad()
     def maps(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """(N, 3, S, S) float32 pixels -> raw branch maps, and the fused map and score when calibrated."""
-        chunks: dict[str, list[np.ndarray]] = {}
-        for start in range(0, len(pixels), DEFAULT_BATCH):
-            for name, value in self.branch_fn(
-                torch.from_numpy(pixels[start : start + DEFAULT_BATCH])
-            ).items():
-                chunks.setdefault(name, []).append(value)
-        maps = {name: np.concatenate(values) for name, values in chunks.items()}
-        if self.calibration is not None and set(maps) == set(BRANCH_NAMES):
-            maps["fused"], maps["score"] = self.calibration.post(maps["structural"], maps["logical"])
-        return maps
+        step = DEFAULT_BATCH
+        return self._post(
+            concat_batches(
+                self.branch_fn(torch.from_numpy(pixels[i : i + step])) for i in range(0, len(pixels), step)
+            )
+        )
+
+    def _post(self, branch_maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The branch maps, with the fused map and image score when the run is calibrated."""
+        if self.calibration is None or set(branch_maps) != set(BRANCH_NAMES):
+            return branch_maps
+        fused, score = self.calibration.post(branch_maps["structural"], branch_maps["logical"])
+        return {**branch_maps, "fused": fused, "score": score}
 
     def answered_by(self) -> dict[str, str | None]:
         return {}  # a run has one graph: its own
@@ -150,13 +152,7 @@ class RunDetector:
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Smoothed per-branch maps plus the fused map (when calibrated), and their image scores (a branch's:
         max of its map; the fused one's: the calibration's post stage): what evaluation scores."""
-        scored = {name: smooth(maps, self.sigma) for name, maps in branch_maps.items()}
-        scores = {name: image_scores(maps) for name, maps in scored.items()}
-        if self.calibration is not None and set(branch_maps) == set(BRANCH_NAMES):
-            scored["fused"], scores["fused"] = self.calibration.post(
-                branch_maps["structural"], branch_maps["logical"]
-            )
-        return scored, scores
+        return scored_maps(self._post(branch_maps), self.sigma)
 
     def inspect(self, images: Sequence[ImageInput], progress: bool = False) -> list[Inspection]:
         """Fused score, verdict and original-resolution map for each image (paths or RGB uint8 arrays;

@@ -82,12 +82,12 @@ def open_detector(
     """A bundle (a folder with manifest.json: the runtime, no torch) or a run directory (torch), run on
     `device` ("auto", "cpu" or "cuda"); `precision` and `fallback` choose a bundle's graph, `trust` the
     keys its signature must be made with (a run directory is then refused: it cannot be signed)."""
-    from npgmf_edge.runtime.detector import BundleDetector
+    from npgmf_edge.runtime import BundleDetector, Inspector
     from npgmf_edge.runtime.manifest import MANIFEST_FILE
 
     model = Path(model)
     if (model / MANIFEST_FILE).is_file() or trust is not None:
-        return BundleDetector.open(
+        inspector = Inspector.open(
             model,
             max_pixels=max_pixels,
             device=_bundle_device(device),
@@ -95,6 +95,7 @@ def open_detector(
             fallback=fallback,
             trust=trust,
         )
+        return BundleDetector(inspector)
     from npgmf_edge.device import resolve_device  # imports torch: only for a run directory
     from npgmf_edge.rundir import CONFIG_FILE
 

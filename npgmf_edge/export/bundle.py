@@ -56,6 +56,7 @@ from npgmf_edge.export.graph_heads import (
 from npgmf_edge.export.onnx_graph import export_onnx
 from npgmf_edge.export.verify import compare_outputs, score_drift
 from npgmf_edge.fileio import atomic_directory
+from npgmf_edge.inspection import concat_batches
 from npgmf_edge.knn import BruteForceNN, FaissNN
 from npgmf_edge.models.inspection_net import INPUT_NAME, OUTPUT_NAMES
 from npgmf_edge.postprocess import gaussian_sigma_for, structural_maps
@@ -158,12 +159,10 @@ def _calibration_paths(
 
 def _run_graph(path: Path, spec: GraphSpec, pixels: np.ndarray, threads: int | None) -> dict[str, np.ndarray]:
     backend = OnnxRuntimeBackend(path, spec, threads=threads)
-    chunks: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(pixels), spec.max_batch):
-        for name, value in backend.infer(pixels[start : start + spec.max_batch]).items():
-            chunks.setdefault(name, []).append(value)
+    step = spec.max_batch
+    outputs = concat_batches(backend.infer(pixels[i : i + step]) for i in range(0, len(pixels), step))
     backend.close()
-    return {name: np.concatenate(values) for name, values in chunks.items()}
+    return outputs
 
 
 def _maps(

@@ -2,7 +2,7 @@
 take a bundle where they take a run; it runs the torch-free `Inspector`.
 
 Example:
-    >>> with BundleDetector.open(Path("bundle"), precision="fp32") as detector:
+    >>> with BundleDetector(Inspector.open(Path("bundle"), precision="fp32")) as detector:
     ...     maps = detector.maps(pixels)   # structural, logical, fused (N, S, S) and score (N,)
 """
 
@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from npgmf_edge.calibration import Calibration
-from npgmf_edge.data import DEFAULT_MAX_PIXELS, read_image
-from npgmf_edge.inspection import ImageInput, Inspection
-from npgmf_edge.postprocess import image_scores, smooth
+from npgmf_edge.data import read_image
+from npgmf_edge.inspection import ImageInput, Inspection, concat_batches, scored_maps
 from npgmf_edge.preprocess import to_model_input
 from npgmf_edge.progress import Reporter
 from npgmf_edge.runtime.inspector import Inspector
@@ -27,30 +26,6 @@ class BundleDetector:
 
     def __init__(self, inspector: Inspector) -> None:
         self.inspector = inspector
-
-    @classmethod
-    def open(
-        cls,
-        bundle: Path,
-        threads: int | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        device: str = "cpu",
-        precision: str | None = None,
-        fallback: str | None = None,
-        trust: Path | None = None,
-    ) -> BundleDetector:
-        """`Inspector.open` with its self-test; see there."""
-        return cls(
-            Inspector.open(
-                Path(bundle),
-                device=device,
-                threads=threads,
-                max_pixels=max_pixels,
-                precision=precision,
-                fallback=fallback,
-                trust=trust,
-            )
-        )
 
     @property
     def calibration(self) -> Calibration:
@@ -68,37 +43,32 @@ class BundleDetector:
 
     def maps(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """(N, 3, S, S) float32 pixels -> raw branch maps, fused map and score, a max batch at a time."""
-        chunks: dict[str, list[np.ndarray]] = {}
         step = self.inspector.manifest.max_batch
-        for start in range(0, len(pixels), step):
-            for name, value in self.inspector.run(pixels[start : start + step]).items():
-                chunks.setdefault(name, []).append(value)
-        return {name: np.concatenate(values) for name, values in chunks.items()}
+        return concat_batches(self.inspector.run(pixels[i : i + step]) for i in range(0, len(pixels), step))
 
     def maps_and_sizes(
         self, image_paths: Sequence[Path], progress: bool = False
     ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
         """`maps` of image files (read a max batch at a time) and each one's original (height, width)."""
         step, size = self.inspector.manifest.max_batch, self.inspector.image_size
-        out: dict[str, list[np.ndarray]] = {}
         sizes: list[tuple[int, int]] = []
         with Reporter("anomaly maps", len(image_paths), unit="images", enabled=progress) as report:
-            for start in range(0, len(image_paths), step):
-                images = [read_image(p) for p in image_paths[start : start + step]]
+
+            def batch_maps(paths: Sequence[Path]) -> dict[str, np.ndarray]:
+                images = [read_image(p) for p in paths]
                 sizes.extend(image.shape[:2] for image in images)
-                for name, value in self.maps(np.stack([to_model_input(i, size) for i in images])).items():
-                    out.setdefault(name, []).append(value)
                 report.advance(len(images))
-        return {name: np.concatenate(maps) for name, maps in out.items()}, sizes
+                return self.maps(np.stack([to_model_input(image, size) for image in images]))
+
+            maps = concat_batches(
+                batch_maps(image_paths[i : i + step]) for i in range(0, len(image_paths), step)
+            )
+        return maps, sizes
 
     def scored_maps(self, maps: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Smoothed branch maps beside the bundle's own fused map, and their image scores (the fused one's
         as the bundle computed it): what evaluation scores."""
-        sigma = self.calibration.gaussian_sigma
-        scored = {"structural": smooth(maps["structural"], sigma), "logical": smooth(maps["logical"], sigma)}
-        scores = {name: image_scores(branch) for name, branch in scored.items()}
-        scored["fused"], scores["fused"] = maps["fused"], maps["score"]
-        return scored, scores
+        return scored_maps(maps, self.calibration.gaussian_sigma)
 
     def answered_by(self) -> dict[str, str | None]:
         """Which bundle graph answered, and why it is not the one asked for (a self-test fallback)."""
