@@ -87,15 +87,11 @@ def standardize(anomaly_map: np.ndarray, stats: BranchStats) -> np.ndarray:
 def weighted_sum(
     structural: np.ndarray,
     logical: np.ndarray,
-    structural_stats: BranchStats,
-    logical_stats: BranchStats,
-    weight_structural: float,
-    weight_logical: float,
+    stats: tuple[BranchStats, BranchStats],
+    weights: tuple[float, float],
 ) -> np.ndarray:
     """Eq. 11: w_S (X_S - mu_S) / sigma_S + w_L (X_L - mu_L) / sigma_L, of maps or of image scores."""
-    return weight_structural * standardize(structural, structural_stats) + weight_logical * standardize(
-        logical, logical_stats
-    )
+    return weights[0] * standardize(structural, stats[0]) + weights[1] * standardize(logical, stats[1])
 
 
 def fuse(
@@ -108,10 +104,8 @@ def fuse(
     sigma: float,
 ) -> np.ndarray:
     """Eq. 11 followed by Gaussian smoothing; inputs (H, W) or (B, H, W) at the same resolution."""
-    return smooth(
-        weighted_sum(structural, logical, structural_stats, logical_stats, weight_structural, weight_logical),
-        sigma,
-    )
+    stats, weights = (structural_stats, logical_stats), (weight_structural, weight_logical)
+    return smooth(weighted_sum(structural, logical, stats, weights), sigma)
 
 
 def image_scores(anomaly_maps: np.ndarray) -> np.ndarray:
@@ -154,13 +148,8 @@ def post_process(
     # Smoothing is linear and its kernel sums to 1: smoothing each branch once serves both the fused map
     # and the branch image scores.
     smooth_s, smooth_l = smooth(structural, p.sigma), smooth(logical, p.sigma)
-    fused = weighted_sum(smooth_s, smooth_l, p.structural, p.logical, p.weight_structural, p.weight_logical)
-    scores = weighted_sum(
-        image_scores(smooth_s),
-        image_scores(smooth_l),
-        p.structural_image,
-        p.logical_image,
-        p.weight_structural,
-        p.weight_logical,
-    )
+    weights = (p.weight_structural, p.weight_logical)
+    fused = weighted_sum(smooth_s, smooth_l, (p.structural, p.logical), weights)
+    image_stats = (p.structural_image, p.logical_image)
+    scores = weighted_sum(image_scores(smooth_s), image_scores(smooth_l), image_stats, weights)
     return fused.astype(np.float32), scores
