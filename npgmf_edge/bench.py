@@ -14,7 +14,7 @@ describes the machine (CPU, cores, GPU, library versions) so a number is never r
 
 Example:
     >>> report = run_bench(Path("bundle"), BenchOptions(backends=("onnxruntime", "torch"), run=Path("run")))
-    >>> report["rows"][1]["p50_ratio"]       # torch's median latency / onnxruntime's
+    >>> report.rows[1]["p50_ratio"]       # torch's median latency / onnxruntime's
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,9 +35,10 @@ import numpy as np
 
 from npgmf_edge.data import IMAGE_EXTENSIONS
 from npgmf_edge.errors import ConfigError
-from npgmf_edge.inspection import Inspection
+from npgmf_edge.inspection import Detector
 from npgmf_edge.runtime.inspector import STAGES, Inspector
 from npgmf_edge.runtime.manifest import read_manifest
+from npgmf_edge.runtime.selftest import SelfTestResult
 
 RUNTIME_BACKENDS = ("onnxruntime", "tensorrt")
 REFERENCE_PATHS = ("torch", "torch-cuda", "torch-cuda-eager")
@@ -47,14 +48,12 @@ LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu"
 Log = Callable[[str], None]
 
 
-class InspectPath(Protocol):
-    """What bench measures: `inspect(paths)` and the seconds per stage of the last call."""
+class InspectPath(Detector, Protocol):
+    """What bench measures: a detector's `inspect(paths)`, with the seconds per stage of its last call and
+    the bundle self-test it ran when it opened (None for the torch references)."""
 
     last_stages: dict[str, float]
-
-    def inspect(self, images: list[Path]) -> list[Inspection]: ...
-
-    def close(self) -> None: ...
+    self_test: SelfTestResult | None
 
 
 @dataclass
@@ -86,6 +85,22 @@ class BenchOptions:
             raise ConfigError(f"--batch must be >= 1, got {list(self.batches)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+
+
+@dataclass
+class BenchReport:
+    """What `run_bench` measured: the machine, one row per path and batch size (latency percentiles,
+    throughput, memory, ms per stage, ratio to the first path), the soak and the cost of opening each path."""
+
+    machine: dict[str, Any]
+    bundle: str
+    precision: str
+    rows: list[dict[str, Any]]
+    soak: dict[str, Any] | None
+    open: dict[str, dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def rss_mb() -> float:
@@ -206,7 +221,7 @@ def measure(path: InspectPath, images: list[Path], batch: int, iters: int, warmu
     }
 
 
-def run_bench(bundle: Path, options: BenchOptions, log: Log | None = None) -> dict[str, Any]:
+def run_bench(bundle: Path, options: BenchOptions, log: Log | None = None) -> BenchReport:
     """Measure every requested path and batch size on one set of images; see the module docstring."""
     options.validate()
     log = log or (lambda message: None)
@@ -219,15 +234,14 @@ def run_bench(bundle: Path, options: BenchOptions, log: Log | None = None) -> di
         )
     precision = options.precision or manifest.precisions[0]
     paths = options.backends or default_paths(options.run, options.device)
-    report: dict[str, Any] = {"machine": describe_machine(), "bundle": str(bundle), "precision": precision,
-                              "rows": [], "soak": None, "open": {}}  # fmt: skip
+    report = BenchReport(describe_machine(), str(bundle), precision, rows=[], soak=None, open={})
     with tempfile.TemporaryDirectory(prefix="npgmf-bench-") as work:
         count = max(max(options.batches) * 4, options.soak and 64)
         images = bench_images(manifest.image_size, count, options.images, Path(work))
         for name in paths:
             tick = time.perf_counter()
             path = open_path(name, Path(bundle), options, precision)
-            report["open"][name] = _open_cost(path, time.perf_counter() - tick)
+            report.open[name] = _open_cost(path, time.perf_counter() - tick)
             try:
                 for batch in options.batches:
                     log(f"{name}: batch {batch}, {options.warmup} warm-up + {options.iters} timed calls")
@@ -239,12 +253,12 @@ def run_bench(bundle: Path, options: BenchOptions, log: Log | None = None) -> di
                     row["rss_mb"] = rss_mb()
                     row["peak_rss_mb"] = peak_rss_mb()
                     row.update(_gpu_memory(name))
-                    report["rows"].append(row)
+                    report.rows.append(row)
                 if options.soak and name == paths[0]:
-                    report["soak"] = soak(path, images, options.soak, log)
+                    report.soak = soak(path, images, options.soak, log)
             finally:
                 path.close()
-    _add_ratios(report["rows"])
+    _add_ratios(report.rows)
     return report
 
 
@@ -287,7 +301,7 @@ def soak(path: InspectPath, images: list[Path], count: int, log: Log) -> dict[st
 
 def _open_cost(path: InspectPath, seconds: float) -> dict[str, Any]:
     """What opening a path cost once: all of it, and the bundle self-test's share (runtime paths)."""
-    test = getattr(path, "self_test", None)
+    test = path.self_test
     return {
         "seconds": round(seconds, 4),
         "self_test_seconds": None if test is None else round(test.seconds, 4),
@@ -295,27 +309,27 @@ def _open_cost(path: InspectPath, seconds: float) -> dict[str, Any]:
     }
 
 
-def format_bench_table(report: dict[str, Any]) -> str:
-    m = report["machine"]
+def format_bench_table(report: BenchReport) -> str:
+    m = report.machine
     lines = [
         f"machine: {m['cpu']} ({m['cores']} cores); GPU: {m['gpu'] or 'none'}; "
         + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()),
-        f"bundle {report['bundle']} ({report['precision']}); ms per image; ratio = p50 / first path's p50",
+        f"bundle {report.bundle} ({report.precision}); ms per image; ratio = p50 / first path's p50",
         f"{'backend':<17}{'batch':>5}{'p50':>9}{'p95':>9}{'p99':>9}{'img/s':>8}{'ratio':>7}{'RSS MiB':>9}  "
         + " ".join(f"{s:>7}" for s in STAGES),
     ]
-    for r in report["rows"]:
+    for r in report.rows:
         stages = " ".join(f"{r['stages_ms_per_image'][s]:7.2f}" for s in STAGES)
         lines.append(
             f"{r['backend']:<17}{r['batch']:>5}{r['p50_ms']:9.2f}{r['p95_ms']:9.2f}{r['p99_ms']:9.2f}"
             f"{r['throughput_images_per_s']:8.1f}{r['p50_ratio']:7.2f}{r['rss_mb']:9.0f}  {stages}"
         )
-    for name, cost in report.get("open", {}).items():
+    for name, cost in report.open.items():
         test = cost["self_test_seconds"]
         share = f", of which the self-test ({cost['self_test_images']} images) {test:.3f} s" if test else ""
         lines.append(f"open {name}: {cost['seconds']:.3f} s{share}")
-    if report["soak"]:
-        s = report["soak"]
+    if report.soak:
+        s = report.soak
         lines.append(
             f"soak: {s['images']} images, RSS {s['rss_start_mb']:.1f} -> {s['rss_middle_mb']:.1f} -> "
             f"{s['rss_end_mb']:.1f} MiB ({s['growth_mb']:+.1f}; "

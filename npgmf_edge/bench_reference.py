@@ -19,9 +19,10 @@ import torch
 
 from npgmf_edge.data import read_image
 from npgmf_edge.inspection import Inspection
+from npgmf_edge.postprocess import structural_maps
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
 from npgmf_edge.rundir import load_coreset, load_run
-from npgmf_edge.runtime.inspector import STAGES, structural_maps
+from npgmf_edge.runtime.inspector import STAGES
 from npgmf_edge.runtime.manifest import Manifest
 
 CUDA_GRAPH_WARMUP = 3  # side-stream iterations before capture, as torch.cuda.graphs recommends
@@ -69,6 +70,7 @@ class TorchPath:
                 self.run.net, coreset, self.calibration, self.size, grid, manifest.knn_search
             ).eval()
         self.last_stages = dict.fromkeys(STAGES, 0.0)
+        self.self_test = None  # a run has no bundle self-test
 
     @torch.no_grad()
     def inspect(self, images: list[Path]) -> list[Inspection]:
@@ -135,6 +137,7 @@ class TorchCudaPath:
         self.max_batch = max_batch
         self.cuda_graphs = cuda_graphs
         self.last_stages = dict.fromkeys(STAGES, 0.0)
+        self.self_test = None  # a run has no bundle self-test
 
     @torch.no_grad()
     def _graph(self, batch: int):

@@ -450,21 +450,21 @@ def export(
     )
     summary = export_bundle(run, out, options, log=_stderr_log)
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps(summary.to_json(), indent=2))
         return
-    knn = summary["knn"] + (f", {summary['knn_search']} search" if summary["knn_search"] else "")
-    typer.echo(f"bundle:    {summary['bundle']} ({', '.join(summary['precisions'])}; knn {knn})")
-    for name in summary["files"]:
+    knn = summary.knn + (f", {summary.knn_search} search" if summary.knn_search else "")
+    typer.echo(f"bundle:    {summary.bundle} ({', '.join(summary.precisions)}; knn {knn})")
+    for name in summary.files:
         typer.echo(f"  {name}")
-    for name, report in summary["quality"].items():
+    for name, report in summary.quality.items():
         typer.echo(
             f"{name} vs fp32 on validation: verdict agreement {report['verdict_agreement']:.1%}, "
             f"score rank correlation {report['score_rank_correlation']:.4f}, "
             f"score drift {report['score_drift']:.4f}"
         )
-    typer.echo(f"tensorrt:  {summary['tensorrt']}")
-    if summary["signed_by"]:
-        typer.echo(f"signed:    key {summary['signed_by'][:16]}")
+    typer.echo(f"tensorrt:  {summary.tensorrt}")
+    if summary.signed_by:
+        typer.echo(f"signed:    key {summary.signed_by[:16]}")
 
 
 @app.command()
@@ -506,8 +506,8 @@ def verify(
 
         read_manifest(bundle, trust=trust)
     report = verify_bundle(bundle, run, load_dataset(data, category=category))
-    typer.echo(json.dumps(report, indent=2) if as_json else format_verify_table(report))
-    if not report["passed"]:
+    typer.echo(json.dumps(report.to_json(), indent=2) if as_json else format_verify_table(report))
+    if not report.passed:
         raise typer.Exit(1)
 
 
@@ -584,7 +584,7 @@ def bench(
         soak=soak,
     )
     report = run_bench(bundle, options, log=_stderr_log)
-    typer.echo(json.dumps(report, indent=2) if as_json else format_bench_table(report))
+    typer.echo(json.dumps(report.to_json(), indent=2) if as_json else format_bench_table(report))
 
 
 @app.command()
@@ -622,23 +622,24 @@ def predict(
         trust=trust,
     )
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps(summary.to_json(), indent=2))
     else:
-        for row in summary["predictions"]:
+        for row in summary.predictions:
             score = "-" if row["score"] is None else f"{row['score']:.4f}"
             typer.echo(
                 f"{row['verdict']:<9}  {score:>10}  {row['image']}  ->  {row['overlay'] or row['error']}"
             )
         typer.echo(
-            f"{summary['anomalous']} of {summary['images']} anomalous, {summary['errors']} without a "
+            f"{summary.anomalous} of {summary.images} anomalous, {summary.errors} without a "
             f"verdict; summary in {out}/predictions.csv"
         )
-        if summary.get("fallback_reason"):
+        answered = summary.answered_by
+        if answered.get("fallback_reason"):
             typer.echo(
-                f"answered in {summary['precision']}, not {summary['requested_precision']}: "
-                f"{summary['fallback_reason']}"
+                f"answered in {answered['precision']}, not {answered['requested_precision']}: "
+                f"{answered['fallback_reason']}"
             )
-    if summary["errors"] or summary["unwritten_overlays"]:
+    if summary.errors or summary.unwritten_overlays:
         raise typer.Exit(1)
 
 

@@ -23,20 +23,17 @@ from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
 from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs, read_image
 from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import CheckpointError
-from npgmf_edge.inspection import Inspection
-from npgmf_edge.models.structural.torch_model import scores_to_map
-from npgmf_edge.postprocess import gaussian_sigma_for, image_scores, smooth
+from npgmf_edge.inspection import BRANCH_NAMES, ImageInput, Inspection, concat_batches, scored_maps
+from npgmf_edge.postprocess import gaussian_sigma_for, structural_maps
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
 from npgmf_edge.progress import Reporter
 from npgmf_edge.rundir import TrainedRun, bank_built_on, load_run
 
 log = logging.getLogger(__name__)
 
-BRANCH_NAMES = ("structural", "logical")
 DEFAULT_BATCH = 8
 
 BranchMapFn = Callable[[torch.Tensor], dict[str, np.ndarray]]
-ImageInput = Path | str | np.ndarray
 
 
 def _batches(images: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
@@ -57,11 +54,8 @@ def branch_map_fn(run: TrainedRun, device: torch.device) -> BranchMapFn:
         }
         result: dict[str, np.ndarray] = {}
         if "patch_features" in outputs:
-            features = outputs["patch_features"]
-            b, d, h, w = features.shape
-            queries = features.permute(0, 2, 3, 1).reshape(-1, d).numpy()
-            distances = torch.from_numpy(scorer.search(queries, k=1)[0][:, 0]).reshape(b, h, w)
-            result["structural"] = scores_to_map(distances, tuple(pixels.shape[-2:]))[:, 0].numpy()
+            features = outputs["patch_features"].numpy()
+            result["structural"] = structural_maps(features, scorer, pixels.shape[-1])
         if "logical_map" in outputs:
             result["logical"] = outputs["logical_map"][:, 0].float().numpy()
         return result
@@ -71,7 +65,8 @@ def branch_map_fn(run: TrainedRun, device: torch.device) -> BranchMapFn:
 
 class RunDetector:
     """Loads whichever branches a run has; fuses them when the run is calibrated. The network runs on
-    `device` ("auto", "cpu", "cuda"); a warning says when that is not where the memory bank was built."""
+    `device` ("auto", "cpu", "cuda"); a warning says when that is not where the memory bank was built.
+    An `inspection.MapDetector`."""
 
     def __init__(
         self, run_dir: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, device: str | torch.device = "cpu"
@@ -118,29 +113,46 @@ class RunDetector:
         self, images: Iterable[np.ndarray], total: int, batch_size: int, progress: bool
     ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
         size = self.cfg.image_size
-        out: dict[str, list[np.ndarray]] = {}
         sizes: list[tuple[int, int]] = []
         with Reporter("anomaly maps", total, unit="images", enabled=progress) as report:
-            for batch in _batches(images, batch_size):
+
+            def batch_maps(batch: list[np.ndarray]) -> dict[str, np.ndarray]:
                 sizes.extend(image.shape[:2] for image in batch)
-                pixels = torch.from_numpy(np.stack([to_model_input(image, size) for image in batch]))
-                for name, maps in self.branch_fn(pixels).items():
-                    out.setdefault(name, []).append(maps)
                 report.advance(len(batch))
-        return {name: np.concatenate(maps) for name, maps in out.items()}, sizes
+                return self.branch_fn(torch.from_numpy(np.stack([to_model_input(i, size) for i in batch])))
+
+            maps = concat_batches(batch_maps(batch) for batch in _batches(images, batch_size))
+        return maps, sizes
+
+    @torch.no_grad()
+    def maps(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, 3, S, S) float32 pixels -> raw branch maps, and the fused map and score when calibrated."""
+        step = DEFAULT_BATCH
+        return self._post(
+            concat_batches(
+                self.branch_fn(torch.from_numpy(pixels[i : i + step])) for i in range(0, len(pixels), step)
+            )
+        )
+
+    def _post(self, branch_maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The branch maps, with the fused map and image score when the run is calibrated."""
+        if self.calibration is None or set(branch_maps) != set(BRANCH_NAMES):
+            return branch_maps
+        fused, score = self.calibration.post(branch_maps["structural"], branch_maps["logical"])
+        return {**branch_maps, "fused": fused, "score": score}
+
+    def answered_by(self) -> dict[str, str | None]:
+        return {}  # a run has one graph: its own
+
+    def close(self) -> None:
+        """Nothing to release: the network and the memory bank go with the object."""
 
     def scored_maps(
         self, branch_maps: dict[str, np.ndarray]
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Smoothed per-branch maps plus the fused map (when calibrated), and their image scores (a branch's:
         max of its map; the fused one's: the calibration's post stage): what evaluation scores."""
-        scored = {name: smooth(maps, self.sigma) for name, maps in branch_maps.items()}
-        scores = {name: image_scores(maps) for name, maps in scored.items()}
-        if self.calibration is not None and set(branch_maps) == set(BRANCH_NAMES):
-            scored["fused"], scores["fused"] = self.calibration.post(
-                branch_maps["structural"], branch_maps["logical"]
-            )
-        return scored, scores
+        return scored_maps(self._post(branch_maps), self.sigma)
 
     def inspect(self, images: Sequence[ImageInput], progress: bool = False) -> list[Inspection]:
         """Fused score, verdict and original-resolution map for each image (paths or RGB uint8 arrays;

@@ -1,6 +1,10 @@
-"""Fusion of the two branch maps into one anomaly map and image score (SPEC §2.3, Eq. 11): the single post
-stage of every backend (torch detector, Inspector, verify, bench; `export.graph_heads` transcribes it).
+"""The single post stage of every path (torch detector, Inspector, verify, bench, export; SPEC §2.3):
+patch distances -> structural map, Eq. 11 fusion of the two branch maps, smoothing, image score.
+`export.graph_heads` transcribes it into the `--knn graph` bundles (tests/export/test_fusion_head.py holds
+the two equal).
 
+Structural map: each patch's distance to its nearest coreset patch, upsampled bilinearly with half-pixel
+centres (OpenCV INTER_LINEAR, = torch `align_corners=False` and ONNX Resize "half_pixel").
 M = w_S (M_S - mu_S) / sigma_S + w_L (M_L - mu_L) / sigma_L, then Gaussian smoothing. The image score is
 either max(M) (fusion level "pixel", the paper's) or, level "image", the weighted sum of each branch's own
 image score max(smooth(M_X)) standardised by its mean and std on the normal validation images (late fusion).
@@ -10,12 +14,41 @@ numpy + OpenCV only, so the runtime can import it without torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
 
 REFERENCE_SIZE = 256  # the paper's sigma = 4 px is given at 256 px input
 FUSION_LEVELS = ("pixel", "image")  # where the branches meet for the image score: maps or image scores
+
+
+class PatchSearch(Protocol):
+    """What the structural map needs of a nearest-neighbour scorer (`knn`, or the graph's kNN head)."""
+
+    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+def patch_distances(patch_features: np.ndarray, knn: PatchSearch) -> np.ndarray:
+    """(B, D, h, w) patch features -> (B, h, w) distances to the nearest coreset patch: one search for every
+    patch of the batch."""
+    b, d, h, w = patch_features.shape
+    queries = np.ascontiguousarray(patch_features.transpose(0, 2, 3, 1).reshape(-1, d), dtype=np.float32)
+    return knn.search(queries, k=1)[0].reshape(b, h, w)
+
+
+def distances_to_map(distances: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(B, h, w) patch distances -> (B, H, W) float32 map: one bilinear resize with the batch as channels
+    (half-pixel centres); no smoothing (that belongs to fusion)."""
+    b = distances.shape[0]
+    stacked = np.ascontiguousarray(distances.transpose(1, 2, 0), dtype=np.float32)
+    resized = cv2.resize(stacked, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return resized.reshape(size[0], size[1], b).transpose(2, 0, 1)
+
+
+def structural_maps(patch_features: np.ndarray, knn: PatchSearch, image_size: int) -> np.ndarray:
+    """(B, D, h, w) patch features -> (B, S, S) structural maps at the model's input size."""
+    return distances_to_map(patch_distances(patch_features, knn), (image_size, image_size))
 
 
 @dataclass(frozen=True)
@@ -51,6 +84,16 @@ def standardize(anomaly_map: np.ndarray, stats: BranchStats) -> np.ndarray:
     return (anomaly_map - stats.mean) / stats.std
 
 
+def weighted_sum(
+    structural: np.ndarray,
+    logical: np.ndarray,
+    stats: tuple[BranchStats, BranchStats],
+    weights: tuple[float, float],
+) -> np.ndarray:
+    """Eq. 11: w_S (X_S - mu_S) / sigma_S + w_L (X_L - mu_L) / sigma_L, of maps or of image scores."""
+    return weights[0] * standardize(structural, stats[0]) + weights[1] * standardize(logical, stats[1])
+
+
 def fuse(
     structural: np.ndarray,
     logical: np.ndarray,
@@ -61,10 +104,8 @@ def fuse(
     sigma: float,
 ) -> np.ndarray:
     """Eq. 11 followed by Gaussian smoothing; inputs (H, W) or (B, H, W) at the same resolution."""
-    fused = weight_structural * standardize(structural, structural_stats) + weight_logical * standardize(
-        logical, logical_stats
-    )
-    return smooth(fused, sigma)
+    stats, weights = (structural_stats, logical_stats), (weight_structural, weight_logical)
+    return smooth(weighted_sum(structural, logical, stats, weights), sigma)
 
 
 def image_scores(anomaly_maps: np.ndarray) -> np.ndarray:
@@ -107,10 +148,8 @@ def post_process(
     # Smoothing is linear and its kernel sums to 1: smoothing each branch once serves both the fused map
     # and the branch image scores.
     smooth_s, smooth_l = smooth(structural, p.sigma), smooth(logical, p.sigma)
-    fused = p.weight_structural * standardize(smooth_s, p.structural) + p.weight_logical * standardize(
-        smooth_l, p.logical
-    )
-    scores = p.weight_structural * standardize(image_scores(smooth_s), p.structural_image) + (
-        p.weight_logical * standardize(image_scores(smooth_l), p.logical_image)
-    )
+    weights = (p.weight_structural, p.weight_logical)
+    fused = weighted_sum(smooth_s, smooth_l, (p.structural, p.logical), weights)
+    image_stats = (p.structural_image, p.logical_image)
+    scores = weighted_sum(image_scores(smooth_s), image_scores(smooth_l), image_stats, weights)
     return fused.astype(np.float32), scores

@@ -1,10 +1,10 @@
 """What the CLI verbs do, as library functions a user can also call from Python.
 
 `predict_images` and `evaluate_run` take a run directory (the torch-side `RunDetector`) or a bundle (the
-torch-free runtime, `BundleDetector`), detected from the folder; both write their summaries last (and
-atomically), so an interrupted call never leaves a summary pointing at missing files. `predict_images`
-checks its inputs before it creates its output folder, holds a lock in it while writing, and works through
-the images a chunk at a time, so memory does not grow with their number.
+torch-free `runtime.BundleDetector`), detected from the folder by `open_detector`; both write their
+summaries last (and atomically), so an interrupted call never leaves a summary pointing at missing files.
+`predict_images` checks its inputs before it creates its output folder, holds a lock in it while writing,
+and works through the images a chunk at a time, so memory does not grow with their number.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,8 @@ from npgmf_edge.data import (
 )
 from npgmf_edge.errors import CheckpointError, ConfigError, DatasetError, OutputError
 from npgmf_edge.fileio import atomic_write, output_lock, save_json
-from npgmf_edge.inspection import Inspection
-from npgmf_edge.postprocess import image_scores, smooth
-from npgmf_edge.preprocess import map_to_image_size, to_model_input
+from npgmf_edge.inspection import Inspection, MapDetector
+from npgmf_edge.preprocess import map_to_image_size
 from npgmf_edge.progress import Reporter
 from npgmf_edge.visualize import inspection_overlay, write_png
 
@@ -53,70 +53,6 @@ def _overlay(path: Path, image: np.ndarray, inspection: Inspection) -> Path:
     low, high = heat_range(inspection.threshold)
     write_png(path, inspection_overlay(image, inspection, low, high))
     return path
-
-
-class BundleDetector:
-    """A bundle behind the run detector's interface (`inspect`, `maps_and_sizes`, `scored_maps`), so
-    `predict` and `evaluate` take either; it runs the torch-free `runtime.Inspector`."""
-
-    def __init__(
-        self,
-        bundle: Path,
-        threads: int | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        device: str = "cpu",
-        precision: str | None = None,
-        fallback: str | None = None,
-        trust: Path | None = None,
-    ) -> None:
-        from npgmf_edge.runtime import Inspector
-
-        self.inspector = Inspector.open(
-            Path(bundle),
-            device=device,
-            threads=threads,
-            max_pixels=max_pixels,
-            precision=precision,
-            fallback=fallback,
-            trust=trust,
-        )
-        self.calibration = self.inspector.calibration
-
-    def inspect(self, image_paths: Sequence[Path | np.ndarray], progress: bool = False) -> list[Inspection]:
-        step = self.inspector.manifest.max_batch
-        results: list[Inspection] = []
-        with Reporter("inspecting", len(image_paths), unit="images", enabled=progress) as report:
-            for start in range(0, len(image_paths), step * 4):
-                chunk = list(image_paths[start : start + step * 4])
-                results.extend(self.inspector.inspect(chunk))
-                report.advance(len(chunk))
-        return results
-
-    def maps_and_sizes(
-        self, image_paths: Sequence[Path], progress: bool = False
-    ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
-        """Raw branch maps and the fused map (N, S, S) at the model's input size, and original sizes."""
-        step, size = self.inspector.manifest.max_batch, self.inspector.image_size
-        out: dict[str, list[np.ndarray]] = {}
-        sizes: list[tuple[int, int]] = []
-        with Reporter("anomaly maps", len(image_paths), unit="images", enabled=progress) as report:
-            for start in range(0, len(image_paths), step):
-                images = [read_image(p) for p in image_paths[start : start + step]]
-                sizes.extend(image.shape[:2] for image in images)
-                maps = self.inspector.run(np.stack([to_model_input(image, size) for image in images]))
-                for name in ("structural", "logical", "fused", "score"):
-                    out.setdefault(name, []).append(maps[name])
-                report.advance(len(images))
-        return {name: np.concatenate(maps) for name, maps in out.items()}, sizes
-
-    def scored_maps(self, maps: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Smoothed branch maps beside the bundle's own fused map, and their image scores (the fused one's
-        as the bundle computed it): what evaluation scores."""
-        sigma = self.calibration.gaussian_sigma
-        scored = {"structural": smooth(maps["structural"], sigma), "logical": smooth(maps["logical"], sigma)}
-        scores = {name: image_scores(branch) for name, branch in scored.items()}
-        scored["fused"], scores["fused"] = maps["fused"], maps["score"]
-        return scored, scores
 
 
 def _bundle_device(device: str) -> str:
@@ -142,15 +78,16 @@ def open_detector(
     precision: str | None = None,
     fallback: str | None = None,
     trust: Path | None = None,
-):
+) -> MapDetector:
     """A bundle (a folder with manifest.json: the runtime, no torch) or a run directory (torch), run on
     `device` ("auto", "cpu" or "cuda"); `precision` and `fallback` choose a bundle's graph, `trust` the
     keys its signature must be made with (a run directory is then refused: it cannot be signed)."""
+    from npgmf_edge.runtime import BundleDetector, Inspector
     from npgmf_edge.runtime.manifest import MANIFEST_FILE
 
     model = Path(model)
     if (model / MANIFEST_FILE).is_file() or trust is not None:
-        return BundleDetector(
+        inspector = Inspector.open(
             model,
             max_pixels=max_pixels,
             device=_bundle_device(device),
@@ -158,6 +95,7 @@ def open_detector(
             fallback=fallback,
             trust=trust,
         )
+        return BundleDetector(inspector)
     from npgmf_edge.device import resolve_device  # imports torch: only for a run directory
     from npgmf_edge.rundir import CONFIG_FILE
 
@@ -273,6 +211,25 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_write(path, write)
 
 
+@dataclass
+class PredictionSummary:
+    """What `predict_images` did: counts, the output folder, which bundle graph answered (`answered_by`,
+    empty for a run) and one row per image (as in predictions.csv); `to_json` is predictions.json."""
+
+    images: int
+    anomalous: int
+    errors: int
+    unwritten_overlays: int
+    out: str
+    reused_out: bool
+    answered_by: dict[str, str | None]
+    predictions: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        fields = {k: v for k, v in asdict(self).items() if k not in ("answered_by", "predictions")}
+        return {**fields, **self.answered_by, "predictions": self.predictions}
+
+
 def predict_images(
     model: Path,
     images: Sequence[Path],
@@ -283,7 +240,7 @@ def predict_images(
     precision: str | None = None,
     fallback: str | None = None,
     trust: Path | None = None,
-) -> dict[str, Any]:
+) -> PredictionSummary:
     """Score, verdict and overlay PNG per image, plus `predictions.csv` and `predictions.json` in `out`.
 
     `model` is a run directory or a bundle (its `precision`, or `fallback` where that one fails its
@@ -340,17 +297,17 @@ def predict_images(
         if unwritten and log is not None:
             log(f"{len(unwritten)} overlays not written ({unwritten[0]}); the summary has every verdict")
         _write_csv(rows, out / PREDICTIONS_CSV)
-        summary = {
-            "images": len(rows),
-            "anomalous": sum(r["verdict"] == "anomalous" for r in rows),
-            "errors": sum(r["verdict"] == "error" for r in rows),
-            "unwritten_overlays": len(unwritten),
-            "out": str(out),
-            "reused_out": reused,
-            **_answered_by(detector),
-            "predictions": rows,
-        }
-        save_json(summary, out / PREDICTIONS_JSON)
+        summary = PredictionSummary(
+            images=len(rows),
+            anomalous=sum(r["verdict"] == "anomalous" for r in rows),
+            errors=sum(r["verdict"] == "error" for r in rows),
+            unwritten_overlays=len(unwritten),
+            out=str(out),
+            reused_out=reused,
+            answered_by=detector.answered_by(),
+            predictions=rows,
+        )
+        save_json(summary.to_json(), out / PREDICTIONS_JSON)
     return summary
 
 
@@ -361,18 +318,6 @@ def _written_overlay(path: Path, image: np.ndarray, inspection: Inspection) -> t
         return str(_overlay(path, image, inspection)), None
     except OSError as exc:
         return "", f"overlay not written: {exc.strerror or exc} ({path})"
-
-
-def _answered_by(detector: Any) -> dict[str, Any]:
-    """Which bundle graph answered, and why it is not the one asked for (a self-test fallback)."""
-    inspector = getattr(detector, "inspector", None)
-    if inspector is None:
-        return {}
-    return {
-        "precision": inspector.precision,
-        "requested_precision": inspector.requested_precision,
-        "fallback_reason": inspector.fallback_reason,
-    }
 
 
 def _row(image: Path, inspection: Inspection, overlay: str, problem: str | None = None) -> dict[str, Any]:
@@ -542,18 +487,18 @@ def run_demo(
     verification = verify_bundle(bundle, run_dir, dataset)
     bundle_prediction = predict_images(bundle, examples, out / "bundle_predictions")
     bench = run_bench(bundle, BenchOptions(backends=("onnxruntime", "torch"), iters=10, run=run_dir), log=log)
-    save_json(bench, out / "bench.json")
+    save_json(bench.to_json(), out / "bench.json")
     return {
         "table": evaluation["table"],
         "verify_table": format_verify_table(verification),
-        "verify_passed": verification["passed"],
+        "verify_passed": verification.passed,
         "dropped_precisions": dropped,
         "bench_table": format_bench_table(bench),
-        "bundle_predictions": bundle_prediction["out"],
+        "bundle_predictions": bundle_prediction.out,
         "data": str(data_dir),
         "run": str(run_dir),
         "report": evaluation["report"],
         "metrics": evaluation["metrics"],
-        "predictions": prediction["out"],
+        "predictions": prediction.out,
         "bundle": str(bundle),
     }

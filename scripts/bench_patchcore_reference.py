@@ -39,9 +39,9 @@ from npgmf_edge.export.onnx_graph import export_onnx
 from npgmf_edge.knn import FaissNN
 from npgmf_edge.models.inspection_net import INPUT_NAME, InspectionNet
 from npgmf_edge.models.structural.torch_model import build_patch_extractor
+from npgmf_edge.postprocess import structural_maps
 from npgmf_edge.runtime.backends.base import GraphSpec
 from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from npgmf_edge.runtime.inspector import structural_maps
 
 SIZE, BANK, DIM = 256, 10_240, 1_536
 ANOMALIB_MS = 357.0

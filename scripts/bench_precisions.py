@@ -53,8 +53,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     report = verify_bundle(work / "bundle", work / "run", dataset)
     print(format_verify_table(report))
     return {"dataset": args.dataset, "preset": args.preset, "epochs": cfg.train.epochs, "knn": args.knn,
-            "image_size": cfg.image_size, "export_seconds": export["seconds"],
-            "export_quality": export["quality"], "verify": report}  # fmt: skip
+            "image_size": cfg.image_size, "export_seconds": export.seconds,
+            "export_quality": export.quality, "verify": report.to_json()}  # fmt: skip
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ def measure(lite: int, seed: int, epochs: int, work: Path) -> dict:
     metrics = evaluate_run(work / "run", dataset, work / "evaluation")["results"]
     export_bundle(work / "run", work / "bundle", ExportOptions(tensorrt=False))
     bench = run_bench(work / "bundle", BenchOptions(backends=("onnxruntime",), iters=20, warmup=3))
-    (row,) = bench["rows"]
+    (row,) = bench.rows
     return {
         "encoder": encoder,
         "seed": seed,

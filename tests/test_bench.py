@@ -23,23 +23,23 @@ def test_bench_reports_every_path_and_batch_with_ratios_stages_and_a_soak(faiss_
         soak=6,
     )
     report = run_bench(faiss_bundle, options)
-    assert [(r["backend"], r["batch"]) for r in report["rows"]] == [
+    assert [(r["backend"], r["batch"]) for r in report.rows] == [
         ("onnxruntime", 1), ("onnxruntime", 2), ("torch", 1), ("torch", 2)
     ]  # fmt: skip
-    for row in report["rows"]:
+    for row in report.rows:
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert set(row["stages_ms_per_image"]) == {"decode", "preprocess", "graph", "knn", "post"}
         assert sum(row["stages_ms_per_image"].values()) <= row["p99_ms"] * 1.05  # stages fit inside a call
         assert row["rss_mb"] > 0 and row["throughput_images_per_s"] > 0
-    assert [r["p50_ratio"] for r in report["rows"][:2]] == [1.0, 1.0]
-    soaked = report["soak"]
+    assert [r["p50_ratio"] for r in report.rows[:2]] == [1.0, 1.0]
+    soaked = report.soak
     assert soaked["images"] == 6 and soaked["rss_end_mb"] > 0
     assert soaked["second_half_growth_mb"] == soaked["rss_end_mb"] - soaked["rss_middle_mb"]
-    assert report["machine"]["cores"] >= 1 and "onnxruntime" in report["machine"]["libraries"]
+    assert report.machine["cores"] >= 1 and "onnxruntime" in report.machine["libraries"]
     table = format_bench_table(report)
     assert len(table.splitlines()) == 3 + 4 + 2 + 1  # machine, bundle, header, 4 rows, 2 opens, soak
     # Opening the bundle ran its self-test once; torch has none. Its share is part of the open's time.
-    onnxruntime, torch = report["open"]["onnxruntime"], report["open"]["torch"]
+    onnxruntime, torch = report.open["onnxruntime"], report.open["torch"]
     assert onnxruntime["self_test_images"] == GOLDEN_IMAGES and torch["self_test_seconds"] is None
     assert 0 < onnxruntime["self_test_seconds"] <= onnxruntime["seconds"]
 

@@ -5,14 +5,17 @@ import dataclasses
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from npgmf_edge.knn import BruteForceNN
 from npgmf_edge.postprocess import (
     BranchStats,
     FusionParams,
+    distances_to_map,
     fuse,
     gaussian_sigma_for,
     image_scores,
     post_process,
     smooth,
+    structural_maps,
 )
 
 
@@ -100,3 +103,43 @@ def test_pixel_level_score_is_the_maximum_of_the_fused_map() -> None:
     fused, scores = post_process(structural, logical, params)
     assert np.array_equal(fused, fuse(structural, logical, params.structural, params.logical, 1.0, 3.0, 1.0))
     assert np.array_equal(scores, fused.reshape(2, -1).max(axis=1))
+
+
+def test_structural_map_is_the_old_torch_interpolation() -> None:
+    """The map the torch path made before the post stage was one: F.interpolate, bilinear,
+    align_corners=False (transcribed here), on random patch distances, square and not."""
+    import torch
+    import torch.nn.functional as F
+
+    distances = np.random.default_rng(2).random((3, 7, 9)).astype(np.float32) * 30
+    for size in ((64, 64), (32, 48)):
+        old = F.interpolate(
+            torch.from_numpy(distances)[:, None], size=size, mode="bilinear", align_corners=False
+        )
+        ours = distances_to_map(distances, size)
+        assert ours.shape == (3, *size) and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, old[:, 0].numpy(), rtol=1e-6, atol=1e-5)
+
+
+def test_structural_map_uses_half_pixel_centres() -> None:
+    # Two patches [a, b] -> 4 px: centres at -0.25, 0.25, 0.75, 1.25 (clamped at the borders).
+    a, b = 1.0, 5.0
+    out = distances_to_map(np.array([[[a, b]]], np.float32), (1, 4))
+    np.testing.assert_allclose(out[0, 0], [a, 0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b, b], rtol=1e-6)
+
+
+def test_structural_maps_search_every_patch_of_the_batch() -> None:
+    rng = np.random.default_rng(3)
+    coreset = rng.normal(size=(20, 5)).astype(np.float32)
+    features = rng.normal(size=(2, 5, 3, 4)).astype(np.float32)
+    maps = structural_maps(features, BruteForceNN().fit(coreset), 8)
+    nearest = np.array(
+        [
+            [
+                [np.linalg.norm(coreset - features[i, :, y, x], axis=1).min() for x in range(4)]
+                for y in range(3)
+            ]
+            for i in range(2)
+        ]
+    )
+    np.testing.assert_allclose(maps, distances_to_map(nearest.astype(np.float32), (8, 8)), rtol=1e-5)

@@ -70,7 +70,7 @@ def test_predict_flags_the_dark_square_and_writes_overlays_csv_and_json(
 ) -> None:
     images = [write_image(tmp_path / "ok.png", False), write_image(tmp_path / "bad.png", True)]
     summary = predict_images(fake_run, images, tmp_path / "pred")
-    verdicts = [row["verdict"] for row in summary["predictions"]]
+    verdicts = [row["verdict"] for row in summary.predictions]
     assert verdicts == ["good", "anomalous"]
     with (tmp_path / "pred" / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -163,6 +163,6 @@ def test_a_score_that_is_not_finite_is_an_error_never_a_verdict(
 
     monkeypatch.setattr(detector_module, "branch_map_fn", nan_maps)
     summary = predict_images(fake_run, [write_image(tmp_path / "ok.png", False)], tmp_path / "pred")
-    (row,) = summary["predictions"]
-    assert (row["verdict"], row["score"], row["overlay"], summary["errors"]) == ("error", None, "", 1)
+    (row,) = summary.predictions
+    assert (row["verdict"], row["score"], row["overlay"], summary.errors) == ("error", None, "", 1)
     assert row["error"] == "the anomaly score is not a finite number (nan); the model files may be damaged"

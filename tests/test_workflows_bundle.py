@@ -27,11 +27,11 @@ def test_predict_on_a_bundle_gives_a_row_per_image_and_an_error_for_a_broken_one
     broken = tmp_path / "broken.png"
     broken.write_bytes(good[0].read_bytes()[:200])  # a truncated PNG
     summary = predict_images(faiss_bundle, [good[0], broken, *good[1:]], tmp_path / "pred")
-    verdicts = [row["verdict"] for row in summary["predictions"]]
+    verdicts = [row["verdict"] for row in summary.predictions]
     assert verdicts[1] == "error" and "error" not in verdicts[:1] + verdicts[2:]
-    assert str(broken) in summary["predictions"][1]["error"]
-    assert summary["errors"] == 1 and summary["images"] == 4
-    assert all(Path(row["overlay"]).is_file() for row in summary["predictions"] if row["verdict"] != "error")
+    assert str(broken) in summary.predictions[1]["error"]
+    assert summary.errors == 1 and summary.images == 4
+    assert all(Path(row["overlay"]).is_file() for row in summary.predictions if row["verdict"] != "error")
     saved = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert saved["errors"] == 1
 

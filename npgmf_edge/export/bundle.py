@@ -33,8 +33,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,6 @@ import numpy as np
 import onnx
 import torch
 
-from npgmf_edge import __version__
 from npgmf_edge.calibration import Calibration, calibrate
 from npgmf_edge.data import read_image
 from npgmf_edge.errors import BundleError, ConfigError
@@ -56,16 +54,18 @@ from npgmf_edge.export.graph_heads import (
     KnnHead,
 )
 from npgmf_edge.export.onnx_graph import export_onnx
+from npgmf_edge.export.verify import compare_outputs, score_drift
 from npgmf_edge.fileio import atomic_directory
+from npgmf_edge.inspection import concat_batches
 from npgmf_edge.knn import BruteForceNN, FaissNN
 from npgmf_edge.models.inspection_net import INPUT_NAME, OUTPUT_NAMES
-from npgmf_edge.postprocess import gaussian_sigma_for
+from npgmf_edge.postprocess import gaussian_sigma_for, structural_maps
 from npgmf_edge.preprocess import to_model_input
 from npgmf_edge.rundir import TrainedRun, load_coreset, load_run, read_provenance
 from npgmf_edge.runtime import selftest
 from npgmf_edge.runtime.backends.base import GraphSpec
 from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from npgmf_edge.runtime.inspector import Inspector, structural_maps
+from npgmf_edge.runtime.inspector import Inspector
 from npgmf_edge.runtime.manifest import (
     CORESET_FAISS,
     CORESET_NPY,
@@ -73,6 +73,9 @@ from npgmf_edge.runtime.manifest import (
     MANIFEST_FILE,
     PRECISIONS,
     TIMING_CACHE,
+    build_manifest,
+    coreset_entry,
+    graph_entry,
     graph_file,
     sha256_file,
     write_manifest,
@@ -156,53 +159,43 @@ def _calibration_paths(
 
 def _run_graph(path: Path, spec: GraphSpec, pixels: np.ndarray, threads: int | None) -> dict[str, np.ndarray]:
     backend = OnnxRuntimeBackend(path, spec, threads=threads)
-    chunks: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(pixels), spec.max_batch):
-        for name, value in backend.infer(pixels[start : start + spec.max_batch]).items():
-            chunks.setdefault(name, []).append(value)
+    step = spec.max_batch
+    outputs = concat_batches(backend.infer(pixels[i : i + step]) for i in range(0, len(pixels), step))
     backend.close()
-    return {name: np.concatenate(values) for name, values in chunks.items()}
+    return outputs
 
 
-def _branch_maps(
-    outputs: dict[str, np.ndarray], knn: FaissNN | HeadSearch, size: int
+def _maps(
+    outputs: dict[str, np.ndarray],
+    knn: FaissNN | HeadSearch,
+    size: int,
+    calibration: Calibration | None = None,
 ) -> dict[str, np.ndarray]:
-    structural = structural_maps(outputs["patch_features"], knn, size)
-    return {"logical": outputs["logical_map"][:, 0], "structural": structural}
-
-
-def _quality(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], ref_cal, cand_cal) -> dict:
-    """What a precision costs against FP32 on the same images, each with its own calibration."""
-    from scipy.stats import spearmanr
-
-    ref_scores = ref_cal.post(reference["structural"], reference["logical"])[1]
-    cand_scores = cand_cal.post(candidate["structural"], candidate["logical"])[1]
-    report: dict[str, Any] = {"images": len(ref_scores)}
-    agreement = float(np.mean((ref_scores > ref_cal.threshold) == (cand_scores > cand_cal.threshold)))
-    rank = float(spearmanr(ref_scores, cand_scores).statistic) if len(ref_scores) > 1 else 1.0
-    for name in ("logical", "structural"):
-        diff = np.abs(reference[name] - candidate[name])
-        report[f"{name}_map_max_abs_diff"] = float(diff.max())
-        report[f"{name}_map_mean_abs_diff"] = float(diff.mean())
-    report["score_rank_correlation"] = rank
-    report["score_drift"] = score_drift(ref_scores, cand_scores)
-    report["verdict_agreement"] = agreement
-    return report
-
-
-def score_drift(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """mean |candidate - reference| / mean |reference|: how far a precision moves image scores, as a share of
-    their size (each precision's scores are in standard deviations of its own normal pixels)."""
-    return float(np.abs(candidate - reference).mean() / max(np.abs(reference).mean(), 1e-12))
-
-
-def _graph_entry(path: Path, spec: GraphSpec, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    return {
-        "file": path.name,
-        "precision": spec.precision,
-        "input": {"name": spec.input_name, "shape": list(spec.input_shape), "dtype": "float32"},
-        "outputs": {name: list(value.shape[1:]) for name, value in outputs.items()},
+    """A plain graph's outputs through the post stage: branch maps, and with `calibration` the fused map
+    and image score (what an `Inspector` on the bundle computes)."""
+    maps = {
+        "logical": outputs["logical_map"][:, 0],
+        "structural": structural_maps(outputs["patch_features"], knn, size),
     }
+    if calibration is not None:
+        maps["fused"], maps["score"] = calibration.post(maps["structural"], maps["logical"])
+    return maps
+
+
+def _quality(
+    reference: dict[str, np.ndarray],
+    candidate: dict[str, np.ndarray],
+    ref_cal: Calibration,
+    cand_cal: Calibration,
+) -> dict[str, float]:
+    """What a precision costs against FP32 on the same images, each with its own calibration: the
+    manifest's `quality` entry (`verify.compare_outputs` on the branch maps and scores)."""
+    ref = {**reference, "score": ref_cal.post(reference["structural"], reference["logical"])[1]}
+    cand = {**candidate, "score": cand_cal.post(candidate["structural"], candidate["logical"])[1]}
+    report = compare_outputs(ref, cand, ref_cal.threshold, cand_cal.threshold, maps=("logical", "structural"))
+    for name in ("score_max_rel_diff", "score_max_abs_diff"):  # verify's, not the manifest's
+        del report[name]
+    return report
 
 
 class _Exporter:
@@ -251,9 +244,29 @@ class _Exporter:
         )
 
 
+@dataclass
+class ExportSummary:
+    """What `export_bundle` wrote: the bundle, its graphs and files, each low precision's cost against FP32
+    (the manifest's `quality`), its TensorRT engines, who signed it and how long it took."""
+
+    bundle: str
+    precisions: list[str]
+    knn: str
+    knn_search: str | None
+    files: dict[str, str]
+    quality: dict[str, dict[str, float]]
+    engines: dict[str, Any]
+    tensorrt: str
+    signed_by: str | None
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def export_bundle(
     run_dir: Path, out: Path, options: ExportOptions | None = None, log: Log | None = None
-) -> dict[str, Any]:
+) -> ExportSummary:
     """Write the bundle of `run_dir` to `out` (replacing a previous one only when complete)."""
     options = options or ExportOptions()
     options.validate()
@@ -278,18 +291,18 @@ def export_bundle(
             sign_manifest_bytes(staging, (staging / MANIFEST_FILE).read_bytes(), signing_key)
 
     atomic_directory(out, fill)
-    return {
-        "bundle": str(out),
-        "precisions": list(options.precisions),
-        "knn": options.knn,
-        "knn_search": options.knn_search if options.knn == "graph" else None,
-        "files": manifest["files"],
-        "quality": manifest["quality"],
-        "engines": manifest["engines"],
-        "tensorrt": manifest["tensorrt"],
-        "signed_by": key_id(signing_key.public_key()) if signing_key else None,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    return ExportSummary(
+        bundle=str(out),
+        precisions=list(options.precisions),
+        knn=options.knn,
+        knn_search=options.knn_search if options.knn == "graph" else None,
+        files=manifest["files"],
+        quality=manifest["quality"],
+        engines=manifest["engines"],
+        tensorrt=manifest["tensorrt"],
+        signed_by=key_id(signing_key.public_key()) if signing_key else None,
+        seconds=round(time.perf_counter() - started, 2),
+    )
 
 
 def _engines_wanted(option: bool | None) -> bool:
@@ -323,7 +336,7 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
             continue
         log(f"{precision}: graph and calibration on {len(validation)} validation images")
         base = ex.to_precision(base_fp32, precision, calib_pixels, ex.work / f"inspection.{precision}.onnx")
-        maps = _branch_maps(
+        maps = _maps(
             _run_graph(base, ex.spec(precision, "faiss"), val_pixels, options.threads), ex.search, ex.size
         )
         calibration = ex.calibrate(maps)
@@ -346,60 +359,43 @@ def _write_bundle(ex: _Exporter, build_engines: bool, out: Path) -> dict[str, An
         if options.knn_search == "int8" and precision != "int8":  # quantize_int8 checked the int8 graph
             precision_ops.check_no_saturation(onnx.load(str(target)), target)
         outputs = _run_graph(target, ex.spec(precision, options.knn), val_pixels[:1], options.threads)
-        graphs[precision] = _graph_entry(target, ex.spec(precision, options.knn), outputs)
+        graphs[precision] = graph_entry(target, ex.spec(precision, options.knn), outputs)
         calibrations[precision] = calibration.to_dict()
 
-    coreset = {
-        "count": len(ex.coreset),
-        "dim": int(ex.coreset.shape[1]),
-        "metric": "l2",
-        "grid": list(ex.grid),
-        "aggregation": run.cfg.structural.aggregation,  # what the graph's patch features are
-    }
-    if options.knn == "graph":
-        coreset["search"] = options.knn_search
-        if options.knn_search == "int8":
-            coreset["candidates"] = DEFAULT_CANDIDATES
+    coreset = coreset_entry(
+        ex.coreset,
+        ex.grid,
+        run.cfg.structural.aggregation,
+        options.knn,
+        options.knn_search,
+        DEFAULT_CANDIDATES,
+    )
     if options.knn == "faiss":
         ex.knn.save(ex.staging / CORESET_FAISS)
         BruteForceNN().fit(ex.coreset).save(ex.staging / CORESET_NPY)
-        coreset["files"] = [CORESET_FAISS, CORESET_NPY]
     engines, tensorrt_note = _build_engines(ex, graphs, build_engines, out)
-    manifest = {
-        "toolkit_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "category": provenance.get("category", ""),
-        "preset": run.cfg.preset,
-        "input": {
-            "name": INPUT_NAME,
-            "layout": "NCHW",
-            "channels": "RGB",
-            "dtype": "float32",
-            "range": [0, 255],
-            "accepts": "raw RGB pixels, uint8 or float in [0, 255]; normalisation is inside the graph",
-            "size": ex.size,
-            "max_batch": options.max_batch,
-        },
-        "knn": options.knn,
-        "graphs": graphs,
-        "coreset": coreset,
-        "calibration": calibrations,
-        "quality": quality,
-        "engines": engines,
-        "tensorrt": tensorrt_note,
-        "source_run": str(run.run_dir),
-    }
+    manifest = build_manifest(
+        category=provenance.get("category", ""),
+        preset=run.cfg.preset,
+        input_name=INPUT_NAME,
+        image_size=ex.size,
+        max_batch=options.max_batch,
+        knn=options.knn,
+        graphs=graphs,
+        coreset=coreset,
+        calibration=calibrations,
+        quality=quality,
+        engines=engines,
+        tensorrt=tensorrt_note,
+        source_run=run.run_dir,
+    )
     write_manifest(ex.staging, manifest)
     reference_scores = reference_cal.post(reference["structural"], reference["logical"])[1]
     chosen = selftest.choose_golden(reference_scores, reference_cal.threshold)
     pixels = np.clip(np.rint(val_pixels[chosen]), 0, 255).astype(np.uint8)
-    maps = _branch_maps(
-        _run_graph(reference_graph, ex.spec("fp32", "faiss"), pixels.astype(np.float32), options.threads),
-        ex.search,
-        ex.size,
-    )
-    fused, scores = reference_cal.post(maps["structural"], maps["logical"])
-    golden_reference = (scores, selftest.map_digest(fused), reference_cal.threshold)
+    golden = _run_graph(reference_graph, ex.spec("fp32", "faiss"), pixels.astype(np.float32), options.threads)
+    maps = _maps(golden, ex.search, ex.size, reference_cal)
+    golden_reference = (maps["score"], selftest.map_digest(maps["fused"]), reference_cal.threshold)
     thresholds = {p: calibrations[p]["threshold"] for p in calibrations}
     manifest["selftest"] = _golden_set(ex, pixels, golden_reference, thresholds, manifest["quality"])
     return write_manifest(ex.staging, manifest)

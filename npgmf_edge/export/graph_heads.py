@@ -214,7 +214,7 @@ class GraphInspectionNet(nn.Module):
 
 
 class HeadSearch:
-    """A `KnnHead` behind the `search(queries, k=1)` call of `runtime.inspector.structural_maps`, so an
+    """A `KnnHead` behind the `search(queries, k=1)` call of `postprocess.structural_maps`, so an
     export calibrates on the distances its graph computes (the int8 search may overestimate a few)."""
 
     def __init__(self, head: KnnHead, chunk: int = 4096) -> None:

@@ -10,21 +10,22 @@ self-test. `passed` says whether every row holds; `fp32_parity` whether the FP32
 
 Example:
     >>> report = verify_bundle(Path("bundle"), Path("runs/tray"), load_dataset(Path("data")))
-    >>> report["fp32_parity"]
+    >>> report.fp32_parity
     True
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from npgmf_edge.data import AnomalyDataset, read_image
 from npgmf_edge.detector import RunDetector
 from npgmf_edge.preprocess import to_model_input
+from npgmf_edge.runtime.detector import BundleDetector
 from npgmf_edge.runtime.inspector import Inspector
 from npgmf_edge.runtime.manifest import read_manifest
 from npgmf_edge.runtime.selftest import run_self_test
@@ -35,7 +36,6 @@ from npgmf_edge.runtime.selftest import run_self_test
 FP32_TOLERANCES = {"map_max_abs": 1e-4, "map_max_rel": 1e-5, "score_max_rel": 1e-5, "verdict_agreement": 1.0}
 # FP16 / INT8 vs torch: what DEPLOY promises of a low precision that a bundle may hold.
 LOW_PRECISION_LIMITS = {"verdict_agreement": 0.98, "auroc_gap": 0.01}
-BATCH = 8
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -46,76 +46,109 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
-def _compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], threshold_ref, threshold_got):
-    report: dict[str, Any] = {}
-    for name in ("logical", "structural", "fused"):
-        diff = np.abs(reference[name] - got[name])
+def compare_outputs(
+    reference: dict[str, np.ndarray],
+    candidate: dict[str, np.ndarray],
+    threshold_reference: float,
+    threshold_candidate: float,
+    maps: tuple[str, ...] = ("logical", "structural", "fused"),
+) -> dict[str, float]:
+    """A graph's maps and image scores against a reference's on the same images, each judged by its own
+    threshold: what `verify` reports per row and the export records per precision in the manifest."""
+    from scipy.stats import spearmanr
+
+    ref, got = reference["score"], candidate["score"]
+    report: dict[str, float] = {"images": len(ref)}
+    for name in maps:
+        diff = np.abs(reference[name] - candidate[name])
         report[f"{name}_map_max_abs_diff"] = float(diff.max())
         report[f"{name}_map_mean_abs_diff"] = float(diff.mean())
-    for name in ("logical", "structural"):  # the fused map's tolerance comes from the calibration
-        report[f"{name}_map_tolerance"] = map_tolerance(reference[name])
-    denominator = np.maximum(np.abs(reference["score"]), 1e-12)
-    report["score_max_rel_diff"] = float((np.abs(reference["score"] - got["score"]) / denominator).max())
-    report["score_max_abs_diff"] = float(np.abs(reference["score"] - got["score"]).max())
-    same = (reference["score"] > threshold_ref) == (got["score"] > threshold_got)
-    report["verdict_agreement"] = float(same.mean())
+    report["score_max_rel_diff"] = float((np.abs(ref - got) / np.maximum(np.abs(ref), 1e-12)).max())
+    report["score_max_abs_diff"] = float(np.abs(ref - got).max())
+    report["score_rank_correlation"] = float(spearmanr(ref, got).statistic) if len(ref) > 1 else 1.0
+    report["score_drift"] = score_drift(ref, got)
+    report["verdict_agreement"] = float(np.mean((ref > threshold_reference) == (got > threshold_candidate)))
     return report
 
 
-def torch_reference(detector: RunDetector, pixels: np.ndarray) -> dict[str, np.ndarray]:
-    """The run's own fused and branch maps and image scores (what `evaluate` computes)."""
-    maps: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(pixels), BATCH):
-        for name, value in detector.branch_fn(torch.from_numpy(pixels[start : start + BATCH])).items():
-            maps.setdefault(name, []).append(value)
-    branch = {name: np.concatenate(values) for name, values in maps.items()}
-    fused, scores = detector.calibration.post(branch["structural"], branch["logical"])
-    return {**branch, "fused": fused, "score": scores}
+def score_drift(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """mean |candidate - reference| / mean |reference|: how far a precision moves image scores, as a share of
+    their size (each precision's scores are in standard deviations of its own normal pixels)."""
+    return float(np.abs(candidate - reference).mean() / max(np.abs(reference).mean(), 1e-12))
+
+
+def _compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], threshold_ref, threshold_got):
+    """A verify row's numbers: `compare_outputs` with the branch maps' FP32 tolerances."""
+    row = compare_outputs(reference, got, threshold_ref, threshold_got)
+    for name in ("images", "score_rank_correlation", "score_drift"):  # the export's, not verify's
+        del row[name]
+    for name in ("logical", "structural"):  # the fused map's tolerance comes from the calibration
+        row[f"{name}_map_tolerance"] = map_tolerance(reference[name])
+    return row
+
+
+@dataclass
+class VerifyReport:
+    """What `verify_bundle` found: one row per precision and backend (the numbers of `_compare`, the image
+    AUROC, the self-test and whether the row holds), and the judgement over all of them."""
+
+    bundle: str
+    run: str
+    images: int
+    torch_image_auroc: float | None
+    rows: list[dict[str, Any]]
+    fp32_parity: bool
+    passed: bool
+    tolerances: dict[str, float] = field(default_factory=lambda: dict(FP32_TOLERANCES))
+    low_precision_limits: dict[str, float] = field(default_factory=lambda: dict(LOW_PRECISION_LIMITS))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def verify_bundle(
     bundle: Path, run_dir: Path, dataset: AnomalyDataset, *, threads: int | None = None
-) -> dict[str, Any]:
-    """Run every precision of `bundle` against the torch run on `dataset.test` (or its validation)."""
+) -> VerifyReport:
+    """Run every precision of `bundle` against the torch run on `dataset.test` (or its validation): both
+    through the detector interface, `RunDetector.maps` and `BundleDetector.maps` on the same pixels."""
     manifest = read_manifest(bundle)  # a damaged bundle fails here, before any work
     samples = dataset.test or dataset.validation
     pixels = np.stack([to_model_input(read_image(s.image_path), manifest.image_size) for s in samples])
+    pixels = pixels.astype(np.float32)
     labels = np.array([s.label for s in samples])
     detector = RunDetector(run_dir)
-    reference = torch_reference(detector, pixels.astype(np.float32))
+    reference = detector.maps(pixels)
     rows = []
     for precision in manifest.precisions:
         backends = ["onnxruntime"] + (["tensorrt"] if precision in manifest.engines else [])
         for backend in backends:
-            with Inspector.open(
+            inspector = Inspector.open(
                 bundle, backend=backend, precision=precision, threads=threads, self_test=False
-            ) as inspector:
-                got = _run_inspector(inspector, pixels.astype(np.float32))
+            )
+            with BundleDetector(inspector) as bundled:
+                got = bundled.maps(pixels)
                 self_test = run_self_test(inspector)
-                row = {"precision": precision, "backend": backend}
-                row.update(
-                    _compare(reference, got, detector.calibration.threshold, inspector.calibration.threshold)
-                )
-                row["image_auroc"] = _auroc(labels, got["score"])
-                row["fused_map_tolerance"] = fused_tolerance(detector.calibration)
-                row["self_test"] = None if self_test is None else self_test.to_dict()
-                rows.append(row)
+            row: dict[str, Any] = {"precision": precision, "backend": backend}
+            row.update(
+                _compare(reference, got, detector.calibration.threshold, inspector.calibration.threshold)
+            )
+            row["image_auroc"] = _auroc(labels, got["score"])
+            row["fused_map_tolerance"] = fused_tolerance(detector.calibration)
+            row["self_test"] = None if self_test is None else self_test.to_dict()
+            rows.append(row)
     torch_auroc = _auroc(labels, reference["score"])
     for row in rows:
         row["ok"] = _row_ok(row, torch_auroc)
     fp32 = [r for r in rows if r["precision"] == "fp32"]
-    parity = bool(fp32) and all(_fp32_ok(r) for r in fp32)
-    return {
-        "bundle": str(bundle),
-        "run": str(run_dir),
-        "images": len(samples),
-        "torch_image_auroc": torch_auroc,
-        "rows": rows,
-        "fp32_parity": parity,
-        "passed": all(r["ok"] for r in rows),
-        "tolerances": FP32_TOLERANCES,
-        "low_precision_limits": LOW_PRECISION_LIMITS,
-    }
+    return VerifyReport(
+        bundle=str(bundle),
+        run=str(run_dir),
+        images=len(samples),
+        torch_image_auroc=torch_auroc,
+        rows=rows,
+        fp32_parity=bool(fp32) and all(_fp32_ok(r) for r in fp32),
+        passed=all(r["ok"] for r in rows),
+    )
 
 
 def _row_ok(row: dict[str, Any], torch_auroc: float | None) -> bool:
@@ -131,15 +164,6 @@ def _row_ok(row: dict[str, Any], torch_auroc: float | None) -> bool:
         or abs(row["image_auroc"] - torch_auroc) <= LOW_PRECISION_LIMITS["auroc_gap"]
     )
     return row["verdict_agreement"] >= LOW_PRECISION_LIMITS["verdict_agreement"] and auroc_ok
-
-
-def _run_inspector(inspector: Inspector, pixels: np.ndarray) -> dict[str, np.ndarray]:
-    chunks: dict[str, list[np.ndarray]] = {}
-    step = inspector.manifest.max_batch
-    for start in range(0, len(pixels), step):
-        for name, value in inspector.run(pixels[start : start + step]).items():
-            chunks.setdefault(name, []).append(value)
-    return {name: np.concatenate(values) for name, values in chunks.items()}
 
 
 def map_tolerance(reference_map: np.ndarray) -> float:
@@ -174,14 +198,14 @@ def _fp32_ok(row: dict[str, Any]) -> bool:
     )
 
 
-def format_verify_table(report: dict[str, Any]) -> str:
+def format_verify_table(report: VerifyReport) -> str:
     """A fixed-width table: one row per precision and backend."""
     header = (
         f"{'precision':<9} {'backend':<11} {'logical':>9} {'struct.':>9} {'fused':>9} {'score rel':>9} "
         f"{'verdicts':>8} {'AUROC':>6} {'self-test':>9} {'result':>6}"
     )
-    lines = [f"{report['images']} images; torch image AUROC {_fmt(report['torch_image_auroc'])}", header]
-    for r in report["rows"]:
+    lines = [f"{report.images} images; torch image AUROC {_fmt(report.torch_image_auroc)}", header]
+    for r in report.rows:
         lines.append(
             f"{r['precision']:<9} {r['backend']:<11} {r['logical_map_max_abs_diff']:9.2e} "
             f"{r['structural_map_max_abs_diff']:9.2e} {r['fused_map_max_abs_diff']:9.2e} "
@@ -191,9 +215,9 @@ def format_verify_table(report: dict[str, Any]) -> str:
     limits = LOW_PRECISION_LIMITS
     lines.append(
         "max abs diffs of the maps vs torch; FP32 parity "
-        + ("holds" if report["fp32_parity"] else "FAILS")
+        + ("holds" if report.fp32_parity else "FAILS")
         + f"; fp16/int8 need verdicts >= {limits['verdict_agreement']:.0%} and AUROC within "
-        f"{limits['auroc_gap']} of torch; " + ("every precision passes" if report["passed"] else "NOT PASSED")
+        f"{limits['auroc_gap']} of torch; " + ("every precision passes" if report.passed else "NOT PASSED")
     )
     return "\n".join(lines)
 

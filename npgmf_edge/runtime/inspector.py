@@ -27,14 +27,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs
 from npgmf_edge.errors import BundleError
-from npgmf_edge.inspection import Inspection
-from npgmf_edge.knn import FaissNN, NearestNeighbourScorer, faiss_gpu_unavailable_reason
+from npgmf_edge.inspection import ImageInput, Inspection
+from npgmf_edge.knn import FaissNN, faiss_gpu_unavailable_reason
+from npgmf_edge.postprocess import structural_maps
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
 from npgmf_edge.runtime.backends.base import Backend, BackendError
 from npgmf_edge.runtime.manifest import CORESET_FAISS, TIMING_CACHE, Manifest, read_manifest
@@ -47,7 +47,6 @@ BACKENDS = {
     "onnxruntime": ("npgmf_edge.runtime.backends.onnxruntime", "OnnxRuntimeBackend"),
     "tensorrt": ("npgmf_edge.runtime.backends.tensorrt", "TensorRTBackend"),
 }
-ImageInput = Path | str | np.ndarray
 STAGES = ("decode", "preprocess", "graph", "knn", "post")  # seconds per stage, as `bench` reports them
 FAISS_HEADER_SLACK = 4096  # bytes an IndexFlatL2 file holds besides its vectors (about 50)
 
@@ -174,18 +173,6 @@ def _load_coreset(manifest: Manifest, device: str, threads: int | None) -> Faiss
             "re-export the bundle"
         )
     return knn
-
-
-def structural_maps(patch_features: np.ndarray, knn: NearestNeighbourScorer, image_size: int) -> np.ndarray:
-    """(B, D, h, w) patch features -> (B, S, S) structural maps: one search for every patch of the batch,
-    then one bilinear resize (half-pixel centres, as torch's align_corners=False) with the batch as channels.
-    """
-    b, d, h, w = patch_features.shape
-    queries = np.ascontiguousarray(patch_features.transpose(0, 2, 3, 1).reshape(-1, d))
-    distances = knn.search(queries, k=1)[0].reshape(b, h, w)
-    stacked = np.ascontiguousarray(distances.transpose(1, 2, 0))
-    resized = cv2.resize(stacked, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
-    return resized.reshape(image_size, image_size, b).transpose(2, 0, 1)
 
 
 class Inspector:

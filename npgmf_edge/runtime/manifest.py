@@ -33,11 +33,13 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from npgmf_edge import __version__
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.calibration.calibrate import LEGACY_KEYS, upgrade_legacy_calibration
 from npgmf_edge.errors import BundleError
@@ -171,6 +173,81 @@ def _content_sha256(manifest: dict[str, Any]) -> str:
     manifest.json itself is caught too, not only in the files it lists."""
     content = {k: v for k, v in manifest.items() if k != SELF_HASH_KEY}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def graph_entry(path: Path, spec: GraphSpec, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The `graphs` entry of one written graph: its file, input and output shapes (per image)."""
+    return {
+        "file": path.name,
+        "precision": spec.precision,
+        "input": {"name": spec.input_name, "shape": list(spec.input_shape), "dtype": "float32"},
+        "outputs": {name: list(value.shape[1:]) for name, value in outputs.items()},
+    }
+
+
+def coreset_entry(
+    coreset: np.ndarray, grid: tuple[int, int], aggregation: str, knn: str, search: str, candidates: int
+) -> dict[str, Any]:
+    """The `coreset` section: size, patch grid and aggregation of the patch features, and how it is searched
+    (knn "graph": `search`, with its re-ranked `candidates` for "int8"; knn "faiss": its two files)."""
+    entry: dict[str, Any] = {
+        "count": len(coreset),
+        "dim": int(coreset.shape[1]),
+        "metric": "l2",
+        "grid": list(grid),
+        "aggregation": aggregation,  # what the graph's patch features are
+    }
+    if knn == "graph":
+        entry["search"] = search
+        if search == "int8":
+            entry["candidates"] = candidates
+    else:
+        entry["files"] = [CORESET_FAISS, CORESET_NPY]
+    return entry
+
+
+def build_manifest(
+    *,
+    category: str,
+    preset: str,
+    input_name: str,
+    image_size: int,
+    max_batch: int,
+    knn: str,
+    graphs: dict[str, Any],
+    coreset: dict[str, Any],
+    calibration: dict[str, Any],
+    quality: dict[str, Any],
+    engines: dict[str, Any],
+    tensorrt: str,
+    source_run: Path,
+) -> dict[str, Any]:
+    """The manifest's content, less what `write_manifest` adds (schema, file hashes, self-hash) and the
+    `selftest` section the export adds once the staged bundle can run."""
+    return {
+        "toolkit_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "category": category,
+        "preset": preset,
+        "input": {
+            "name": input_name,
+            "layout": "NCHW",
+            "channels": "RGB",
+            "dtype": "float32",
+            "range": [0, 255],
+            "accepts": "raw RGB pixels, uint8 or float in [0, 255]; normalisation is inside the graph",
+            "size": image_size,
+            "max_batch": max_batch,
+        },
+        "knn": knn,
+        "graphs": graphs,
+        "coreset": coreset,
+        "calibration": calibration,
+        "quality": quality,
+        "engines": engines,
+        "tensorrt": tensorrt,
+        "source_run": str(source_run),
+    }
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from npgmf_edge.errors import BundleError
 from npgmf_edge.export import bundle as bundle_module
 from npgmf_edge.export.bundle import ExportOptions, export_bundle
 from npgmf_edge.export.tensorrt_ops import TENSORRT_OPS
-from npgmf_edge.export.verify import verify_bundle
+from npgmf_edge.export.verify import VerifyReport, verify_bundle
 from npgmf_edge.rundir import write_run_manifest
 from npgmf_edge.runtime import manifest as manifest_module
 from npgmf_edge.runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION, read_manifest
@@ -23,15 +23,15 @@ MAX_GRAPH_BYTES = 100 * 2**20  # tiny fp32 measures 55 MB; CLIP ViT-B-32's text 
 
 
 @pytest.fixture(scope="module", params=["faiss", "graph", "int8_search"])
-def verified(request, tiny_run) -> dict:
+def verified(request, tiny_run) -> VerifyReport:
     bundle = request.getfixturevalue(f"{request.param}_bundle")
     run, dataset = tiny_run
     return verify_bundle(bundle, run, dataset)
 
 
-def test_fp32_bundle_reproduces_the_torch_run_on_the_make_data_test_set(verified: dict) -> None:
-    (fp32,) = [row for row in verified["rows"] if row["precision"] == "fp32"]
-    assert verified["images"] == 60
+def test_fp32_bundle_reproduces_the_torch_run_on_the_make_data_test_set(verified: VerifyReport) -> None:
+    (fp32,) = [row for row in verified.rows if row["precision"] == "fp32"]
+    assert verified.images == 60
     for name in ("logical", "structural"):
         assert fp32[f"{name}_map_max_abs_diff"] <= 1e-4, name
     # The fused map is in units of normal-pixel standard deviations: the 1e-4 carried through Eq. 11.
@@ -39,22 +39,22 @@ def test_fp32_bundle_reproduces_the_torch_run_on_the_make_data_test_set(verified
     assert 1e-4 < fp32["fused_map_tolerance"] < 1e-1
     assert fp32["score_max_rel_diff"] <= 1e-5
     assert fp32["verdict_agreement"] == 1.0
-    assert verified["fp32_parity"]
+    assert verified.fp32_parity
 
 
-def test_fp16_and_int8_cost_little_against_torch(verified: dict) -> None:
+def test_fp16_and_int8_cost_little_against_torch(verified: VerifyReport) -> None:
     """Measured on this run (pretrained Lite0, docs/DEPLOY.md): fp16 score rel diff 1.3e-2, int8 6.2e-2
     (7-bit weights, the encoder float; 1.4e-1 before depthwise and stem convolutions stayed float);
     verdicts 98.3% fp16, 100% int8; AUROC 0.890 for torch, 0.888 fp16, 0.885 int8; every precision
     passes its self-test. INT8's integer products are exact on every CPU (tests/export/test_int8_safety.py),
     so these bounds do not depend on VNNI: across ISAs only float rounding differs, by ~1e-5 here."""
-    for row in verified["rows"]:
+    for row in verified.rows:
         if row["precision"] == "fp32":
             continue
         bound = {"fp16": 3e-2, "int8": 0.15}[row["precision"]]
         assert row["score_max_rel_diff"] <= bound, row
         assert row["verdict_agreement"] >= 0.95, row
-        assert abs(row["image_auroc"] - verified["torch_image_auroc"]) <= 0.03, row
+        assert abs(row["image_auroc"] - verified.torch_image_auroc) <= 0.03, row
         assert row["self_test"]["passed"], row
 
 

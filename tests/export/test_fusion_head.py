@@ -1,5 +1,5 @@
-"""The in-graph fusion head (`--knn graph` bundles) against the numpy post stage (`postprocess`), at both
-fusion levels, in torch and as ONNX run by onnxruntime."""
+"""The in-graph post stage (`--knn graph` bundles: resize, Eq. 11, smoothing, image score) against the
+numpy one (`postprocess`), at both fusion levels, in torch and as ONNX run by onnxruntime."""
 
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from torch import nn
 from npgmf_edge.calibration.calibrate import Calibration
 from npgmf_edge.export.graph_heads import FusionHead
 from npgmf_edge.export.onnx_graph import export_onnx
-from npgmf_edge.postprocess import BranchStats
+from npgmf_edge.postprocess import BranchStats, distances_to_map
 
 SIZE, STRIDE = 32, 4
 
@@ -63,11 +63,14 @@ def test_the_graph_fusion_head_equals_the_numpy_post_stage(level: str, tmp_path:
     with torch.no_grad():
         fused, score, structural = (t.numpy() for t in module(torch.from_numpy(x)))
     ref_fused, ref_score = calibration.post(structural[:, 0], x[:, 0])
+    ref_structural = distances_to_map(x[:, 1, ::STRIDE, ::STRIDE], (SIZE, SIZE))
+    assert np.abs(structural[:, 0] - ref_structural).max() < 1e-4
     assert np.abs(fused[:, 0] - ref_fused).max() < 1e-4
     assert np.abs(score - ref_score).max() < 1e-4
     path = export_onnx(module, torch.from_numpy(x[:1]), tmp_path / "head.onnx", "x", ("fused", "score", "s"))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    onnx_fused, onnx_score, _ = session.run(None, {"x": x})
+    onnx_fused, onnx_score, onnx_structural = session.run(None, {"x": x})
+    assert np.abs(onnx_structural[:, 0] - ref_structural).max() < 1e-4
     assert np.abs(onnx_fused[:, 0] - ref_fused).max() < 1e-4
     assert np.abs(onnx_score - ref_score).max() < 1e-4
     assert np.argmax(ref_score) != 0  # the anomalous images score above the plain one at either level

@@ -11,7 +11,6 @@ from npgmf_edge.models.structural import (
     GreedyCoresetSampler,
     StructuralDetector,
     build_patch_extractor,
-    scores_to_map,
 )
 
 SIZE = 128
@@ -83,11 +82,3 @@ def test_faiss_and_brute_force_detectors_give_the_same_map(texture_setup):
     a = StructuralDetector(extractor, FaissNN(on_gpu=False).fit(coreset)).anomaly_map(pixels)
     b = StructuralDetector(extractor, BruteForceNN().fit(coreset)).anomaly_map(pixels)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_map_is_half_pixel_bilinear_upsampling_of_the_patch_grid():
-    scores = torch.rand(1, 4, 6)
-    up = scores_to_map(scores, (32, 48))
-    assert up.shape == (1, 1, 32, 48)
-    expected = cv2.resize(scores[0].numpy(), (48, 32), interpolation=cv2.INTER_LINEAR)  # same convention
-    np.testing.assert_allclose(up[0, 0].numpy(), expected, atol=1e-5)

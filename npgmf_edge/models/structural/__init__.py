@@ -24,11 +24,7 @@ from npgmf_edge.models.structural.sampler import (
     LoopGreedyCoresetSampler,
     RandomSampler,
 )
-from npgmf_edge.models.structural.torch_model import (
-    StructuralDetector,
-    build_patch_extractor,
-    scores_to_map,
-)
+from npgmf_edge.models.structural.torch_model import StructuralDetector, build_patch_extractor
 
 __all__ = [
     "BaseSampler",
@@ -43,5 +39,4 @@ __all__ = [
     "adaptive_pool_matrix",
     "build_aggregator",
     "build_patch_extractor",
-    "scores_to_map",
 ]

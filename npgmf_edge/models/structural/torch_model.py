@@ -15,20 +15,15 @@ from __future__ import annotations
 
 import timm
 import torch
-import torch.nn.functional as F
 
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.errors import ConfigError
 from npgmf_edge.knn import NearestNeighbourScorer
 from npgmf_edge.models.backbone import FrozenEncoder
 from npgmf_edge.models.structural.features import PatchFeatureExtractor, build_aggregator
+from npgmf_edge.postprocess import distances_to_map, image_scores, patch_distances
 
 STRUCTURAL_LEVELS = (2, 3)  # timm out_indices of the two levels the branch uses (strides 8 and 16)
-
-
-def scores_to_map(patch_scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) patch scores -> (B, 1, H, W) map, bilinear (align_corners=False), no smoothing."""
-    return F.interpolate(patch_scores[:, None].float(), size=size, mode="bilinear", align_corners=False)
 
 
 def build_patch_extractor(cfg: NpgmfConfig, *, weights_follow: bool = False) -> PatchFeatureExtractor:
@@ -96,22 +91,17 @@ class StructuralDetector:
         """(B, 3, H, W) raw pixels -> (B, D, h, w) patch features."""
         return self.extractor(pixels.to(self.device, torch.float32))
 
-    @torch.no_grad()
-    def scores_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, D, h, w) patch features -> (B, h, w) distances to the nearest coreset patch (CPU float32)."""
-        b, d, h, w = features.shape
-        queries = features.permute(0, 2, 3, 1).reshape(-1, d).float().cpu().numpy()
-        distances, _ = self.scorer.search(queries, k=1)
-        return torch.from_numpy(distances[:, 0]).reshape(b, h, w)
-
     def patch_scores(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) raw pixels -> (B, h, w) float32 patch scores (on `pixels`' device)."""
-        return self.scores_from_features(self.patch_features(pixels)).to(pixels.device)
+        features = self.patch_features(pixels).float().cpu().numpy()
+        return torch.from_numpy(patch_distances(features, self.scorer)).to(pixels.device)
 
     def anomaly_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) raw pixels -> (B, 1, H, W) float32 structural map at input resolution."""
-        return scores_to_map(self.patch_scores(pixels), tuple(pixels.shape[-2:]))
+        """(B, 3, H, W) raw pixels -> (B, 1, H, W) float32 structural map at input resolution: the post
+        stage's (`postprocess.distances_to_map`)."""
+        maps = distances_to_map(self.patch_scores(pixels).cpu().numpy(), tuple(pixels.shape[-2:]))
+        return torch.from_numpy(maps)[:, None].to(pixels.device)
 
     def image_scores(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B,) image scores: the maximum of each structural map."""
-        return self.anomaly_map(pixels).flatten(1).amax(dim=1)
+        return torch.from_numpy(image_scores(self.anomaly_map(pixels)[:, 0].cpu().numpy()))
