@@ -41,7 +41,7 @@ import numpy as np
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.calibration.calibrate import LEGACY_KEYS, upgrade_legacy_calibration
 from npgmf_edge.errors import BundleError
-from npgmf_edge.fileio import save_json
+from npgmf_edge.fileio import first_mismatch, save_json, sha256_file
 from npgmf_edge.runtime import selftest
 from npgmf_edge.runtime.backends.base import GraphSpec
 
@@ -56,7 +56,6 @@ KNN_MODES = ("faiss", "graph")
 CORESET_FAISS = "coreset.faiss"
 CORESET_NPY = "coreset.npy"
 TIMING_CACHE = "timing.cache"
-HASH_CHUNK = 1 << 20
 SELF_HASH_KEY = "manifest_sha256"
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few KB
 MAX_NESTING = 32  # a real manifest nests 5 deep; checked before parsing (200k `[` overflow json's recursion)
@@ -121,14 +120,6 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_sc
 
 def graph_file(precision: str) -> str:
     return f"model.{precision}.onnx"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -197,18 +188,6 @@ def _migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
         data = MIGRATIONS[version](data)
         version = data["schema_version"] = version + 1
     return data
-
-
-def first_mismatch(root: Path, files: dict[str, str]) -> tuple[Path, str] | None:
-    """The first listed file that is missing or whose SHA-256 differs from the recorded one, as
-    (path, "missing" | "changed"); None when all match. Bundles and run directories both check this way."""
-    for name, expected in files.items():
-        path = root / name
-        if not path.is_file():
-            return path, "missing"
-        if sha256_file(path) != expected:
-            return path, "changed"
-    return None
 
 
 def verify_files(root: Path, files: dict[str, str]) -> None:

@@ -16,6 +16,7 @@ import torch
 from npgmf_edge.config import NpgmfConfig, get_preset
 from npgmf_edge.data import load_dataset
 from npgmf_edge.errors import ConfigError
+from npgmf_edge.fileio import load_tensors
 from npgmf_edge.models.logical.loss import logical_loss
 from npgmf_edge.report import plot_training_curve, write_html_report
 from npgmf_edge.rundir import (
@@ -27,7 +28,6 @@ from npgmf_edge.rundir import (
     read_training_curve,
 )
 from npgmf_edge.training import logical as logical_training
-from npgmf_edge.training.checkpoint import load_tensors
 from npgmf_edge.training.early_stopping import (
     STOP_CAP,
     STOP_NO_VALIDATION,
