@@ -36,10 +36,10 @@ import numpy as np
 from npgmf_edge.data import IMAGE_EXTENSIONS
 from npgmf_edge.errors import ConfigError
 from npgmf_edge.inspection import Inspection
+from npgmf_edge.runtime.backends.registry import BACKENDS, tensorrt_unavailable_reason
 from npgmf_edge.runtime.inspector import STAGES, Inspector
 from npgmf_edge.runtime.manifest import read_manifest
 
-RUNTIME_BACKENDS = ("onnxruntime", "tensorrt")
 REFERENCE_PATHS = ("torch", "torch-cuda", "torch-cuda-eager")
 SYNTHETIC_SOURCE_SIZE = (480, 640)  # a camera-like frame, decoded and resized like a real one
 LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "faiss-cpu",
@@ -71,7 +71,7 @@ class BenchOptions:
     soak: int = 0
 
     def validate(self) -> None:
-        known = (*RUNTIME_BACKENDS, *REFERENCE_PATHS)
+        known = (*BACKENDS, *REFERENCE_PATHS)
         unknown = [b for b in self.backends if b not in known]
         if unknown:
             raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; choose among {', '.join(known)}")
@@ -131,8 +131,6 @@ def _gpu_name() -> str | None:
 
 def default_paths(run: Path | None, device: str) -> tuple[str, ...]:
     """Every path this machine can measure: the runtime's backends, and the torch references with --run."""
-    from npgmf_edge.runtime.backends.tensorrt import tensorrt_unavailable_reason
-
     paths = ["onnxruntime"]
     if device == "cuda" and tensorrt_unavailable_reason() is None:
         paths.append("tensorrt")
@@ -161,7 +159,7 @@ def bench_images(bundle_size: int, count: int, folder: Path | None, work: Path) 
 
 
 def open_path(name: str, bundle: Path, options: BenchOptions, precision: str) -> InspectPath:
-    if name in RUNTIME_BACKENDS:
+    if name in BACKENDS:
         device = "cuda" if name == "tensorrt" else options.device
         return Inspector.open(
             bundle, backend=name, device=device, precision=precision, threads=options.threads

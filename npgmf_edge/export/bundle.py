@@ -64,7 +64,7 @@ from npgmf_edge.preprocess import to_model_input
 from npgmf_edge.rundir import TrainedRun, load_coreset, load_run, read_provenance
 from npgmf_edge.runtime import selftest
 from npgmf_edge.runtime.backends.base import GraphSpec
-from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend, session_from_onnx
 from npgmf_edge.runtime.inspector import Inspector, structural_maps
 from npgmf_edge.runtime.manifest import (
     CORESET_FAISS,
@@ -155,7 +155,7 @@ def _calibration_paths(
 
 
 def _run_graph(path: Path, spec: GraphSpec, pixels: np.ndarray, threads: int | None) -> dict[str, np.ndarray]:
-    backend = OnnxRuntimeBackend(path, spec, threads=threads)
+    backend = OnnxRuntimeBackend(session_from_onnx(path, spec, threads=threads), spec)
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(pixels), spec.max_batch):
         for name, value in backend.infer(pixels[start : start + spec.max_batch]).items():

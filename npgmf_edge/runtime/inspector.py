@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -37,94 +36,15 @@ from npgmf_edge.inspection import Inspection
 from npgmf_edge.knn import FaissNN, NearestNeighbourScorer, faiss_gpu_unavailable_reason
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
 from npgmf_edge.runtime.backends.base import Backend, BackendError
-from npgmf_edge.runtime.manifest import CORESET_FAISS, TIMING_CACHE, Manifest, read_manifest
+from npgmf_edge.runtime.backends.registry import open_backend
+from npgmf_edge.runtime.manifest import CORESET_FAISS, Manifest, read_manifest
 from npgmf_edge.runtime.selftest import SelfTestError, SelfTestResult, failure_message, run_self_test
 
 log = logging.getLogger(__name__)
 
-# name -> (module, class); imported on first use so a missing TensorRT costs nothing.
-BACKENDS = {
-    "onnxruntime": ("npgmf_edge.runtime.backends.onnxruntime", "OnnxRuntimeBackend"),
-    "tensorrt": ("npgmf_edge.runtime.backends.tensorrt", "TensorRTBackend"),
-}
 ImageInput = Path | str | np.ndarray
 STAGES = ("decode", "preprocess", "graph", "knn", "post")  # seconds per stage, as `bench` reports them
 FAISS_HEADER_SLACK = 4096  # bytes an IndexFlatL2 file holds besides its vectors (about 50)
-
-
-def _backend_class(name: str) -> type[Backend]:
-    if name not in BACKENDS:
-        raise BundleError(f"unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")
-    module, cls = BACKENDS[name]
-    return getattr(importlib.import_module(module), cls)
-
-
-def _open_backend(
-    manifest: Manifest, precision: str, backend: str, device: str, threads: int | None
-) -> Backend:
-    spec = manifest.graphs[precision]
-    if backend == "auto":
-        backend = "tensorrt" if device == "cuda" and _tensorrt_reason() is None else "onnxruntime"
-    if backend == "tensorrt":
-        return open_tensorrt(manifest, precision)
-    return _backend_class(backend)(manifest.root / spec.file, spec, device=device, threads=threads)
-
-
-def _tensorrt_reason() -> str | None:
-    from npgmf_edge.runtime.backends import tensorrt as trt_backend
-
-    return trt_backend.tensorrt_unavailable_reason()
-
-
-def open_tensorrt(manifest: Manifest, precision: str) -> Backend:
-    """The bundle's engine for `precision` when it was built for this GPU and TensorRT version; else an
-    engine rebuilt here from the bundle's ONNX (kept beside it under a name keyed by GPU, TensorRT version
-    and ONNX hash, so the next start reuses it). Refused with the reason when TensorRT is missing."""
-    from npgmf_edge.runtime.backends import tensorrt as trt_backend
-
-    reason = trt_backend.tensorrt_unavailable_reason()
-    if reason is not None:
-        raise BundleError(f"cannot run {manifest.root} with TensorRT: {reason}; use --backend onnxruntime")
-    spec = manifest.graphs[precision]
-    onnx_sha = manifest.raw["files"][spec.file]
-    current = {
-        **trt_backend.device_facts(),
-        "precision": precision,
-        "onnx_sha256": onnx_sha,
-        "max_batch": manifest.max_batch,
-        "input_shape": list(spec.input_shape),
-    }
-    recorded = manifest.engines.get(precision)
-    mismatch = (
-        "no engine was built at export"
-        if recorded is None
-        else trt_backend.engine_mismatch(recorded, current)
-    )
-    if mismatch is None:
-        note = trt_backend.engine_warning(recorded, current)
-        if note:
-            log.warning(note)
-        return trt_backend.TensorRTBackend(manifest.root / recorded["file"], spec)
-    engine = manifest.root / trt_backend.engine_file_name(precision, onnx_sha, current)
-    if not engine.is_file():
-        log.warning("%s; building a TensorRT engine for this station: %s", mismatch, engine)
-        try:
-            trt_backend.build_engine(
-                manifest.root / spec.file,
-                engine,
-                input_name=spec.input_name,
-                input_shape=spec.input_shape,
-                max_batch=manifest.max_batch,
-                precision=precision,
-                onnx_sha256=onnx_sha,
-                timing_cache_path=manifest.root / TIMING_CACHE,
-            )
-        except OSError as exc:
-            raise BundleError(
-                f"{mismatch}; rebuilding it in {manifest.root} failed ({exc}); make the bundle writable, "
-                f"or rebuild with `npgmf-edge export RUN --precision {precision} --tensorrt` on this station"
-            ) from exc
-    return trt_backend.TensorRTBackend(engine, spec)
 
 
 def _coreset_on_gpu(manifest: Manifest, device: str) -> bool:
@@ -294,7 +214,7 @@ class Inspector:
         max_pixels: int | None,
     ) -> Inspector:
         try:
-            runner = _open_backend(manifest, precision, backend, device, threads)
+            runner = open_backend(manifest, precision, backend, device, threads)
         except BackendError as exc:
             raise BundleError(f"{manifest.root}: cannot open its {precision} graph ({exc})") from exc
         knn = _load_coreset(manifest, device, threads) if manifest.knn == "faiss" else None
