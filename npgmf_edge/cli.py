@@ -489,7 +489,7 @@ def verify(
     With --run and --data: every graph and precision against the torch run and its self-test (exit 1 if
     FP32 parity fails, or a lower precision misses its verdict / AUROC limits or its self-test)."""
     if run is None:
-        from npgmf_edge.runtime.selftest import format_self_test_table, self_test_bundle
+        from npgmf_edge.runtime.inspector import format_self_test_table, self_test_bundle
 
         report = self_test_bundle(bundle, backend=backend, device=device, trust=trust)
         typer.echo(json.dumps(report, indent=2) if as_json else format_self_test_table(report))
@@ -533,7 +533,8 @@ def sign(
 ) -> None:
     """Sign a bundle already written: its manifest (and so every file it hashes) is checked, then signed
     in BUNDLE/signature.json (written atomically; a previous signature is replaced)."""
-    from npgmf_edge.runtime.signing import SIGNATURE_FILE, sign_bundle
+    from npgmf_edge.runtime.manifest import sign_bundle
+    from npgmf_edge.runtime.signing import SIGNATURE_FILE
 
     entry = sign_bundle(bundle, key)
     _emit({"bundle": bundle, "signature": bundle / SIGNATURE_FILE, "key_id": entry["key_id"]}, as_json)

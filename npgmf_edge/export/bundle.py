@@ -427,7 +427,9 @@ def _golden_set(
             require_selftest=False,  # this is what writes it
         )
         with inspector:
-            scores[precision], digests[precision] = selftest.golden_outputs(inspector, pixels)
+            scores[precision], digests[precision] = selftest.golden_outputs(
+                inspector.run, pixels, inspector.manifest.max_batch
+            )
     for precision, values in scores.items():
         if precision in quality:
             quality[precision]["selftest_score_drift"] = score_drift(reference[0], values)

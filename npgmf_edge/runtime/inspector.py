@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,10 +36,12 @@ from npgmf_edge.errors import BundleError
 from npgmf_edge.inspection import Inspection
 from npgmf_edge.knn import FaissNN, NearestNeighbourScorer, faiss_gpu_unavailable_reason
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
+from npgmf_edge.runtime import platform_facts
 from npgmf_edge.runtime.backends.base import Backend, BackendError
 from npgmf_edge.runtime.backends.registry import open_backend
 from npgmf_edge.runtime.manifest import CORESET_FAISS, Manifest, read_manifest
-from npgmf_edge.runtime.selftest import SelfTestError, SelfTestResult, failure_message, run_self_test
+from npgmf_edge.runtime.selfcheck import failure_message, run_self_test
+from npgmf_edge.runtime.selftest import SelfTestError, SelfTestResult
 
 log = logging.getLogger(__name__)
 
@@ -188,14 +191,14 @@ class Inspector:
 
     def _run_self_test(self) -> str | None:
         """Run the bundle's golden set here (result in `self_test`); the failure message, or None."""
-        self.self_test = run_self_test(self)
+        self.self_test = self.run_self_test()
         if self.self_test is None:
             log.warning(
                 "%s has no self-test images (exported before them); re-export to get one", self.manifest.root
             )
             return None
         if not self.self_test.passed:
-            return failure_message(self.self_test, self)
+            return failure_message(self.self_test, self.manifest)
         log.info(
             "%s %s self-test passed in %.3f s (score error against FP32 %.2g <= %.2g)",
             self.manifest.root, self.precision, self.self_test.seconds, self.self_test.score_error,
@@ -313,6 +316,10 @@ class Inspector:
         stages["post"] += time.perf_counter() - tick
         return results
 
+    def run_self_test(self) -> SelfTestResult | None:
+        """The bundle's golden set through this inspector (`runtime.selfcheck`); None for a bundle without."""
+        return run_self_test(self.manifest, self.precision, self.run, self.backend.describe())
+
     def close(self) -> None:
         self._pool.shutdown()
         self.backend.close()
@@ -322,3 +329,64 @@ class Inspector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def self_test_bundle(
+    bundle: Path,
+    backend: str = "auto",
+    device: str = "cpu",
+    trust: Path | None = None,
+    precisions: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """`npgmf-edge verify BUNDLE` on a station: each precision's self-test here (or those of `precisions`
+    it has), with this machine's facts (with `trust`, first the bundle's signature by one of those keys)."""
+    rows = []
+    manifest = read_manifest(Path(bundle), trust=trust)
+    for precision in (p for p in manifest.precisions if precisions is None or p in precisions):
+        with Inspector.open(bundle, backend, device, precision, self_test=False, trust=trust) as inspector:
+            result = inspector.run_self_test()
+            rows.append(
+                {"precision": precision, "backend": inspector.backend.describe(), "passed": None}
+                if result is None
+                else result.to_dict()
+            )
+            if result is not None and not result.passed:
+                rows[-1]["message"] = failure_message(result, inspector.manifest)
+    entry = manifest.raw.get("selftest") or {}
+    return {
+        "bundle": str(bundle),
+        "machine": platform_facts.machine_facts(),
+        "export_machine": entry.get("machine"),
+        "rows": rows,
+        "passed": all(row["passed"] is not False for row in rows),
+    }
+
+
+def format_self_test_table(report: dict[str, Any]) -> str:
+    lines = [
+        f"self-test of {report['bundle']} on {platform_facts.describe(report['machine'])}",
+        f"exported on {platform_facts.describe(report['export_machine'] or {})}",
+        "errors against the FP32 reference (mean over the golden images); spread: largest distance from the "
+        "export machine's answers",
+        f"{'precision':<9} {'result':<8} {'score err':>9} {'budget':>7} {'map err':>8} {'budget':>7} "
+        f"{'flips':>5} {'spread':>8} {'seconds':>8}  backend",
+    ]
+    for row in report["rows"]:
+        if row["passed"] is None:
+            lines.append(
+                f"{row['precision']:<9} {'no set':<8} (exported without a self-test)  {row['backend']}"
+            )
+            continue
+        map_err, map_budget = (
+            ("-", "-")
+            if row["map_error"] is None
+            else (f"{row['map_error']:.3g}", f"{row['map_budget']:.3g}")
+        )
+        flips = "-" if row["verdict_flips"] is None else f"{row['verdict_flips']}/{row['max_flips']}"
+        lines.append(
+            f"{row['precision']:<9} {'ok' if row['passed'] else 'FAILS':<8} {row['score_error']:9.3g} "
+            f"{row['budget']:7.3g} {map_err:>8} {map_budget:>7} {flips:>5} {row['spread']:8.3g} "
+            f"{row['seconds']:8.3f}  {row['backend']}"
+        )
+    lines.extend(row["message"] for row in report["rows"] if "message" in row)
+    return "\n".join(lines)

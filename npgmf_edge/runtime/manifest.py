@@ -44,13 +44,13 @@ from npgmf_edge.errors import BundleError
 from npgmf_edge.fileio import first_mismatch, save_json, sha256_file
 from npgmf_edge.runtime import selftest
 from npgmf_edge.runtime.backends.base import GraphSpec
+from npgmf_edge.runtime.signing import MANIFEST_FILE, check_signature, load_private_key, sign_manifest_bytes
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 SELFTEST_REQUIRED_FROM = 2  # schema 2: `selftest` mandatory, its tolerances checked against the export's
 # schema 3: the self-test judges against the FP32 reference (`runtime.selftest`), in .npy files
-MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 KNN_MODES = ("faiss", "graph")
 CORESET_FAISS = "coreset.faiss"
@@ -266,8 +266,6 @@ def _nesting_depth(text: bytes) -> int:
 def _load_json(root: Path, path: Path, trust: Path | None) -> dict[str, Any]:
     """The manifest's JSON object, its bytes read once: the signature (with `trust`), the nesting and the
     parse all see the same bytes."""
-    from npgmf_edge.runtime.signing import check_signature
-
     size = path.stat().st_size
     if size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{path} is {size} bytes, not a manifest (at most {MAX_MANIFEST_BYTES}); re-export")
@@ -502,3 +500,15 @@ def _check_consistency(manifest: Manifest, path: Path) -> None:
                     f"{path}: {spec.file} yields {dim}-dim patch features but the coreset has dimension "
                     f"{manifest.coreset['dim']}; the files come from different exports, re-export the bundle"
                 )
+
+
+def sign_bundle(bundle: Path, key: Path) -> dict[str, str]:
+    """`npgmf-edge sign BUNDLE --key KEY`: check the bundle (every hash) and sign the manifest bytes that
+    were checked; returns the signature entry. A damaged bundle is refused, not signed."""
+    private_key = load_private_key(key)
+    path = Path(bundle) / MANIFEST_FILE
+    before = path.read_bytes() if path.is_file() else b""
+    read_manifest(Path(bundle))
+    if path.read_bytes() != before:
+        raise BundleError(f"{path} changed while it was being checked; sign it again")
+    return sign_manifest_bytes(Path(bundle), before, private_key)
