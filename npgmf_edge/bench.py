@@ -25,7 +25,6 @@ import platform
 import resource
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +35,7 @@ import numpy as np
 from npgmf_edge.data import IMAGE_EXTENSIONS
 from npgmf_edge.errors import ConfigError
 from npgmf_edge.inspection import Inspection
+from npgmf_edge.progress import Log
 from npgmf_edge.runtime.backends.registry import BACKENDS, tensorrt_unavailable_reason
 from npgmf_edge.runtime.inspector import STAGES, Inspector
 from npgmf_edge.runtime.manifest import read_manifest
@@ -44,7 +44,6 @@ REFERENCE_PATHS = ("torch", "torch-cuda", "torch-cuda-eager")
 SYNTHETIC_SOURCE_SIZE = (480, 640)  # a camera-like frame, decoded and resized like a real one
 LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "faiss-cpu",
              "faiss-gpu-cu12", "torch", "tensorrt", "cuda-python")  # fmt: skip
-Log = Callable[[str], None]
 
 
 class InspectPath(Protocol):

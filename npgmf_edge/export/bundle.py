@@ -32,7 +32,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,6 +60,7 @@ from npgmf_edge.knn import BruteForceNN, FaissNN
 from npgmf_edge.models.inspection_net import INPUT_NAME, OUTPUT_NAMES
 from npgmf_edge.postprocess import gaussian_sigma_for
 from npgmf_edge.preprocess import to_model_input
+from npgmf_edge.progress import Log
 from npgmf_edge.rundir import TrainedRun, load_coreset, load_run, read_provenance
 from npgmf_edge.runtime import selftest
 from npgmf_edge.runtime.backends.base import GraphSpec
@@ -84,7 +84,6 @@ DEFAULT_CALIBRATION_IMAGES = 32
 DEFAULT_INT8_MAX_DISAGREEMENT = 0.02
 INT8_MIN_RANK_CORRELATION = 0.95
 INT8_MAX_SCORE_DRIFT = 0.1  # mean |INT8 score - FP32 score| / mean |FP32 score|
-Log = Callable[[str], None]
 
 
 @dataclass
