@@ -28,8 +28,9 @@ computes only its band and the bands are concatenated. The exported graph is Con
 Add / Concat: no Unfold, no adaptive pooling with uneven bins, static shapes.
 
 `PatchFeatureExtractor` = `FrozenEncoder` + either aggregator; it is the patch-feature part of each bundle
-graph (`model.<precision>.onnx`, beside the logical branch). It can also sit on the logical branch's encoder (`share_logical_encoder`): the encoder then returns levels
-1-3 and the aggregator takes levels 2 and 3 from that list, so one encoder pass can serve both branches.
+graph (`model.<precision>.onnx`, beside the logical branch). It can also sit on the logical branch's
+encoder (`share_logical_encoder`): the encoder then returns levels 1-3 and the aggregator takes levels 2
+and 3 from that list, so one encoder pass can serve both branches.
 
 Example:
     >>> enc = FrozenEncoder("resnet18", out_indices=(2, 3), pretrained=False)
