@@ -45,7 +45,6 @@ from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
 from npgmf_edge.models.structural.features import PatchFeatureExtractor
 from npgmf_edge.models.structural.torch_model import StructuralDetector, build_patch_extractor
 from npgmf_edge.runtime.manifest import CORESET_FAISS, CORESET_NPY
-from npgmf_edge.training.early_stopping import TrainingCurve
 
 log = logging.getLogger(__name__)
 
@@ -224,22 +223,6 @@ def _relative(path: Path, start: Path) -> str:
         return os.path.relpath(path, start)
     except ValueError:  # another drive (Windows): no relative path exists
         return str(path)
-
-
-def read_training_curve(run_dir: Path) -> TrainingCurve | None:
-    """The logical branch's training curve (logical/summary.json, "curve"); None for a run without a
-    logical branch or trained before curves were recorded. CheckpointError naming the file if damaged."""
-    path = Path(run_dir) / LOGICAL_DIR / SUMMARY_FILE
-    if not path.is_file():
-        return None
-    summary = load_json(path)
-    recorded = summary.get("curve") if isinstance(summary, dict) else None
-    if recorded is None:
-        return None
-    try:
-        return TrainingCurve.from_dict(recorded)
-    except TypeError as exc:
-        raise CheckpointError(f"{path} holds a damaged training curve: {exc}") from exc
 
 
 def read_provenance(run_dir: Path) -> dict[str, Any]:

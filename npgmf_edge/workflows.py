@@ -408,7 +408,7 @@ def evaluate_run(
         plot_training_curve,
         write_html_report,
     )
-    from npgmf_edge.rundir import read_training_curve
+    from npgmf_edge.training.early_stopping import read_training_curve
 
     detector = open_detector(run_dir, device=device)
     out = Path(out)

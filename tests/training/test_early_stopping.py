@@ -25,7 +25,6 @@ from npgmf_edge.rundir import (
     MODEL_FILE,
     SUMMARY_FILE,
     load_logical,
-    read_training_curve,
 )
 from npgmf_edge.training import logical as logical_training
 from npgmf_edge.training.early_stopping import (
@@ -35,6 +34,7 @@ from npgmf_edge.training.early_stopping import (
     STOP_PATIENCE,
     StopDecision,
     decide,
+    read_training_curve,
 )
 from npgmf_edge.training.images import ImageTensorDataset
 from npgmf_edge.training.logical import train_logical
