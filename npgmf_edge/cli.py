@@ -232,7 +232,7 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Fit a detector from good images only (logical branch, structural branch, or both)."""
-    from npgmf_edge.config import PresetOverrides, apply_overrides, get_preset
+    from npgmf_edge.config import apply_overrides, get_preset
     from npgmf_edge.data import load_dataset
     from npgmf_edge.device import resolve_device
     from npgmf_edge.training.run import train_run
@@ -246,7 +246,8 @@ def train(
     from npgmf_edge.calibration.fusion_choice import parse_fusion_weights
 
     mode, weight_structural, weight_logical = parse_fusion_weights(fusion_weights)
-    overrides = PresetOverrides(
+    apply_overrides(  # every number checked before the dataset is read
+        cfg,
         image_size=image_size,
         epochs=epochs,
         batch_size=batch_size,
@@ -270,7 +271,6 @@ def train(
         weight_structural=weight_structural,
         weight_logical=weight_logical,
     )
-    apply_overrides(cfg, overrides)  # every number checked before the dataset is read
 
     dataset = load_dataset(data, category=category)
     try:

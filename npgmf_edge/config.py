@@ -345,48 +345,27 @@ PRESETS: dict[str, Callable[[], NpgmfConfig]] = {"tiny": _tiny, "edge": _edge, "
 DEFAULT_PRESET = "edge"
 
 
-def _sets(section: str | None) -> Any:
-    """A `PresetOverrides` field: None, or the value for the attribute of that name in `section`."""
-    return field(default=None, metadata={"section": section})
+# What `train`'s options and the demo lay over a preset: option -> the section of `NpgmfConfig` holding the
+# attribute of that name ("" for `NpgmfConfig` itself).
+OVERRIDABLE = {
+    "image_size": "",
+    **dict.fromkeys(
+        ("epochs", "batch_size", "lr", "seed", "early_stopping", "patience", "min_delta", "stop_on"), "train"
+    ),
+    **dict.fromkeys(("pretrained", "weights", "random_clip", "clip_weights"), "weights"),
+    **dict.fromkeys(("clip_model", "prompt", "use_text_prior", "use_codebooks"), "logical"),
+    **dict.fromkeys(("coreset_ratio", "aggregation"), "structural"),
+    **dict.fromkeys(("mode", "weight_structural", "weight_logical"), "fusion"),
+}
 
 
-@dataclass(frozen=True)
-class PresetOverrides:
-    """Options laid over a preset (the `train` command's flags, the demo's choices); None keeps the
-    preset's value. Each field sets the `NpgmfConfig` attribute of its own name in the section it names."""
-
-    image_size: int | None = _sets(None)
-    epochs: int | None = _sets("train")
-    batch_size: int | None = _sets("train")
-    lr: float | None = _sets("train")
-    seed: int | None = _sets("train")
-    early_stopping: bool | None = _sets("train")
-    patience: int | None = _sets("train")
-    min_delta: float | None = _sets("train")
-    stop_on: str | None = _sets("train")
-    pretrained: bool | None = _sets("weights")
-    weights: str | None = _sets("weights")
-    random_clip: bool | None = _sets("weights")
-    clip_weights: str | None = _sets("weights")
-    clip_model: str | None = _sets("logical")
-    prompt: str | None = _sets("logical")
-    use_text_prior: bool | None = _sets("logical")
-    use_codebooks: bool | None = _sets("logical")
-    coreset_ratio: float | None = _sets("structural")
-    aggregation: str | None = _sets("structural")
-    mode: str | None = _sets("fusion")
-    weight_structural: float | None = _sets("fusion")
-    weight_logical: float | None = _sets("fusion")
-
-
-def apply_overrides(cfg: NpgmfConfig, overrides: PresetOverrides) -> None:
-    """Set every option of `overrides` that is not None on `cfg`, then check the result (ConfigError
-    naming the first value out of range), before any data is read."""
-    for option in fields(overrides):
-        value = getattr(overrides, option.name)
+def apply_overrides(cfg: NpgmfConfig, **options: Any) -> None:
+    """Set every option that is not None (None keeps the preset's value) on `cfg`, then check the result
+    (ConfigError naming the first value out of range), before any data is read."""
+    for name, value in options.items():
         if value is not None:
-            section = option.metadata["section"]
-            setattr(cfg if section is None else getattr(cfg, section), option.name, value)
+            section = OVERRIDABLE[name]
+            setattr(getattr(cfg, section) if section else cfg, name, value)
     cfg.validate()
 
 

@@ -504,7 +504,7 @@ def run_demo(
     An INT8 graph the export refuses is dropped loudly (`dropped_precisions` holds why); `verify_passed`
     is False when any precision the bundle holds fails `verify`'s judgement (the CLI then exits 1)."""
     from npgmf_edge.bench import BenchOptions, format_bench_table, run_bench
-    from npgmf_edge.config import PresetOverrides, apply_overrides, get_preset
+    from npgmf_edge.config import apply_overrides, get_preset
     from npgmf_edge.data import load_dataset
     from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
     from npgmf_edge.export.bundle import ExportOptions, Int8RefusedError, export_bundle
@@ -517,7 +517,7 @@ def run_demo(
     dataset = load_dataset(data_dir)
 
     cfg = get_preset("tiny")
-    apply_overrides(cfg, PresetOverrides(random_clip=True, seed=seed, epochs=epochs))
+    apply_overrides(cfg, random_clip=True, seed=seed, epochs=epochs)
     run_dir = out / "run"
     train_run(dataset, cfg, run_dir, branch="all")
     evaluation = evaluate_run(run_dir, dataset, out / "evaluation")
