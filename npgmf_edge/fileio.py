@@ -5,7 +5,8 @@ hashes that runs and bundles share (JSON, safetensors, SHA-256).
 Every writer of results (checkpoints, configs, summaries, overlays, ONNX graphs, FAISS indexes) goes
 through `atomic_write`: the content is written to a temporary file in the target's folder, flushed to disk,
 given ordinary permissions, and renamed over the target (`os.replace`); a failed write removes its temporary
-file. The standard library and `filelock` only, so the runtime can use it too.
+file. The standard library and `filelock` only at import (the safetensors functions import safetensors
+when called), so the runtime can use it too.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""Runs a bundle's golden set (`runtime.selftest`) on this machine and judges it against the FP32
-reference its manifest stores. It needs only a callable that runs the graph and what follows it
-(`Inspector.run`), so the inspector imports this module and not the reverse.
-
-Example:
-    >>> result = run_self_test(inspector.manifest, "int8", inspector.run, inspector.backend.describe())
-    >>> result.passed, result.score_error, result.budget
-"""
+"""Runs a bundle's golden set (`runtime.selftest`) here and judges it against the FP32 reference its
+manifest stores. It needs only a callable that runs the graph (`Inspector.run`), so the inspector imports
+this module and not the reverse. Example: `run_self_test(manifest, "int8", inspector.run, "onnxruntime")`
+-> SelfTestResult (`.passed`, `.score_error`, `.budget`), or None for a bundle without a golden set."""
 
 from __future__ import annotations
 

@@ -1,14 +1,6 @@
-"""Memory a training run will need, estimated from the sizes before any work starts, so that a run that
-cannot fit is refused in one line instead of being killed by the kernel half-way (docs/RELIABILITY.md).
-
-- structural: the memory bank (every training patch, D float32 values, plus its coreset projection);
-- logical: one training step (activations kept for the backward pass, weights, gradients, Adam's moments,
-  measured by a batch-1 probe of a random-init network) plus the cached training images.
-
-Example:
-    >>> check_memory(cfg, dataset, "all")                      # ConfigError if the bank would not fit
-    >>> fixed, per_image = logical_training_bytes(cfg)
-"""
+"""Memory a training run will need, estimated from the sizes before any work starts: a run that cannot fit
+is refused in one line, not killed half-way by the kernel (docs/RELIABILITY.md). Example:
+`check_memory(cfg, dataset, "all")` raises ConfigError when the structural memory bank would not fit."""
 
 from __future__ import annotations
 

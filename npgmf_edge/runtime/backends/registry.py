@@ -1,11 +1,6 @@
 """The one way to open a bundle's graph: a backend's name -> its module, imported on first use, so a
-missing TensorRT costs nothing. Each module offers `open_bundle_graph(manifest, precision, device,
-threads)`: its loader makes the session or engine, its runner takes it.
-
-Example:
-    >>> with open_backend(read_manifest(bundle), "fp32", backend="auto", device="cpu") as runner:
-    ...     outputs = runner.infer(pixels)
-"""
+missing TensorRT costs nothing. Each module's `open_bundle_graph` hands its loader's session or engine to
+its runner. Example: `open_backend(read_manifest(bundle), "fp32", "auto", "cpu").infer(pixels)`."""
 
 from __future__ import annotations
 
