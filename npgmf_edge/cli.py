@@ -247,30 +247,16 @@ def train(
 
     mode, weight_structural, weight_logical = parse_fusion_weights(fusion_weights)
     apply_overrides(  # every number checked before the dataset is read
-        cfg,
-        image_size=image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        early_stopping=early_stopping,
-        patience=patience,
-        min_delta=min_delta,
+        cfg, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        early_stopping=early_stopping, patience=patience, min_delta=min_delta,
         stop_on=None if stop_on is None else stop_on.value.replace("-", "_"),
-        pretrained=not no_pretrained,
-        weights=weights or None,
-        random_clip=random_clip,
-        clip_weights=str(clip_weights) if clip_weights else None,
-        clip_model=clip_model or None,
-        prompt=prompt or None,
-        use_text_prior=not no_text_prior,
-        use_codebooks=not no_codebooks,
+        pretrained=not no_pretrained, weights=weights or None, random_clip=random_clip,
+        clip_weights=str(clip_weights) if clip_weights else None, clip_model=clip_model or None,
+        prompt=prompt or None, use_text_prior=not no_text_prior, use_codebooks=not no_codebooks,
         coreset_ratio=coreset_ratio,
         aggregation=None if structural_aggregation is None else structural_aggregation.value,
-        mode=mode,
-        weight_structural=weight_structural,
-        weight_logical=weight_logical,
-    )
+        mode=mode, weight_structural=weight_structural, weight_logical=weight_logical,
+    )  # fmt: skip
 
     dataset = load_dataset(data, category=category)
     try:
