@@ -25,7 +25,6 @@ import platform
 import resource
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,16 +35,16 @@ import numpy as np
 from npgmf_edge.data import IMAGE_EXTENSIONS
 from npgmf_edge.errors import ConfigError
 from npgmf_edge.inspection import Detector
+from npgmf_edge.progress import Log
+from npgmf_edge.runtime.backends.registry import BACKENDS, tensorrt_unavailable_reason
 from npgmf_edge.runtime.inspector import STAGES, Inspector
 from npgmf_edge.runtime.manifest import read_manifest
 from npgmf_edge.runtime.selftest import SelfTestResult
 
-RUNTIME_BACKENDS = ("onnxruntime", "tensorrt")
 REFERENCE_PATHS = ("torch", "torch-cuda", "torch-cuda-eager")
 SYNTHETIC_SOURCE_SIZE = (480, 640)  # a camera-like frame, decoded and resized like a real one
 LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "faiss-cpu",
              "faiss-gpu-cu12", "torch", "tensorrt", "cuda-python")  # fmt: skip
-Log = Callable[[str], None]
 
 
 class InspectPath(Detector, Protocol):
@@ -70,7 +69,7 @@ class BenchOptions:
     soak: int = 0
 
     def validate(self) -> None:
-        known = (*RUNTIME_BACKENDS, *REFERENCE_PATHS)
+        known = (*BACKENDS, *REFERENCE_PATHS)
         unknown = [b for b in self.backends if b not in known]
         if unknown:
             raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; choose among {', '.join(known)}")
@@ -146,8 +145,6 @@ def _gpu_name() -> str | None:
 
 def default_paths(run: Path | None, device: str) -> tuple[str, ...]:
     """Every path this machine can measure: the runtime's backends, and the torch references with --run."""
-    from npgmf_edge.runtime.backends.tensorrt import tensorrt_unavailable_reason
-
     paths = ["onnxruntime"]
     if device == "cuda" and tensorrt_unavailable_reason() is None:
         paths.append("tensorrt")
@@ -176,7 +173,7 @@ def bench_images(bundle_size: int, count: int, folder: Path | None, work: Path) 
 
 
 def open_path(name: str, bundle: Path, options: BenchOptions, precision: str) -> InspectPath:
-    if name in RUNTIME_BACKENDS:
+    if name in BACKENDS:
         device = "cuda" if name == "tensorrt" else options.device
         return Inspector.open(
             bundle, backend=name, device=device, precision=precision, threads=options.threads

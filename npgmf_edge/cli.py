@@ -232,52 +232,31 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Fit a detector from good images only (logical branch, structural branch, or both)."""
-    from npgmf_edge.config import get_preset
+    from npgmf_edge.config import apply_overrides, get_preset
     from npgmf_edge.data import load_dataset
     from npgmf_edge.device import resolve_device
     from npgmf_edge.training.run import train_run
 
     torch_device = resolve_device(device.value)  # fail now, not after reading the dataset
     cfg = get_preset(preset)
-    if image_size is not None:
-        cfg.image_size = image_size
-    overrides = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "early_stopping": early_stopping,
-        "patience": patience,
-        "min_delta": min_delta,
-        "stop_on": None if stop_on is None else stop_on.value.replace("-", "_"),
-    }
-    for name, value in overrides.items():
-        if value is not None:
-            setattr(cfg.train, name, value)
-    cfg.weights.pretrained = not no_pretrained
     if weights:
         from npgmf_edge.models.weights import resolve_weights
 
         resolve_weights(weights)  # fail now, naming the known sources, not after reading the dataset
-        cfg.weights.weights = weights
-    cfg.weights.random_clip = random_clip
-    cfg.weights.clip_weights = str(clip_weights) if clip_weights else None
-    if clip_model:
-        cfg.logical.clip_model = clip_model
-    if prompt:
-        cfg.logical.prompt = prompt
-    cfg.logical.use_text_prior = not no_text_prior
-    cfg.logical.use_codebooks = not no_codebooks
-    if coreset_ratio is not None:
-        cfg.structural.coreset_ratio = coreset_ratio
-    if structural_aggregation is not None:
-        cfg.structural.aggregation = structural_aggregation.value
     from npgmf_edge.calibration.fusion_choice import parse_fusion_weights
 
-    cfg.fusion.mode, cfg.fusion.weight_structural, cfg.fusion.weight_logical = parse_fusion_weights(
-        fusion_weights
-    )
-    cfg.validate()  # every number checked before the dataset is read
+    mode, weight_structural, weight_logical = parse_fusion_weights(fusion_weights)
+    apply_overrides(  # every number checked before the dataset is read
+        cfg, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        early_stopping=early_stopping, patience=patience, min_delta=min_delta,
+        stop_on=None if stop_on is None else stop_on.value.replace("-", "_"),
+        pretrained=not no_pretrained, weights=weights or None, random_clip=random_clip,
+        clip_weights=str(clip_weights) if clip_weights else None, clip_model=clip_model or None,
+        prompt=prompt or None, use_text_prior=not no_text_prior, use_codebooks=not no_codebooks,
+        coreset_ratio=coreset_ratio,
+        aggregation=None if structural_aggregation is None else structural_aggregation.value,
+        mode=mode, weight_structural=weight_structural, weight_logical=weight_logical,
+    )  # fmt: skip
 
     dataset = load_dataset(data, category=category)
     try:
@@ -489,7 +468,7 @@ def verify(
     With --run and --data: every graph and precision against the torch run and its self-test (exit 1 if
     FP32 parity fails, or a lower precision misses its verdict / AUROC limits or its self-test)."""
     if run is None:
-        from npgmf_edge.runtime.selftest import format_self_test_table, self_test_bundle
+        from npgmf_edge.runtime.inspector import format_self_test_table, self_test_bundle
 
         report = self_test_bundle(bundle, backend=backend, device=device, trust=trust)
         typer.echo(json.dumps(report, indent=2) if as_json else format_self_test_table(report))
@@ -533,7 +512,8 @@ def sign(
 ) -> None:
     """Sign a bundle already written: its manifest (and so every file it hashes) is checked, then signed
     in BUNDLE/signature.json (written atomically; a previous signature is replaced)."""
-    from npgmf_edge.runtime.signing import SIGNATURE_FILE, sign_bundle
+    from npgmf_edge.runtime.manifest import sign_bundle
+    from npgmf_edge.runtime.signing import SIGNATURE_FILE
 
     entry = sign_bundle(bundle, key)
     _emit({"bundle": bundle, "signature": bundle / SIGNATURE_FILE, "key_id": entry["key_id"]}, as_json)

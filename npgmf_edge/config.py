@@ -345,6 +345,30 @@ PRESETS: dict[str, Callable[[], NpgmfConfig]] = {"tiny": _tiny, "edge": _edge, "
 DEFAULT_PRESET = "edge"
 
 
+# What `train`'s options and the demo lay over a preset: option -> the section of `NpgmfConfig` holding the
+# attribute of that name ("" for `NpgmfConfig` itself).
+OVERRIDABLE = {
+    "image_size": "",
+    **dict.fromkeys(
+        ("epochs", "batch_size", "lr", "seed", "early_stopping", "patience", "min_delta", "stop_on"), "train"
+    ),
+    **dict.fromkeys(("pretrained", "weights", "random_clip", "clip_weights"), "weights"),
+    **dict.fromkeys(("clip_model", "prompt", "use_text_prior", "use_codebooks"), "logical"),
+    **dict.fromkeys(("coreset_ratio", "aggregation"), "structural"),
+    **dict.fromkeys(("mode", "weight_structural", "weight_logical"), "fusion"),
+}
+
+
+def apply_overrides(cfg: NpgmfConfig, **options: Any) -> None:
+    """Set every option that is not None (None keeps the preset's value) on `cfg`, then check the result
+    (ConfigError naming the first value out of range), before any data is read."""
+    for name, value in options.items():
+        if value is not None:
+            section = OVERRIDABLE[name]
+            setattr(getattr(cfg, section) if section else cfg, name, value)
+    cfg.validate()
+
+
 def get_preset(name: str) -> NpgmfConfig:
     """A fresh config for preset `name`; raises ConfigError naming the valid presets otherwise."""
     try:

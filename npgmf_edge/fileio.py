@@ -1,30 +1,38 @@
 """Atomic file writes (a run killed at any moment, or a full disk, leaves either the old file or the new one,
-never half) and the lock that keeps two processes from writing into one output folder.
+never half), the lock that keeps two processes from writing into one output folder, and the readers and
+hashes that runs and bundles share (JSON, safetensors, SHA-256).
 
 Every writer of results (checkpoints, configs, summaries, overlays, ONNX graphs, FAISS indexes) goes
 through `atomic_write`: the content is written to a temporary file in the target's folder, flushed to disk,
 given ordinary permissions, and renamed over the target (`os.replace`); a failed write removes its temporary
-file. The standard library and `filelock` only, so the runtime can use it too.
+file. The standard library and `filelock` only at import (the safetensors functions import safetensors
+when called), so the runtime can use it too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from npgmf_edge.errors import OutputError
+from npgmf_edge.errors import CheckpointError, OutputError
+
+if TYPE_CHECKING:
+    import torch
 
 LOCK_FILE = ".npgmf-edge.lock"
 FILE_MODE = 0o644  # mkstemp creates 0600; results are meant to be shared like any other file
 DIR_MODE = 0o755
+HASH_CHUNK = 1 << 20
+META_KEY = "npgmf"  # safetensors metadata holds one JSON document under this key
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -78,6 +86,58 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 def save_json(obj: Any, path: Path) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def load_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, Any] | None = None) -> None:
+    """Named CPU tensors (+ a JSON-able dict) to a safetensors file, atomically; nothing is pickled."""
+    from safetensors.torch import save as safetensors_bytes
+
+    plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    metadata = {META_KEY: json.dumps(meta or {})}
+    atomic_write_bytes(path, safetensors_bytes(plain, metadata=metadata))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Inverse of `save_tensors`: (tensors, meta). CheckpointError if missing or unreadable."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            metadata = handle.metadata() or {}
+        return tensors, json.loads(metadata.get(META_KEY, "{}"))
+    except Exception as exc:  # safetensors raises its own error types for truncated / foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def first_mismatch(root: Path, files: dict[str, str]) -> tuple[Path, str] | None:
+    """The first listed file that is missing or whose SHA-256 differs from the recorded one, as
+    (path, "missing" | "changed"); None when all match. Bundles and run directories both check this way."""
+    for name, expected in files.items():
+        path = root / name
+        if not path.is_file():
+            return path, "missing"
+        if sha256_file(path) != expected:
+            return path, "changed"
+    return None
 
 
 @contextlib.contextmanager

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 LOG_STEPS = 10  # lines per task in a log, besides its start, end and notes
 PREFIX = "[npgmf-edge]"
+# Where a library call reports one line of what it is doing (the CLI passes a stderr writer).
+Log = Callable[[str], None]
 
 
 class Reporter:

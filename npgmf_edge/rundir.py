@@ -38,15 +38,13 @@ from npgmf_edge.calibration import Calibration, load_calibration
 from npgmf_edge.calibration.calibrate import CALIBRATION_FILE, PSEUDO_SAMPLE_FILE
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.errors import CheckpointError
-from npgmf_edge.fileio import save_json
+from npgmf_edge.fileio import first_mismatch, load_json, load_tensors, save_json, sha256_file
 from npgmf_edge.knn import BruteForceNN, NearestNeighbourScorer, create_scorer
 from npgmf_edge.models.inspection_net import InspectionNet
 from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
 from npgmf_edge.models.structural.features import PatchFeatureExtractor
 from npgmf_edge.models.structural.torch_model import StructuralDetector, build_patch_extractor
-from npgmf_edge.runtime.manifest import first_mismatch, sha256_file
-from npgmf_edge.training.checkpoint import load_json, load_tensors
-from npgmf_edge.training.early_stopping import TrainingCurve
+from npgmf_edge.runtime.manifest import CORESET_FAISS, CORESET_NPY
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +59,6 @@ MODEL_FILE = "model.safetensors"
 TEXT_EMBEDDING_KEY = "text_prior.embedding"
 # structural/
 EXTRACTOR_FILE = "extractor.safetensors"
-CORESET_NPY = "coreset.npy"
-CORESET_FAISS = "coreset.faiss"
 RUN_MANIFEST = "run_manifest.json"
 # What a trained run is made of, relative to the run directory (not the resumable checkpoint or summaries).
 RUN_FILES = (
@@ -227,22 +223,6 @@ def _relative(path: Path, start: Path) -> str:
         return os.path.relpath(path, start)
     except ValueError:  # another drive (Windows): no relative path exists
         return str(path)
-
-
-def read_training_curve(run_dir: Path) -> TrainingCurve | None:
-    """The logical branch's training curve (logical/summary.json, "curve"); None for a run without a
-    logical branch or trained before curves were recorded. CheckpointError naming the file if damaged."""
-    path = Path(run_dir) / LOGICAL_DIR / SUMMARY_FILE
-    if not path.is_file():
-        return None
-    summary = load_json(path)
-    recorded = summary.get("curve") if isinstance(summary, dict) else None
-    if recorded is None:
-        return None
-    try:
-        return TrainingCurve.from_dict(recorded)
-    except TypeError as exc:
-        raise CheckpointError(f"{path} holds a damaged training curve: {exc}") from exc
 
 
 def read_provenance(run_dir: Path) -> dict[str, Any]:

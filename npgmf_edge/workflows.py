@@ -353,7 +353,7 @@ def evaluate_run(
         plot_training_curve,
         write_html_report,
     )
-    from npgmf_edge.rundir import read_training_curve
+    from npgmf_edge.training.early_stopping import read_training_curve
 
     detector = open_detector(run_dir, device=device)
     out = Path(out)
@@ -449,7 +449,7 @@ def run_demo(
     An INT8 graph the export refuses is dropped loudly (`dropped_precisions` holds why); `verify_passed`
     is False when any precision the bundle holds fails `verify`'s judgement (the CLI then exits 1)."""
     from npgmf_edge.bench import BenchOptions, format_bench_table, run_bench
-    from npgmf_edge.config import get_preset
+    from npgmf_edge.config import apply_overrides, get_preset
     from npgmf_edge.data import load_dataset
     from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
     from npgmf_edge.export.bundle import ExportOptions, Int8RefusedError, export_bundle
@@ -462,10 +462,7 @@ def run_demo(
     dataset = load_dataset(data_dir)
 
     cfg = get_preset("tiny")
-    cfg.weights.random_clip = True
-    cfg.train.seed = seed
-    if epochs is not None:
-        cfg.train.epochs = epochs
+    apply_overrides(cfg, random_clip=True, seed=seed, epochs=epochs)
     run_dir = out / "run"
     train_run(dataset, cfg, run_dir, branch="all")
     evaluation = evaluate_run(run_dir, dataset, out / "evaluation")

@@ -41,7 +41,7 @@ from npgmf_edge.models.inspection_net import INPUT_NAME, InspectionNet
 from npgmf_edge.models.structural.torch_model import build_patch_extractor
 from npgmf_edge.postprocess import structural_maps
 from npgmf_edge.runtime.backends.base import GraphSpec
-from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend, session_from_onnx
 
 SIZE, BANK, DIM = 256, 10_240, 1_536
 ANOMALIB_MS = 357.0
@@ -110,7 +110,7 @@ def main() -> None:
             graphs["int8"] = precision_ops.quantize_int8(graphs["fp32"], Path(tmp) / "int8.onnx", calibration)
         for name, graph in graphs.items():
             spec = GraphSpec(graph.name, name, "faiss", INPUT_NAME, (3, SIZE, SIZE), 1)
-            backend = OnnxRuntimeBackend(graph, spec, threads=args.threads)
+            backend = OnnxRuntimeBackend(session_from_onnx(graph, spec, threads=args.threads), spec)
             features = backend.infer(pixels)["patch_features"]
             results[f"runtime {name}: graph"] = timed(
                 lambda b=backend: b.infer(pixels), args.iters, args.warmup
@@ -130,7 +130,7 @@ def main() -> None:
             raw = export_onnx(module, example, Path(tmp) / f"{search}.onnx", INPUT_NAME, ["map"])
             graph = precision_ops.simplify(raw, Path(tmp) / f"{search}_fp32.onnx")
             spec = GraphSpec(graph.name, "fp32", "graph", INPUT_NAME, (3, SIZE, SIZE), 1)
-            backend = OnnxRuntimeBackend(graph, spec, threads=args.threads)
+            backend = OnnxRuntimeBackend(session_from_onnx(graph, spec, threads=args.threads), spec)
             results[f"runtime fp32, kNN in the graph, {search} search: whole path"] = timed(
                 lambda b=backend: b.infer(pixels), args.iters, args.warmup
             )

@@ -23,7 +23,6 @@ from sklearn.metrics import roc_auc_score
 from npgmf_edge.data import load_dataset
 from npgmf_edge.runtime import Inspector
 from npgmf_edge.runtime.platform_facts import machine_facts
-from npgmf_edge.runtime.selftest import run_self_test
 
 
 def main() -> None:
@@ -48,7 +47,7 @@ def main() -> None:
         tick = time.perf_counter()
         results = inspector.inspect(paths)
         seconds = time.perf_counter() - tick
-        test = run_self_test(inspector)
+        test = inspector.run_self_test()
         inspector.close()
         scores = np.array([r.score for r in results])
         verdicts = np.array([r.is_anomalous for r in results])

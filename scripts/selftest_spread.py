@@ -6,7 +6,7 @@ spreads the self-test's margins are sized from (docs/BENCHMARKS.md, "Self-test m
 
 Optimised and unoptimised onnxruntime fuse different kernels around the INT8 Q/DQ nodes (x86 NCHWc
 convolutions, fused activations), as another ISA does. Prints one JSON object: per bundle, the rows of
-`runtime.selftest.self_test_bundle` (score error against FP32, budget, margin, spread from the export
+`runtime.inspector.self_test_bundle` (score error against FP32, budget, margin, spread from the export
 machine's answers, map error, verdict flips) and this machine's facts.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from npgmf_edge.runtime.selftest import self_test_bundle
+from npgmf_edge.runtime.inspector import self_test_bundle
 
 NONE = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 

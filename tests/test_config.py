@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from npgmf_edge.config import PRESETS, NpgmfConfig, get_preset
+from npgmf_edge.config import OVERRIDABLE, PRESETS, NpgmfConfig, apply_overrides, get_preset
 from npgmf_edge.errors import ConfigError
 
 
@@ -110,3 +110,28 @@ def test_edge_pools_with_local_mean_and_the_others_with_the_reference() -> None:
     """docs/DESIGN.md "Structural branch": measured for edge (Lite2, 256 px) only."""
     aggregations = {name: get_preset(name).structural.aggregation for name in PRESETS}
     assert aggregations == {"tiny": "reference", "edge": "local_mean", "paper": "reference"}
+
+
+def test_overrides_set_the_named_values_and_keep_the_rest_of_the_preset() -> None:
+    cfg = get_preset("edge")
+    apply_overrides(
+        cfg, image_size=128, epochs=3, pretrained=False, prompt="a tray", aggregation="reference",
+        mode="fixed", weight_logical=0.5, seed=None,
+    )  # fmt: skip
+    expected = get_preset("edge")
+    expected.image_size, expected.train.epochs, expected.weights.pretrained = 128, 3, False
+    expected.logical.prompt, expected.structural.aggregation = "a tray", "reference"
+    expected.fusion.mode, expected.fusion.weight_logical = "fixed", 0.5
+    assert cfg.to_dict() == expected.to_dict()
+
+
+def test_every_override_names_an_attribute_of_its_section() -> None:
+    """A misspelt field would otherwise set a new attribute that nothing reads."""
+    cfg = get_preset("tiny")
+    for name, section in OVERRIDABLE.items():
+        assert hasattr(getattr(cfg, section) if section else cfg, name), name
+
+
+def test_overrides_are_checked_before_any_work() -> None:
+    with pytest.raises(ConfigError, match="epochs must be >= 1, got 0"):
+        apply_overrides(get_preset("tiny"), epochs=0)

@@ -709,9 +709,9 @@ def test_a_one_image_dataset_fails_before_the_logical_branch_trains(
 def test_a_memory_bank_that_would_not_fit_is_refused_before_any_work(
     cli, loco_dataset_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from npgmf_edge.training import run
+    from npgmf_edge.training import memory
 
-    monkeypatch.setattr(run, "available_memory", lambda: 2**20)
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**20)
     code, _, err = cli(
         "train", loco_dataset_dir, "--preset", "tiny", "--no-pretrained", "--out", tmp_path / "run"
     )
@@ -730,9 +730,9 @@ def test_a_training_batch_that_would_not_fit_is_refused_before_any_work(
 ) -> None:
     """--batch-size beyond the training set is capped at it (10 images here); the estimate of that step
     (tiny at 128 px: ~0.03 GiB fixed + ~0.02 GiB per image) is above the 0.1 GiB made available."""
-    from npgmf_edge.training import run
+    from npgmf_edge.training import memory
 
-    monkeypatch.setattr(run, "available_memory", lambda: 100 * 2**20)
+    monkeypatch.setattr(memory, "available_memory", lambda: 100 * 2**20)
     code, _, err = cli(
         "train", loco_dataset_dir, "--preset", "tiny", "--no-pretrained", "--branch", "logical",
         "--batch-size", 10**6, "--out", tmp_path / "run",
@@ -750,7 +750,7 @@ def test_the_training_memory_estimate_follows_the_network_sizes() -> None:
     """Independent of the probe: the fixed part is 4 copies of the trainable parameters of the network
     training really builds, and the activations per image grow with the pixels (x4 from 128 to 256 px)."""
     from npgmf_edge.training.logical import _build_fresh
-    from npgmf_edge.training.run import logical_training_bytes
+    from npgmf_edge.training.memory import logical_training_bytes
 
     cfg = get_preset("tiny")
     cfg.weights.pretrained, cfg.weights.random_clip = False, True

@@ -32,7 +32,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,10 +60,11 @@ from npgmf_edge.knn import BruteForceNN, FaissNN
 from npgmf_edge.models.inspection_net import INPUT_NAME, OUTPUT_NAMES
 from npgmf_edge.postprocess import gaussian_sigma_for, structural_maps
 from npgmf_edge.preprocess import to_model_input
+from npgmf_edge.progress import Log
 from npgmf_edge.rundir import TrainedRun, load_coreset, load_run, read_provenance
 from npgmf_edge.runtime import selftest
 from npgmf_edge.runtime.backends.base import GraphSpec
-from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend, session_from_onnx
 from npgmf_edge.runtime.inspector import Inspector
 from npgmf_edge.runtime.manifest import (
     CORESET_FAISS,
@@ -87,7 +87,6 @@ DEFAULT_CALIBRATION_IMAGES = 32
 DEFAULT_INT8_MAX_DISAGREEMENT = 0.02
 INT8_MIN_RANK_CORRELATION = 0.95
 INT8_MAX_SCORE_DRIFT = 0.1  # mean |INT8 score - FP32 score| / mean |FP32 score|
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -158,7 +157,7 @@ def _calibration_paths(
 
 
 def _run_graph(path: Path, spec: GraphSpec, pixels: np.ndarray, threads: int | None) -> dict[str, np.ndarray]:
-    backend = OnnxRuntimeBackend(path, spec, threads=threads)
+    backend = OnnxRuntimeBackend(session_from_onnx(path, spec, threads=threads), spec)
     step = spec.max_batch
     outputs = concat_batches(backend.infer(pixels[i : i + step]) for i in range(0, len(pixels), step))
     backend.close()
@@ -423,7 +422,9 @@ def _golden_set(
             require_selftest=False,  # this is what writes it
         )
         with inspector:
-            scores[precision], digests[precision] = selftest.golden_outputs(inspector, pixels)
+            scores[precision], digests[precision] = selftest.golden_outputs(
+                inspector.run, pixels, inspector.manifest.max_batch
+            )
     for precision, values in scores.items():
         if precision in quality:
             quality[precision]["selftest_score_drift"] = score_drift(reference[0], values)

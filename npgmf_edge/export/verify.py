@@ -28,7 +28,6 @@ from npgmf_edge.preprocess import to_model_input
 from npgmf_edge.runtime.detector import BundleDetector
 from npgmf_edge.runtime.inspector import Inspector
 from npgmf_edge.runtime.manifest import read_manifest
-from npgmf_edge.runtime.selftest import run_self_test
 
 # FP32 bundle vs torch: maps within 1e-4 absolute or 1e-5 of the map's largest value (the structural
 # map of a 256-D coreset holds distances of ~30, where float32 rounding alone differs by ~1e-4), image
@@ -127,7 +126,7 @@ def verify_bundle(
             )
             with BundleDetector(inspector) as bundled:
                 got = bundled.maps(pixels)
-                self_test = run_self_test(inspector)
+                self_test = inspector.run_self_test()
             row: dict[str, Any] = {"precision": precision, "backend": backend}
             row.update(
                 _compare(reference, got, detector.calibration.threshold, inspector.calibration.threshold)

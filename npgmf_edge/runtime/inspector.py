@@ -19,13 +19,13 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,94 +36,17 @@ from npgmf_edge.inspection import ImageInput, Inspection
 from npgmf_edge.knn import FaissNN, faiss_gpu_unavailable_reason
 from npgmf_edge.postprocess import structural_maps
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
+from npgmf_edge.runtime import platform_facts
 from npgmf_edge.runtime.backends.base import Backend, BackendError
-from npgmf_edge.runtime.manifest import CORESET_FAISS, TIMING_CACHE, Manifest, read_manifest
-from npgmf_edge.runtime.selftest import SelfTestError, SelfTestResult, failure_message, run_self_test
+from npgmf_edge.runtime.backends.registry import open_backend
+from npgmf_edge.runtime.manifest import CORESET_FAISS, Manifest, read_manifest
+from npgmf_edge.runtime.selfcheck import failure_message, run_self_test
+from npgmf_edge.runtime.selftest import SelfTestError, SelfTestResult
 
 log = logging.getLogger(__name__)
 
-# name -> (module, class); imported on first use so a missing TensorRT costs nothing.
-BACKENDS = {
-    "onnxruntime": ("npgmf_edge.runtime.backends.onnxruntime", "OnnxRuntimeBackend"),
-    "tensorrt": ("npgmf_edge.runtime.backends.tensorrt", "TensorRTBackend"),
-}
 STAGES = ("decode", "preprocess", "graph", "knn", "post")  # seconds per stage, as `bench` reports them
 FAISS_HEADER_SLACK = 4096  # bytes an IndexFlatL2 file holds besides its vectors (about 50)
-
-
-def _backend_class(name: str) -> type[Backend]:
-    if name not in BACKENDS:
-        raise BundleError(f"unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")
-    module, cls = BACKENDS[name]
-    return getattr(importlib.import_module(module), cls)
-
-
-def _open_backend(
-    manifest: Manifest, precision: str, backend: str, device: str, threads: int | None
-) -> Backend:
-    spec = manifest.graphs[precision]
-    if backend == "auto":
-        backend = "tensorrt" if device == "cuda" and _tensorrt_reason() is None else "onnxruntime"
-    if backend == "tensorrt":
-        return open_tensorrt(manifest, precision)
-    return _backend_class(backend)(manifest.root / spec.file, spec, device=device, threads=threads)
-
-
-def _tensorrt_reason() -> str | None:
-    from npgmf_edge.runtime.backends import tensorrt as trt_backend
-
-    return trt_backend.tensorrt_unavailable_reason()
-
-
-def open_tensorrt(manifest: Manifest, precision: str) -> Backend:
-    """The bundle's engine for `precision` when it was built for this GPU and TensorRT version; else an
-    engine rebuilt here from the bundle's ONNX (kept beside it under a name keyed by GPU, TensorRT version
-    and ONNX hash, so the next start reuses it). Refused with the reason when TensorRT is missing."""
-    from npgmf_edge.runtime.backends import tensorrt as trt_backend
-
-    reason = trt_backend.tensorrt_unavailable_reason()
-    if reason is not None:
-        raise BundleError(f"cannot run {manifest.root} with TensorRT: {reason}; use --backend onnxruntime")
-    spec = manifest.graphs[precision]
-    onnx_sha = manifest.raw["files"][spec.file]
-    current = {
-        **trt_backend.device_facts(),
-        "precision": precision,
-        "onnx_sha256": onnx_sha,
-        "max_batch": manifest.max_batch,
-        "input_shape": list(spec.input_shape),
-    }
-    recorded = manifest.engines.get(precision)
-    mismatch = (
-        "no engine was built at export"
-        if recorded is None
-        else trt_backend.engine_mismatch(recorded, current)
-    )
-    if mismatch is None:
-        note = trt_backend.engine_warning(recorded, current)
-        if note:
-            log.warning(note)
-        return trt_backend.TensorRTBackend(manifest.root / recorded["file"], spec)
-    engine = manifest.root / trt_backend.engine_file_name(precision, onnx_sha, current)
-    if not engine.is_file():
-        log.warning("%s; building a TensorRT engine for this station: %s", mismatch, engine)
-        try:
-            trt_backend.build_engine(
-                manifest.root / spec.file,
-                engine,
-                input_name=spec.input_name,
-                input_shape=spec.input_shape,
-                max_batch=manifest.max_batch,
-                precision=precision,
-                onnx_sha256=onnx_sha,
-                timing_cache_path=manifest.root / TIMING_CACHE,
-            )
-        except OSError as exc:
-            raise BundleError(
-                f"{mismatch}; rebuilding it in {manifest.root} failed ({exc}); make the bundle writable, "
-                f"or rebuild with `npgmf-edge export RUN --precision {precision} --tensorrt` on this station"
-            ) from exc
-    return trt_backend.TensorRTBackend(engine, spec)
 
 
 def _coreset_on_gpu(manifest: Manifest, device: str) -> bool:
@@ -255,14 +178,14 @@ class Inspector:
 
     def _run_self_test(self) -> str | None:
         """Run the bundle's golden set here (result in `self_test`); the failure message, or None."""
-        self.self_test = run_self_test(self)
+        self.self_test = self.run_self_test()
         if self.self_test is None:
             log.warning(
                 "%s has no self-test images (exported before them); re-export to get one", self.manifest.root
             )
             return None
         if not self.self_test.passed:
-            return failure_message(self.self_test, self)
+            return failure_message(self.self_test, self.manifest)
         log.info(
             "%s %s self-test passed in %.3f s (score error against FP32 %.2g <= %.2g)",
             self.manifest.root, self.precision, self.self_test.seconds, self.self_test.score_error,
@@ -281,7 +204,7 @@ class Inspector:
         max_pixels: int | None,
     ) -> Inspector:
         try:
-            runner = _open_backend(manifest, precision, backend, device, threads)
+            runner = open_backend(manifest, precision, backend, device, threads)
         except BackendError as exc:
             raise BundleError(f"{manifest.root}: cannot open its {precision} graph ({exc})") from exc
         knn = _load_coreset(manifest, device, threads) if manifest.knn == "faiss" else None
@@ -380,6 +303,10 @@ class Inspector:
         stages["post"] += time.perf_counter() - tick
         return results
 
+    def run_self_test(self) -> SelfTestResult | None:
+        """The bundle's golden set through this inspector (`runtime.selfcheck`); None for a bundle without."""
+        return run_self_test(self.manifest, self.precision, self.run, self.backend.describe())
+
     def close(self) -> None:
         self._pool.shutdown()
         self.backend.close()
@@ -389,3 +316,64 @@ class Inspector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def self_test_bundle(
+    bundle: Path,
+    backend: str = "auto",
+    device: str = "cpu",
+    trust: Path | None = None,
+    precisions: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """`npgmf-edge verify BUNDLE` on a station: each precision's self-test here (or those of `precisions`
+    it has), with this machine's facts (with `trust`, first the bundle's signature by one of those keys)."""
+    rows = []
+    manifest = read_manifest(Path(bundle), trust=trust)
+    for precision in (p for p in manifest.precisions if precisions is None or p in precisions):
+        with Inspector.open(bundle, backend, device, precision, self_test=False, trust=trust) as inspector:
+            result = inspector.run_self_test()
+            rows.append(
+                {"precision": precision, "backend": inspector.backend.describe(), "passed": None}
+                if result is None
+                else result.to_dict()
+            )
+            if result is not None and not result.passed:
+                rows[-1]["message"] = failure_message(result, inspector.manifest)
+    entry = manifest.raw.get("selftest") or {}
+    return {
+        "bundle": str(bundle),
+        "machine": platform_facts.machine_facts(),
+        "export_machine": entry.get("machine"),
+        "rows": rows,
+        "passed": all(row["passed"] is not False for row in rows),
+    }
+
+
+def format_self_test_table(report: dict[str, Any]) -> str:
+    lines = [
+        f"self-test of {report['bundle']} on {platform_facts.describe(report['machine'])}",
+        f"exported on {platform_facts.describe(report['export_machine'] or {})}",
+        "errors against the FP32 reference (mean over the golden images); spread: largest distance from the "
+        "export machine's answers",
+        f"{'precision':<9} {'result':<8} {'score err':>9} {'budget':>7} {'map err':>8} {'budget':>7} "
+        f"{'flips':>5} {'spread':>8} {'seconds':>8}  backend",
+    ]
+    for row in report["rows"]:
+        if row["passed"] is None:
+            lines.append(
+                f"{row['precision']:<9} {'no set':<8} (exported without a self-test)  {row['backend']}"
+            )
+            continue
+        map_err, map_budget = (
+            ("-", "-")
+            if row["map_error"] is None
+            else (f"{row['map_error']:.3g}", f"{row['map_budget']:.3g}")
+        )
+        flips = "-" if row["verdict_flips"] is None else f"{row['verdict_flips']}/{row['max_flips']}"
+        lines.append(
+            f"{row['precision']:<9} {'ok' if row['passed'] else 'FAILS':<8} {row['score_error']:9.3g} "
+            f"{row['budget']:7.3g} {map_err:>8} {map_budget:>7} {flips:>5} {row['spread']:8.3g} "
+            f"{row['seconds']:8.3f}  {row['backend']}"
+        )
+    lines.extend(row["message"] for row in report["rows"] if "message" in row)
+    return "\n".join(lines)

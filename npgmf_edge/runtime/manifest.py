@@ -43,22 +43,21 @@ from npgmf_edge import __version__
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.calibration.calibrate import LEGACY_KEYS, upgrade_legacy_calibration
 from npgmf_edge.errors import BundleError
-from npgmf_edge.fileio import save_json
+from npgmf_edge.fileio import first_mismatch, save_json, sha256_file
 from npgmf_edge.runtime import selftest
 from npgmf_edge.runtime.backends.base import GraphSpec
+from npgmf_edge.runtime.signing import MANIFEST_FILE, check_signature, load_private_key, sign_manifest_bytes
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 SELFTEST_REQUIRED_FROM = 2  # schema 2: `selftest` mandatory, its tolerances checked against the export's
 # schema 3: the self-test judges against the FP32 reference (`runtime.selftest`), in .npy files
-MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 KNN_MODES = ("faiss", "graph")
 CORESET_FAISS = "coreset.faiss"
 CORESET_NPY = "coreset.npy"
 TIMING_CACHE = "timing.cache"
-HASH_CHUNK = 1 << 20
 SELF_HASH_KEY = "manifest_sha256"
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few KB
 MAX_NESTING = 32  # a real manifest nests 5 deep; checked before parsing (200k `[` overflow json's recursion)
@@ -123,14 +122,6 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_sc
 
 def graph_file(precision: str) -> str:
     return f"model.{precision}.onnx"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -276,18 +267,6 @@ def _migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
     return data
 
 
-def first_mismatch(root: Path, files: dict[str, str]) -> tuple[Path, str] | None:
-    """The first listed file that is missing or whose SHA-256 differs from the recorded one, as
-    (path, "missing" | "changed"); None when all match. Bundles and run directories both check this way."""
-    for name, expected in files.items():
-        path = root / name
-        if not path.is_file():
-            return path, "missing"
-        if sha256_file(path) != expected:
-            return path, "changed"
-    return None
-
-
 def verify_files(root: Path, files: dict[str, str]) -> None:
     """Every listed file is present and has its recorded SHA-256, else BundleError naming it."""
     mismatch = first_mismatch(root, files)
@@ -364,8 +343,6 @@ def _nesting_depth(text: bytes) -> int:
 def _load_json(root: Path, path: Path, trust: Path | None) -> dict[str, Any]:
     """The manifest's JSON object, its bytes read once: the signature (with `trust`), the nesting and the
     parse all see the same bytes."""
-    from npgmf_edge.runtime.signing import check_signature
-
     size = path.stat().st_size
     if size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{path} is {size} bytes, not a manifest (at most {MAX_MANIFEST_BYTES}); re-export")
@@ -600,3 +577,15 @@ def _check_consistency(manifest: Manifest, path: Path) -> None:
                     f"{path}: {spec.file} yields {dim}-dim patch features but the coreset has dimension "
                     f"{manifest.coreset['dim']}; the files come from different exports, re-export the bundle"
                 )
+
+
+def sign_bundle(bundle: Path, key: Path) -> dict[str, str]:
+    """`npgmf-edge sign BUNDLE --key KEY`: check the bundle (every hash) and sign the manifest bytes that
+    were checked; returns the signature entry. A damaged bundle is refused, not signed."""
+    private_key = load_private_key(key)
+    path = Path(bundle) / MANIFEST_FILE
+    before = path.read_bytes() if path.is_file() else b""
+    read_manifest(Path(bundle))
+    if path.read_bytes() != before:
+        raise BundleError(f"{path} changed while it was being checked; sign it again")
+    return sign_manifest_bytes(Path(bundle), before, private_key)

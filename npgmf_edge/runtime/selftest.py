@@ -41,28 +41,27 @@ Files (simple for any reader, C++ included; numpy's .npy format, little-endian, 
     selftest.pixels.npy            uint8   (N, 3, S, S)  the golden images, RGB, model input size
     selftest.reference_maps.npy    float32 (N, G, G)     FP32 fused-map digests (G = DIGEST_GRID)
 
+This module holds the golden set's format and the measures; it knows neither the manifest (which
+checks stored budgets with them) nor the inspector: `runtime.selfcheck` runs the set through a callable.
+
 Example:
-    >>> result = run_self_test(inspector)       # None for a bundle exported without a golden set
-    >>> result.passed, result.score_error, result.budget
+    >>> scores, digests = golden_outputs(inspector.run, pixels, batch=8)
+    >>> score_error(scores, reference) <= budget_for("int8", export_error)
 """
 
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
 from npgmf_edge.errors import BundleError
 from npgmf_edge.runtime import platform_facts
-from npgmf_edge.runtime.backends.base import BackendError
-
-if TYPE_CHECKING:
-    from npgmf_edge.runtime.inspector import Inspector
 
 PIXELS_FILE = "selftest.pixels.npy"
 REFERENCE_MAPS_FILE = "selftest.reference_maps.npy"
@@ -73,6 +72,8 @@ _ALLOWANCES = json.loads((Path(__file__).with_name("selftest_margins.json")).rea
 DIGEST_GRID: int = _ALLOWANCES["digest_grid"]
 MARGIN: dict[str, float] = _ALLOWANCES["margin"]
 FLIP_ALLOWANCE: int = _ALLOWANCES["flip_allowance"]
+# What the self-test runs: float32 (B, 3, S, S) pixels -> at least {"score": (B,), "fused": (B, S, S)}.
+RunGraph = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 class SelfTestError(BundleError):
@@ -138,12 +139,11 @@ def map_digest(fused: np.ndarray) -> np.ndarray:
     return np.stack([cv2.resize(m.astype(np.float32), grid, interpolation=cv2.INTER_AREA) for m in fused])
 
 
-def golden_outputs(inspector: Inspector, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores and map digests of uint8 (N, 3, S, S) `pixels`, in the bundle's batch size."""
+def golden_outputs(run: RunGraph, pixels: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores and map digests of uint8 (N, 3, S, S) `pixels`, `batch` images per call of `run`."""
     scores, digests = [], []
-    step = inspector.manifest.max_batch
-    for start in range(0, len(pixels), step):
-        out = inspector.run(pixels[start : start + step].astype(np.float32))
+    for start in range(0, len(pixels), batch):
+        out = run(pixels[start : start + batch].astype(np.float32))
         scores.append(np.asarray(out["score"], dtype=np.float64))
         digests.append(map_digest(out["fused"]))
     return np.concatenate(scores), np.concatenate(digests)
@@ -214,158 +214,10 @@ def expectations(
     }
 
 
-def _load_golden(root: Path, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+def load_golden(root: Path, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     """The golden pixels and FP32 digests (None where a migrated bundle has none)."""
     if "legacy_file" in entry:  # schema <= 2
         with np.load(root / entry["legacy_file"], allow_pickle=False) as golden:
             return golden["pixels"], golden.get("digest_fp32")
     pixels = np.load(root / entry["pixels"], allow_pickle=False)
     return pixels, np.load(root / entry["reference_maps"], allow_pickle=False)
-
-
-def run_self_test(inspector: Inspector) -> SelfTestResult | None:
-    """Run the golden set through `inspector`; None when the bundle has none (exported before it existed)."""
-    entry = inspector.manifest.raw.get("selftest")
-    if not entry or inspector.precision not in entry["precisions"]:
-        return None
-    expected = entry["precisions"][inspector.precision]
-    root = inspector.manifest.root
-    try:
-        pixels, reference_maps = _load_golden(root, entry)
-    except (OSError, KeyError, ValueError) as exc:
-        raise BundleError(f"{root}: cannot read the self-test images ({exc}); re-export") from exc
-    images = int(entry["images"])
-    size = inspector.manifest.image_size
-    if (
-        pixels.dtype != np.uint8
-        or pixels.shape != (images, 3, size, size)
-        or (reference_maps is not None and reference_maps.shape != (images, DIGEST_GRID, DIGEST_GRID))
-    ):
-        raise BundleError(
-            f"{root}: the self-test files hold {pixels.dtype} {list(pixels.shape)} images, not {images} "
-            f"uint8 images of [3, {size}, {size}] with their {DIGEST_GRID} x {DIGEST_GRID} digests; re-export"
-        )
-    tick = time.perf_counter()
-    try:
-        scores, digests = golden_outputs(inspector, pixels)
-    except BackendError as exc:  # the golden images do not fit the graph the manifest describes
-        raise BundleError(
-            f"{root}: the {inspector.precision} self-test cannot run ({exc}); re-export"
-        ) from exc
-    seconds = time.perf_counter() - tick
-    reference = np.asarray(entry["reference"], dtype=np.float64)
-    use_maps = reference_maps is not None and expected.get("map_budget") is not None
-    threshold = inspector.manifest.calibration[inspector.precision].threshold
-    use_flips = entry.get("reference_threshold") is not None
-    spread = np.abs(scores - np.asarray(expected["scores"]))
-    return SelfTestResult(
-        precision=inspector.precision,
-        backend=inspector.backend.describe(),
-        images=len(pixels),
-        score_error=score_error(scores, reference),
-        budget=float(expected["budget"]),
-        map_error=score_error(digests, reference_maps) if use_maps else None,
-        map_budget=float(expected["map_budget"]) if use_maps else None,
-        verdict_flips=verdict_flips(scores, threshold, reference, entry["reference_threshold"])
-        if use_flips
-        else None,
-        max_flips=int(expected["max_flips"]) if use_flips else None,
-        spread=float(spread.max()) if np.isfinite(spread).all() else float("nan"),
-        seconds=seconds,
-    )
-
-
-def failure_message(result: SelfTestResult, inspector: Inspector) -> str:
-    """One line: which precision, by how much, what computed it here and at export, what to do."""
-    manifest = inspector.manifest
-    exported_on = platform_facts.describe(manifest.raw["selftest"].get("machine", {}))
-    here = platform_facts.describe(platform_facts.machine_facts())
-    other = next((p for p in manifest.precisions if p != result.precision), None)
-    advice = (
-        f"open it with --precision {other}, or pass --fallback {other} to answer in {other} when "
-        f"{result.precision} fails here"
-        if other
-        else "re-export the bundle on a machine like this one"
-    )
-    maps = (
-        ""
-        if result.map_error is None
-        else f", maps by {result.map_error:.4g} (budget {result.map_budget:.4g})"
-    )
-    flips = (
-        ""
-        if result.verdict_flips is None
-        else (
-            f", {result.verdict_flips} of {result.images} verdicts differ from FP32's "
-            f"(at most {result.max_flips})"
-        )
-    )
-    return (
-        f"{manifest.root}: the {result.precision} graph fails its self-test on this machine: its scores are "
-        f"{result.score_error:.4g} from FP32's on average (budget {result.budget:.4g}){maps}{flips}, with "
-        f"{result.backend} on {here}; exported on {exported_on}; {advice}"
-    )
-
-
-def self_test_bundle(
-    bundle: Path,
-    backend: str = "auto",
-    device: str = "cpu",
-    trust: Path | None = None,
-    precisions: tuple[str, ...] | None = None,
-) -> dict[str, Any]:
-    """`npgmf-edge verify BUNDLE` on a station: each precision's self-test here (or those of `precisions`
-    it has), with this machine's facts (with `trust`, first the bundle's signature by one of those keys)."""
-    from npgmf_edge.runtime.inspector import Inspector
-    from npgmf_edge.runtime.manifest import read_manifest
-
-    rows = []
-    manifest = read_manifest(Path(bundle), trust=trust)
-    for precision in (p for p in manifest.precisions if precisions is None or p in precisions):
-        with Inspector.open(bundle, backend, device, precision, self_test=False, trust=trust) as inspector:
-            result = run_self_test(inspector)
-            rows.append(
-                {"precision": precision, "backend": inspector.backend.describe(), "passed": None}
-                if result is None
-                else result.to_dict()
-            )
-            if result is not None and not result.passed:
-                rows[-1]["message"] = failure_message(result, inspector)
-    entry = manifest.raw.get("selftest") or {}
-    return {
-        "bundle": str(bundle),
-        "machine": platform_facts.machine_facts(),
-        "export_machine": entry.get("machine"),
-        "rows": rows,
-        "passed": all(row["passed"] is not False for row in rows),
-    }
-
-
-def format_self_test_table(report: dict[str, Any]) -> str:
-    lines = [
-        f"self-test of {report['bundle']} on {platform_facts.describe(report['machine'])}",
-        f"exported on {platform_facts.describe(report['export_machine'] or {})}",
-        "errors against the FP32 reference (mean over the golden images); spread: largest distance from the "
-        "export machine's answers",
-        f"{'precision':<9} {'result':<8} {'score err':>9} {'budget':>7} {'map err':>8} {'budget':>7} "
-        f"{'flips':>5} {'spread':>8} {'seconds':>8}  backend",
-    ]
-    for row in report["rows"]:
-        if row["passed"] is None:
-            lines.append(
-                f"{row['precision']:<9} {'no set':<8} (exported without a self-test)  {row['backend']}"
-            )
-            continue
-        map_err, map_budget = (
-            ("-", "-")
-            if row["map_error"] is None
-            else (f"{row['map_error']:.3g}", f"{row['map_budget']:.3g}")
-        )
-        flips = "-" if row["verdict_flips"] is None else f"{row['verdict_flips']}/{row['max_flips']}"
-        lines.append(
-            f"{row['precision']:<9} {'ok' if row['passed'] else 'FAILS':<8} {row['score_error']:9.3g} "
-            f"{row['budget']:7.3g} {map_err:>8} {map_budget:>7} {flips:>5} {row['spread']:8.3g} "
-            f"{row['seconds']:8.3f}  {row['backend']}"
-        )
-    lines.extend(row["message"] for row in report["rows"] if "message" in row)
-    return "\n".join(lines)

@@ -17,7 +17,7 @@ import without an undeclared pyOpenSSL, and signs only with EC keys, hashing eve
 
 Example:
     >>> private, public = generate_key_pair(Path("keys"))
-    >>> sign_bundle(Path("bundle"), private)
+    >>> sign_bundle(Path("bundle"), private)          # in runtime.manifest: it reads the bundle first
     >>> read_manifest(Path("bundle"), trust=public)  # SignatureError if anything changed since
 """
 
@@ -35,6 +35,7 @@ from npgmf_edge.errors import BundleError, NpgmfError
 from npgmf_edge.fileio import atomic_write_bytes
 
 SIGNATURE_FILE = "signature.json"
+MANIFEST_FILE = "manifest.json"  # the bundle's manifest: the one file signed (`runtime.manifest` reads it)
 ALGORITHM = "ed25519"
 PRIVATE_KEY_FILE = "npgmf-signing.key"
 PUBLIC_KEY_FILE = "npgmf-signing.pub"
@@ -150,8 +151,6 @@ def generate_key_pair(out: Path) -> tuple[Path, Path]:
 
 def sign_manifest_bytes(root: Path, manifest_bytes: bytes, private_key: Any) -> dict[str, str]:
     """Write `root`/signature.json (atomically) for these exact manifest bytes; returns its content."""
-    from npgmf_edge.runtime.manifest import MANIFEST_FILE
-
     entry = {
         "algorithm": ALGORITHM,
         "signed_file": MANIFEST_FILE,
@@ -203,17 +202,3 @@ def check_signature(root: Path, manifest_bytes: bytes, trust: Path) -> TrustedKe
         f"{root} is signed by key {signer[:16] or '?'}, which this station does not trust (--trust {trust} "
         f"holds {', '.join(k.key_id[:16] for k in keys)}); sign it with a trusted key, or add its public key"
     )
-
-
-def sign_bundle(bundle: Path, key: Path) -> dict[str, str]:
-    """`npgmf-edge sign BUNDLE --key KEY`: check the bundle (every hash) and sign the manifest bytes that
-    were checked; returns the signature entry. A damaged bundle is refused, not signed."""
-    from npgmf_edge.runtime.manifest import MANIFEST_FILE, read_manifest
-
-    private_key = load_private_key(key)
-    path = Path(bundle) / MANIFEST_FILE
-    before = path.read_bytes() if path.is_file() else b""
-    read_manifest(Path(bundle))
-    if path.read_bytes() != before:
-        raise BundleError(f"{path} changed while it was being checked; sign it again")
-    return sign_manifest_bytes(Path(bundle), before, private_key)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from npgmf_edge.errors import ServeError
+from npgmf_edge.progress import Log
 from npgmf_edge.serve.client import ServeClient, ServeResult, split_url
 from npgmf_edge.serve.model import DEFAULT_MODEL
 
-Log = Callable[[str], None]
 WARMUP_TIMEOUT_S = 120
 SCORE_RTOL = 1e-5  # batch composition changes onnxruntime's summation order by a few float32 ulps
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from npgmf_edge.data import DEFAULT_MAX_PIXELS
 from npgmf_edge.errors import ServeError
+from npgmf_edge.progress import Log
 from npgmf_edge.serve.model import (
     DEFAULT_MODEL,
     ENCODED_INPUT,
@@ -58,7 +59,6 @@ from npgmf_edge.serve.model import (
 from npgmf_edge.serve.stub_env import libpython_dir, python_backend_env
 from npgmf_edge.serve.tree import ServerTree
 
-Log = Callable[[str], None]
 MONITOR_PERIOD_S = 1.0  # how often the main thread checks that Triton and the models are alive
 QUIET_S = 0.5  # drained: no batch answered for this long (or 4 queue delays) after the unload
 # Triton's own exit timeout, once `_drain` has seen every accepted batch answered: time for the last

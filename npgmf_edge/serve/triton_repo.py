@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from npgmf_edge.errors import BundleError, ConfigError
 from npgmf_edge.fileio import atomic_directory
+from npgmf_edge.progress import Log
 from npgmf_edge.runtime.manifest import Manifest, read_manifest
 
-Log = Callable[[str], None]
 VERSION = "1"  # a new bundle goes in as the next version folder; see docs/SERVE.md
 TRT_SUFFIX = "_trt"
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8"}

@@ -7,7 +7,8 @@ significantly when its loss is below the loss of the last significant improvemen
 not, or at the cap of `max_epochs`. The weights kept are those of the lowest validation loss (the best
 epoch), whether or not it was a significant step. A non-finite validation loss never improves and stops
 training at once (the weights diverged). Being a pure function of the loss sequence, the rule gives the
-same answer on a resumed run as on an uninterrupted one.
+same answer on a resumed run as on an uninterrupted one. `TrainingCurve` is its record in a run
+(logical/summary.json), read back by `read_training_curve`.
 
 Example:
     >>> decide([1.0, 0.8, 0.79, 0.81], patience=2, min_delta=0.05, max_epochs=10)
@@ -19,6 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from npgmf_edge.errors import CheckpointError
+from npgmf_edge.fileio import load_json
+from npgmf_edge.rundir import LOGICAL_DIR, SUMMARY_FILE
 
 # Why training ended, as recorded in summary.json.
 STOP_PATIENCE = "patience"  # `patience` epochs without improvement
@@ -102,3 +108,19 @@ class TrainingCurve:
     @classmethod
     def from_dict(cls, data: dict) -> TrainingCurve:
         return cls(**data)
+
+
+def read_training_curve(run_dir: Path) -> TrainingCurve | None:
+    """The logical branch's training curve (logical/summary.json, "curve"); None for a run without a
+    logical branch or trained before curves were recorded. CheckpointError naming the file if damaged."""
+    path = Path(run_dir) / LOGICAL_DIR / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    summary = load_json(path)
+    recorded = summary.get("curve") if isinstance(summary, dict) else None
+    if recorded is None:
+        return None
+    try:
+        return TrainingCurve.from_dict(recorded)
+    except TypeError as exc:
+        raise CheckpointError(f"{path} holds a damaged training curve: {exc}") from exc

@@ -41,7 +41,7 @@ from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.data import AnomalyDataset
 from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import CheckpointError, ConfigError, DatasetError
-from npgmf_edge.fileio import save_json
+from npgmf_edge.fileio import load_tensors, save_json, save_tensors
 from npgmf_edge.models.logical.loss import logical_loss
 from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
 from npgmf_edge.models.text_prior import compute_text_embedding
@@ -53,12 +53,7 @@ from npgmf_edge.rundir import (
     SUMMARY_FILE,
     build_logical_from_state,
 )
-from npgmf_edge.training.checkpoint import (
-    load_tensors,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
-    save_tensors,
-)
+from npgmf_edge.training.checkpoint import optimizer_from_tensors, optimizer_to_tensors
 from npgmf_edge.training.early_stopping import (
     STOP_CAP,
     STOP_NO_VALIDATION,

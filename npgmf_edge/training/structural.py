@@ -30,7 +30,7 @@ from npgmf_edge.config import NpgmfConfig, StructuralConfig
 from npgmf_edge.data import AnomalyDataset, Sample
 from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import DatasetError
-from npgmf_edge.fileio import save_json
+from npgmf_edge.fileio import save_json, save_tensors
 from npgmf_edge.knn import BruteForceNN, FaissNN, create_scorer
 from npgmf_edge.models.structural.features import PatchFeatureExtractor
 from npgmf_edge.models.structural.sampler import (
@@ -42,7 +42,6 @@ from npgmf_edge.models.structural.sampler import (
 from npgmf_edge.models.structural.torch_model import build_patch_extractor
 from npgmf_edge.progress import Reporter
 from npgmf_edge.rundir import CONFIG_FILE, CORESET_FAISS, CORESET_NPY, EXTRACTOR_FILE, SUMMARY_FILE
-from npgmf_edge.training.checkpoint import save_tensors
 from npgmf_edge.training.images import ImageTensorDataset
 
 MIN_TRAIN_IMAGES = 2

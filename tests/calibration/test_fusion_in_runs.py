@@ -16,11 +16,11 @@ from sklearn.metrics import roc_auc_score
 from npgmf_edge.calibration import load_calibration
 from npgmf_edge.calibration.calibrate import PSEUDO_SAMPLE_FILE
 from npgmf_edge.detector import RunDetector
+from npgmf_edge.fileio import load_tensors, save_tensors
 from npgmf_edge.postprocess import fuse
 from npgmf_edge.rundir import LOGICAL_DIR, MODEL_FILE, read_provenance, write_run_manifest
 from npgmf_edge.runtime import Inspector
 from npgmf_edge.runtime.manifest import MANIFEST_FILE, SELF_HASH_KEY, read_manifest
-from npgmf_edge.training.checkpoint import load_tensors, save_tensors
 from npgmf_edge.training.run import recalibrate_run
 
 

@@ -83,7 +83,7 @@ def _graphs(*bundles: Path) -> list[Path]:
 def test_every_graph_is_checked_static_and_made_of_tensorrt_ops(
     faiss_bundle: Path, graph_bundle: Path, tiny_run
 ) -> None:
-    from npgmf_edge.training.checkpoint import load_tensors
+    from npgmf_edge.fileio import load_tensors
 
     embedding = load_tensors(tiny_run[0] / "logical" / "model.safetensors")[0]["text_prior.embedding"].numpy()
     assert embedding.shape == (CLIP_WIDTH,)

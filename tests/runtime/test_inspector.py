@@ -13,8 +13,8 @@ from npgmf_edge.data import read_image
 from npgmf_edge.detector import RunDetector
 from npgmf_edge.errors import BundleError
 from npgmf_edge.runtime import Inspector, read_manifest
-from npgmf_edge.runtime import inspector as inspector_module
 from npgmf_edge.runtime.backends import tensorrt as trt_backend
+from npgmf_edge.runtime.backends.registry import open_backend
 
 IMAGES = 10
 
@@ -113,7 +113,8 @@ def fake_tensorrt(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(trt_backend, "tensorrt_unavailable_reason", lambda: None)
     monkeypatch.setattr(trt_backend, "device_facts", lambda: dict(FACTS))
     monkeypatch.setattr(trt_backend, "build_engine", lambda onnx, engine, **kw: calls["build"].append(engine))
-    monkeypatch.setattr(trt_backend, "TensorRTBackend", lambda engine, spec: calls["open"].append(engine))
+    monkeypatch.setattr(trt_backend, "engine_from_path", lambda engine, spec: calls["open"].append(engine))
+    monkeypatch.setattr(trt_backend, "TensorRTBackend", lambda engine, spec: None)
     return calls
 
 
@@ -133,14 +134,14 @@ def _with_engine(manifest, **facts):
 
 def test_an_engine_built_for_this_gpu_and_tensorrt_is_used_as_is(faiss_bundle, fake_tensorrt) -> None:
     manifest = _with_engine(read_manifest(faiss_bundle))
-    inspector_module.open_tensorrt(manifest, "fp32")
+    open_backend(manifest, "fp32", backend="tensorrt")
     assert fake_tensorrt == {"build": [], "open": [faiss_bundle / "model.fp32.recorded.engine"]}
 
 
 @pytest.mark.parametrize("facts", [{"tensorrt_version": "10.0.1.6"}, {"compute_capability": "8.6"}])
 def test_an_engine_of_another_tensorrt_or_gpu_is_rebuilt_here(faiss_bundle, fake_tensorrt, facts) -> None:
     manifest = _with_engine(read_manifest(faiss_bundle), **facts)
-    inspector_module.open_tensorrt(manifest, "fp32")
+    open_backend(manifest, "fp32", backend="tensorrt")
     sha = manifest.raw["files"]["model.fp32.onnx"]
     expected = faiss_bundle / f"model.fp32.trt10.13.3.9.sm89.{sha[:12]}.engine"
     assert fake_tensorrt == {"build": [expected], "open": [expected]}

@@ -16,6 +16,7 @@ import torch
 from npgmf_edge.config import NpgmfConfig, get_preset
 from npgmf_edge.data import load_dataset
 from npgmf_edge.errors import ConfigError
+from npgmf_edge.fileio import load_tensors
 from npgmf_edge.models.logical.loss import logical_loss
 from npgmf_edge.report import plot_training_curve, write_html_report
 from npgmf_edge.rundir import (
@@ -24,10 +25,8 @@ from npgmf_edge.rundir import (
     MODEL_FILE,
     SUMMARY_FILE,
     load_logical,
-    read_training_curve,
 )
 from npgmf_edge.training import logical as logical_training
-from npgmf_edge.training.checkpoint import load_tensors
 from npgmf_edge.training.early_stopping import (
     STOP_CAP,
     STOP_NO_VALIDATION,
@@ -35,6 +34,7 @@ from npgmf_edge.training.early_stopping import (
     STOP_PATIENCE,
     StopDecision,
     decide,
+    read_training_curve,
 )
 from npgmf_edge.training.images import ImageTensorDataset
 from npgmf_edge.training.logical import train_logical

@@ -4,7 +4,7 @@ The nearest-neighbour scorers live in `npgmf_edge.knn` (numpy + faiss only, shar
 
 - `features`: `PatchFeatureAggregator` (PatchCore's reference aggregation of levels 2+3) and
   `LocalMeanAggregator` (anomalib's), `build_aggregator` (the one a config names), `PatchFeatureExtractor`
-  (frozen encoder + aggregator; exported as structural.onnx).
+  (frozen encoder + aggregator; the patch-feature part of each bundle graph, `model.<precision>.onnx`).
 - `sampler`: `IdentitySampler`, `RandomSampler`, `GreedyCoresetSampler` (+ `LoopGreedyCoresetSampler`,
   the plain-loop reference).
 - `torch_model`: `StructuralDetector` (extractor + fitted scorer -> patch scores, anomaly map).

@@ -27,9 +27,10 @@ contiguous band of the D outputs (sharing at most one row with the next level), 
 computes only its band and the bands are concatenated. The exported graph is Conv / Resize / Slice /
 Add / Concat: no Unfold, no adaptive pooling with uneven bins, static shapes.
 
-`PatchFeatureExtractor` = `FrozenEncoder` + either aggregator; it is what `structural.onnx` contains. It
-can also sit on the logical branch's encoder (`share_logical_encoder`): the encoder then returns levels
-1-3 and the aggregator takes levels 2 and 3 from that list, so one encoder pass can serve both branches.
+`PatchFeatureExtractor` = `FrozenEncoder` + either aggregator; it is the patch-feature part of each bundle
+graph (`model.<precision>.onnx`, beside the logical branch). It can also sit on the logical branch's
+encoder (`share_logical_encoder`): the encoder then returns levels 1-3 and the aggregator takes levels 2
+and 3 from that list, so one encoder pass can serve both branches.
 
 Example:
     >>> enc = FrozenEncoder("resnet18", out_indices=(2, 3), pretrained=False)
@@ -159,7 +160,8 @@ def build_aggregator(
 
 
 class PatchFeatureExtractor(nn.Module):
-    """Raw pixels (B, 3, S, S) in [0, 255] -> patch features (B, D, S/8, S/8). Exported as structural.onnx.
+    """Raw pixels (B, 3, S, S) in [0, 255] -> patch features (B, D, S/8, S/8): what a `--knn faiss`
+    bundle graph returns as `patch_features`.
 
     `levels` are the positions of levels 2 and 3 in the encoder's output list: (0, 1) for an encoder built
     with out_indices (2, 3), (1, 2) for the logical branch's (1, 2, 3).

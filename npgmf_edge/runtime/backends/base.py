@@ -1,11 +1,13 @@
-"""The backend interface every graph runner implements (the Polygraphy runner shape).
+"""The interface every graph runner implements (the Polygraphy runner shape).
 
-`Backend.infer` checks the input against the graph's contract and times the call; a subclass only fills in
-`_infer_impl` (and `_close`). Backends are built from a `GraphSpec` of the bundle manifest, so they know
-the graph's input name, shape and outputs without opening the model file themselves twice.
+Loaders make what a runner runs (an onnxruntime session, a TensorRT engine: build, check against the
+manifest, rebuild, cache); a runner takes it ready. `Backend.infer` checks the input against the graph's
+contract and times the call; `close` releases once. A subclass fills in `_infer_impl` and `_close` only.
+Runners get the `GraphSpec` of the bundle manifest, so they know the graph's input name, shape and outputs
+without reading the model file a second time.
 
 Example:
-    >>> backend = OnnxRuntimeBackend(bundle_dir, spec, threads=2)
+    >>> backend = OnnxRuntimeBackend(session_from_onnx(bundle / spec.file, spec, threads=2), spec)
     >>> outputs = backend.infer(pixels)           # {"logical_map": (B,1,S,S), "patch_features": ...}
     >>> backend.last_seconds                      # wall time of that call
 """
@@ -44,6 +46,7 @@ class Backend(abc.ABC):
     def __init__(self, spec: GraphSpec) -> None:
         self.spec = spec
         self.last_seconds = 0.0
+        self._closed = False
 
     def describe(self) -> str:
         """What computes this backend's numbers (library version, device), for self-test reports."""
@@ -51,6 +54,8 @@ class Backend(abc.ABC):
 
     def infer(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """(B, 3, S, S) float32 pixels -> {output name: (B, ...) float32 array}."""
+        if self._closed:
+            raise BackendError(f"{self.name}: the backend is closed")
         expected = self.spec.input_shape
         if pixels.dtype != np.float32 or pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
             raise BackendError(
@@ -71,8 +76,15 @@ class Backend(abc.ABC):
     def _infer_impl(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph on a checked, contiguous batch."""
 
-    def close(self) -> None:  # noqa: B027 - most backends hold nothing that needs releasing
-        """Release sessions, engines and device memory (idempotent)."""
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Release the session, engine or device memory this runner holds; `close` calls it once."""
+
+    def close(self) -> None:
+        """Release what the runner holds (idempotent); later calls to `infer` fail."""
+        if not self._closed:
+            self._closed = True
+            self._close()
 
     def __enter__(self) -> Backend:
         return self

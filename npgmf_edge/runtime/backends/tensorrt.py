@@ -1,5 +1,10 @@
 """Native TensorRT path: build an engine from a bundle's ONNX graph, check it fits this machine, run it.
 
+Loaders (as Polygraphy's `EngineFromPath`): `build_engine` compiles, `engine_for_bundle` picks the bundle's
+engine or rebuilds and caches one for this station, `engine_from_path` deserialises and checks it against
+the manifest. The runner (`TensorRTBackend`) takes that ready engine, owns its context, stream and buffers,
+and releases them on `close`.
+
 This is the only module of the project that imports `tensorrt` and cuda-python, and it imports them
 inside functions, so importing it costs nothing where they are absent (the CPU-only install, CI).
 
@@ -25,7 +30,7 @@ Example:
     >>> facts = build_engine(onnx, bundle / name, input_name="pixels", input_shape=(3, 256, 256),
     ...                      max_batch=8, precision="fp16", onnx_sha256=sha,
     ...                      timing_cache_path=bundle / "timing.cache")
-    >>> with TensorRTBackend(bundle / name, spec) as backend:
+    >>> with TensorRTBackend(engine_from_path(bundle / name, spec), spec) as backend:
     ...     outputs = backend.infer(pixels)
 """
 
@@ -49,10 +54,10 @@ import numpy as np
 from npgmf_edge.errors import BundleError
 from npgmf_edge.fileio import atomic_write
 from npgmf_edge.runtime.backends.base import Backend, BackendError, GraphSpec
+from npgmf_edge.runtime.manifest import PRECISIONS, TIMING_CACHE, Manifest
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_STEM = "model"
 ENGINE_SUFFIX = ".engine"
 SHA_PREFIX_CHARS = 12  # of the ONNX file's sha256 in an engine file name: unique within any bundle
@@ -365,6 +370,102 @@ def build_engine(
     }
 
 
+def engine_for_bundle(manifest: Manifest, precision: str) -> Path:
+    """The bundle's engine for `precision` when it was built for this GPU and TensorRT version; else an
+    engine rebuilt here from the bundle's ONNX (kept beside it under a name keyed by GPU, TensorRT version
+    and ONNX hash, so the next start reuses it). Refused with the reason when TensorRT is missing."""
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        raise BundleError(f"cannot run {manifest.root} with TensorRT: {reason}; use --backend onnxruntime")
+    spec = manifest.graphs[precision]
+    onnx_sha = manifest.raw["files"][spec.file]
+    current = {
+        **device_facts(),
+        "precision": precision,
+        "onnx_sha256": onnx_sha,
+        "max_batch": manifest.max_batch,
+        "input_shape": list(spec.input_shape),
+    }
+    recorded = manifest.engines.get(precision)
+    mismatch = "no engine was built at export" if recorded is None else engine_mismatch(recorded, current)
+    if mismatch is None:
+        note = engine_warning(recorded, current)
+        if note:
+            log.warning(note)
+        return manifest.root / recorded["file"]
+    engine = manifest.root / engine_file_name(precision, onnx_sha, current)
+    if not engine.is_file():
+        log.warning("%s; building a TensorRT engine for this station: %s", mismatch, engine)
+        try:
+            build_engine(
+                manifest.root / spec.file,
+                engine,
+                input_name=spec.input_name,
+                input_shape=spec.input_shape,
+                max_batch=manifest.max_batch,
+                precision=precision,
+                onnx_sha256=onnx_sha,
+                timing_cache_path=manifest.root / TIMING_CACHE,
+            )
+        except OSError as exc:
+            raise BundleError(
+                f"{mismatch}; rebuilding it in {manifest.root} failed ({exc}); make the bundle writable, "
+                f"or rebuild with `npgmf-edge export RUN --precision {precision} --tensorrt` on this station"
+            ) from exc
+    return engine
+
+
+@dataclass(frozen=True)
+class TrtEngine:
+    """A deserialised engine checked against its `GraphSpec`, with the runtime that made it."""
+
+    path: Path
+    runtime: Any
+    engine: Any
+
+
+def engine_from_path(engine_path: Path, spec: GraphSpec) -> TrtEngine:
+    """Deserialise `engine_path` and check its inputs, outputs and batch range against `spec`."""
+    engine_path = Path(engine_path)
+    if not engine_path.is_file():
+        raise BundleError(f"TensorRT engine {engine_path} is missing; {REBUILD_HINT}")
+    reason = tensorrt_unavailable_reason()
+    if reason:
+        raise BackendError(reason)
+    trt = _import_tensorrt()
+    runtime = trt.Runtime(_trt_logger())
+    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+    if engine is None:
+        raise BundleError(
+            f"TensorRT {trt.__version__} cannot load engine {engine_path} (built by another TensorRT "
+            f"version or for another GPU, or damaged); {REBUILD_HINT}"
+        )
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if n not in inputs]
+    if inputs != [spec.input_name]:
+        raise BundleError(f"engine {engine_path} has inputs {inputs}, the manifest says [{spec.input_name}]")
+    if spec.outputs and set(spec.outputs) != set(outputs):
+        raise BundleError(
+            f"engine {engine_path} has outputs {sorted(outputs)}, the manifest says "
+            f"{sorted(spec.outputs)}; {REBUILD_HINT}"
+        )
+    max_shape = tuple(engine.get_tensor_profile_shape(spec.input_name, 0)[2])
+    if max_shape[0] < spec.max_batch or max_shape[1:] != tuple(spec.input_shape):
+        raise BundleError(
+            f"engine {engine_path} accepts up to {max_shape}, the manifest needs "
+            f"{(spec.max_batch, *spec.input_shape)}; {REBUILD_HINT}"
+        )
+    return TrtEngine(path=engine_path, runtime=runtime, engine=engine)
+
+
+def open_bundle_graph(manifest: Manifest, precision: str, device: str, threads: int | None) -> Backend:
+    """The registry's entry: this station's engine for the bundle's `precision` graph, in a runner (a
+    TensorRT engine runs on the GPU whatever `device` says, on TensorRT's own threads)."""
+    spec = manifest.graphs[precision]
+    return TensorRTBackend(engine_from_path(engine_for_bundle(manifest, precision), spec), spec)
+
+
 @dataclass(frozen=True)
 class _Buffer:
     """One I/O tensor's pinned host and device memory, sized for the max batch."""
@@ -376,14 +477,15 @@ class _Buffer:
 
 
 class TensorRTBackend(Backend):
-    """Runs a serialized TensorRT engine with buffers allocated once for the bundle's max batch."""
+    """The runner: takes a checked engine (`engine_from_path`) and runs it with buffers allocated once for
+    the bundle's max batch."""
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: Path, spec: GraphSpec) -> None:
+    def __init__(self, engine: TrtEngine, spec: GraphSpec) -> None:
         super().__init__(spec)
-        self._runtime: Any = None
-        self._engine: Any = None
+        self._runtime: Any = engine.runtime
+        self._engine: Any = engine.engine
         self._context: Any = None
         self._stream: Any = None
         self._stream_handle = 0
@@ -391,16 +493,10 @@ class TensorRTBackend(Backend):
         self._output_names: list[str] = []
         self._host_ptrs: list[int] = []
         self._device_ptrs: list[int] = []
-        engine_path = Path(engine_path)
-        if not engine_path.is_file():
-            raise BundleError(f"TensorRT engine {engine_path} is missing; {REBUILD_HINT}")
-        reason = tensorrt_unavailable_reason()
-        if reason:
-            raise BackendError(reason)
         self._cudart = _import_cudart()
         self._facts = device_facts()
         try:
-            self._open(_import_tensorrt(), engine_path)
+            self._open(_import_tensorrt(), engine.path)
         except BaseException:
             with contextlib.suppress(BackendError):  # keep the original error, not a clean-up failure
                 self.close()
@@ -412,34 +508,10 @@ class TensorRTBackend(Backend):
         return f"TensorRT {facts['tensorrt_version']} on {gpu}"
 
     def _open(self, trt: ModuleType, engine_path: Path) -> None:
-        """Deserialize, check the engine against the spec, create the context, stream and buffers."""
-        spec, cudart = self.spec, self._cudart
-        self._runtime = trt.Runtime(_trt_logger())
-        self._engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
-        if self._engine is None:
-            raise BundleError(
-                f"TensorRT {trt.__version__} cannot load engine {engine_path} (built by another TensorRT "
-                f"version or for another GPU, or damaged); {REBUILD_HINT}"
-            )
-        engine = self._engine
+        """Create the context, stream and buffers for the checked engine."""
+        spec, cudart, engine = self.spec, self._cudart, self._engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self._output_names = [n for n in names if n not in inputs]
-        if inputs != [spec.input_name]:
-            raise BundleError(
-                f"engine {engine_path} has inputs {inputs}, the manifest says [{spec.input_name}]"
-            )
-        if spec.outputs and set(spec.outputs) != set(self._output_names):
-            raise BundleError(
-                f"engine {engine_path} has outputs {sorted(self._output_names)}, the manifest says "
-                f"{sorted(spec.outputs)}; {REBUILD_HINT}"
-            )
-        max_shape = tuple(engine.get_tensor_profile_shape(spec.input_name, 0)[2])
-        if max_shape[0] < spec.max_batch or max_shape[1:] != tuple(spec.input_shape):
-            raise BundleError(
-                f"engine {engine_path} accepts up to {max_shape}, the manifest needs "
-                f"{(spec.max_batch, *spec.input_shape)}; {REBUILD_HINT}"
-            )
+        self._output_names = [n for n in names if n != spec.input_name]
         self._context = engine.create_execution_context()
         if self._context is None:
             raise BackendError(f"tensorrt: no execution context for {engine_path} (out of GPU memory?)")
@@ -475,8 +547,6 @@ class TensorRTBackend(Backend):
         return _Buffer(dtype=dtype, host=host, host_ptr=host_ptr, device_ptr=device_ptr)
 
     def _infer_impl(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        if self._context is None:
-            raise BackendError("tensorrt: the backend is closed")
         cudart, stream = self._cudart, self._stream
         name = self.spec.input_name
         if not self._context.set_input_shape(name, pixels.shape):
@@ -512,8 +582,8 @@ class TensorRTBackend(Backend):
             for out, shape in shapes.items()
         }
 
-    def close(self) -> None:
-        """Release the context, engine, buffers and stream (idempotent); raises the first CUDA failure."""
+    def _close(self) -> None:
+        """Release the context, engine, buffers and stream; raises the first CUDA failure."""
         self._context = self._engine = self._runtime = None  # TensorRT objects first, in this order
         self._buffers = {}
         failures: list[BackendError] = []

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from npgmf_edge.runtime.backends.base import BackendError
-from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from npgmf_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend, session_from_onnx
 from npgmf_edge.runtime.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")
 def backend(faiss_bundle):
     spec = read_manifest(faiss_bundle).graphs["fp32"]
-    with OnnxRuntimeBackend(faiss_bundle / spec.file, spec, threads=1) as runner:
+    with OnnxRuntimeBackend(session_from_onnx(faiss_bundle / spec.file, spec, threads=1), spec) as runner:
         yield runner
 
 
@@ -40,4 +40,4 @@ def test_a_wrong_input_is_refused_with_the_contract(backend, pixels, message) ->
 def test_a_provider_onnxruntime_lacks_is_named_with_the_available_ones(faiss_bundle) -> None:
     spec = read_manifest(faiss_bundle).graphs["fp32"]
     with pytest.raises(BackendError, match=r"no CUDAExecutionProvider \(available: .*CPUExecutionProvider"):
-        OnnxRuntimeBackend(faiss_bundle / spec.file, spec, device="cuda")
+        session_from_onnx(faiss_bundle / spec.file, spec, device="cuda")

@@ -30,6 +30,7 @@ from npgmf_edge.runtime.backends.tensorrt import (
     build_engine,
     device_facts,
     engine_file_name,
+    engine_from_path,
     engine_mismatch,
     engine_warning,
     profile_shapes,
@@ -155,7 +156,7 @@ def test_unavailable_reason_names_tensorrt_when_it_cannot_be_imported(monkeypatc
 
 def test_missing_engine_file_is_a_bundle_error(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"missing\.engine is missing; rebuild the engine"):
-        TensorRTBackend(tmp_path / "missing.engine", _spec())
+        _runner(tmp_path / "missing.engine", _spec())
 
 
 def test_backend_without_tensorrt_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,7 +164,7 @@ def test_backend_without_tensorrt_says_why(tmp_path: Path, monkeypatch: pytest.M
     engine = tmp_path / "model.fp32.engine"
     engine.write_bytes(b"plan")
     with pytest.raises(BackendError, match="TensorRT cannot be imported"):
-        TensorRTBackend(engine, _spec())
+        _runner(engine, _spec())
 
 
 def test_missing_onnx_file_is_a_bundle_error(tmp_path: Path) -> None:
@@ -489,6 +490,11 @@ def _spec(outputs: dict[str, tuple[int, ...]] | None = None) -> GraphSpec:
     )
 
 
+def _runner(engine_path: Path, spec: GraphSpec) -> TensorRTBackend:
+    """The loader, then the runner, as `open_bundle_graph` composes them."""
+    return TensorRTBackend(engine_from_path(engine_path, spec), spec)
+
+
 def _build_kwargs(tmp_path: Path, precision: str = "fp32") -> dict[str, Any]:
     return {
         "input_name": "pixels",
@@ -628,7 +634,7 @@ def engine_file(tmp_path: Path) -> Path:
 
 
 def test_backend_runs_every_batch_size_without_allocating(engine_file: Path, fake_cuda: FakeCudart) -> None:
-    with TensorRTBackend(engine_file, _spec()) as backend:
+    with _runner(engine_file, _spec()) as backend:
         assert fake_cuda.allocations == 6  # pinned + device for pixels, logical_map, score
         for batch in (1, 3, 4, 2):
             pixels = _pixels(batch, seed=batch)
@@ -647,7 +653,7 @@ def test_backend_runs_every_batch_size_without_allocating(engine_file: Path, fak
 
 
 def test_outputs_are_copies_not_views_of_pinned_memory(engine_file: Path, fake_cuda: FakeCudart) -> None:
-    with TensorRTBackend(engine_file, _spec()) as backend:
+    with _runner(engine_file, _spec()) as backend:
         first = backend.infer(_pixels(2, seed=1))["logical_map"]
         kept = first.copy()
         backend.infer(_pixels(2, seed=2))
@@ -655,7 +661,7 @@ def test_outputs_are_copies_not_views_of_pinned_memory(engine_file: Path, fake_c
 
 
 def test_close_is_idempotent_and_infer_after_close_fails(engine_file: Path, fake_cuda: FakeCudart) -> None:
-    backend = TensorRTBackend(engine_file, _spec())
+    backend = _runner(engine_file, _spec())
     backend.close()
     backend.close()
     assert fake_cuda.blocks == {}
@@ -668,19 +674,19 @@ def test_unloadable_engine_is_a_bundle_error(tmp_path: Path, fake_cuda: FakeCuda
     path = tmp_path / "model.fp32.engine"
     path.write_bytes(b"plan from TensorRT 10.8")
     with pytest.raises(BundleError, match=r"TensorRT 10\.13\.3\.9 cannot load engine .*model\.fp32\.engine"):
-        TensorRTBackend(path, _spec())
+        _runner(path, _spec())
 
 
 def test_engine_outputs_must_match_the_manifest(engine_file: Path, fake_cuda: FakeCudart) -> None:
     with pytest.raises(BundleError, match=r"has outputs \['logical_map', 'score'\], the manifest says"):
-        TensorRTBackend(engine_file, _spec({"fused_map": (1, H, W), "score": ()}))
+        _runner(engine_file, _spec({"fused_map": (1, H, W), "score": ()}))
     assert fake_cuda.blocks == {}
 
 
 def test_engine_max_batch_must_cover_the_manifest(engine_file: Path, fake_cuda: FakeCudart) -> None:
     spec = GraphSpec("model.fp32.onnx", "fp32", "faiss", "pixels", (C, H, W), MAX_BATCH + 4)
     with pytest.raises(BundleError, match=r"accepts up to \(4, 3, 4, 4\), the manifest needs \(8, 3, 4, 4\)"):
-        TensorRTBackend(engine_file, spec)
+        _runner(engine_file, spec)
 
 
 def test_cuda_failure_names_the_call_and_frees_what_was_allocated(
@@ -688,7 +694,7 @@ def test_cuda_failure_names_the_call_and_frees_what_was_allocated(
 ) -> None:
     fake_cuda.failing.add("cudaMalloc")
     with pytest.raises(BackendError, match="CUDA call cudaMalloc failed with cudaErrorMemoryAllocation"):
-        TensorRTBackend(engine_file, _spec())
+        _runner(engine_file, _spec())
     assert fake_cuda.allocations == 1  # the first pinned buffer, then the failing device allocation
     assert fake_cuda.blocks == {}
     assert fake_cuda.streams_destroyed == 1
@@ -764,7 +770,7 @@ def test_real_engine_matches_onnxruntime(tmp_path: Path, real_tensorrt: types.Mo
 
     session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     spec = GraphSpec("tiny.onnx", "fp32", "faiss", "pixels", (3, 16, 16), 4)
-    with TensorRTBackend(tmp_path / name, spec) as backend:
+    with _runner(tmp_path / name, spec) as backend:
         for batch in (1, 3, 4):
             pixels = np.random.default_rng(batch).uniform(0, 255, (batch, 3, 16, 16)).astype(np.float32)
             names = ["logical_map", "patch_features"]
@@ -799,4 +805,4 @@ def test_real_damaged_engine_is_a_bundle_error(tmp_path: Path, real_tensorrt: ty
     path = tmp_path / "damaged.engine"
     path.write_bytes(b"not a TensorRT plan")
     with pytest.raises(BundleError, match="cannot load engine"):
-        TensorRTBackend(path, GraphSpec("tiny.onnx", "fp32", "faiss", "pixels", (3, 16, 16), 4))
+        _runner(path, GraphSpec("tiny.onnx", "fp32", "faiss", "pixels", (3, 16, 16), 4))
