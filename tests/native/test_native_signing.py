@@ -24,13 +24,12 @@ from npgmf_ctypes import STATUS_NAMES, NativeError
 
 from npgmf_edge.errors import BundleError
 from npgmf_edge.runtime import read_manifest
-from npgmf_edge.runtime.manifest import MANIFEST_FILE, SELF_HASH_KEY, _content_sha256, graph_file
+from npgmf_edge.runtime.manifest import MANIFEST_FILE, SELF_HASH_KEY, _content_sha256, graph_file, sign_bundle
 from npgmf_edge.runtime.signing import (
     SIGNATURE_FILE,
     SignatureError,
     SigningKeyError,
     generate_key_pair,
-    sign_bundle,
 )
 
 # Python's exception class -> the native status for the same refusal.
