@@ -54,7 +54,7 @@ from npgmf_edge.export.graph_heads import (
 )
 from npgmf_edge.export.onnx_graph import export_onnx
 from npgmf_edge.export.verify import compare_outputs, score_drift
-from npgmf_edge.fileio import atomic_directory
+from npgmf_edge.fileio import atomic_directory, sha256_file
 from npgmf_edge.inspection import concat_batches
 from npgmf_edge.knn import BruteForceNN, FaissNN
 from npgmf_edge.models.inspection_net import INPUT_NAME, OUTPUT_NAMES
@@ -77,7 +77,6 @@ from npgmf_edge.runtime.manifest import (
     coreset_entry,
     graph_entry,
     graph_file,
-    sha256_file,
     write_manifest,
 )
 from npgmf_edge.runtime.signing import key_id, load_private_key, sign_manifest_bytes
