@@ -7,6 +7,10 @@ rounds so that the machine's load hits both alike. Also the largest score and ma
 (the parity numbers for docs/BENCHMARKS.md). Prints one JSON object and a markdown table.
 
     python scripts/bench_native.py BUNDLE [BUNDLE...] --images data/breakfast_tray/test --count 8 --repeat 5
+
+--baseline-build DIR adds a third path, "baseline": npgmf-bench of another build of native/ (e.g. the
+commit before a change, configured with CMake into DIR), in the same alternating rounds, so a change to the
+native runtime is measured before and after under the same load.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ def python_round(bundle: Path, precision: str, images: list[Path], repeat: int) 
     return {"p50_s": statistics.median(totals), "stages_s": {k: v / len(totals) for k, v in stages.items()}}
 
 
-def native_round(bundle: Path, precision: str, images: list[Path], repeat: int) -> dict:
-    command = [ROOT / "native/build/npgmf-bench", bundle, precision, str(repeat), *images]
+def native_round(bundle: Path, precision: str, images: list[Path], repeat: int, build: Path) -> dict:
+    command = [build / "npgmf-bench", bundle, precision, str(repeat), *images]
     return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 
@@ -74,7 +78,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline-build", type=Path, help="another native build folder to time beside")
     args = parser.parse_args()
+    builds = {"native": ROOT / "native/build"}
+    if args.baseline_build:
+        builds["baseline"] = args.baseline_build
     images = sorted(args.images.rglob("*.png"))
     images = images[:: max(1, len(images) // args.count)][: args.count]
     rows = []
@@ -83,26 +91,39 @@ def main() -> None:
         for precision in manifest["graphs"]:
             if precision == "fp16":
                 continue
-            runs = {"python": [], "native": []}
+            runs = {"python": [], **{path: [] for path in builds}}
             for _ in range(args.rounds):
                 runs["python"].append(python_round(bundle, precision, images, args.repeat))
-                runs["native"].append(native_round(bundle, precision, images, args.repeat))
+                for path, build in builds.items():
+                    runs[path].append(native_round(bundle, precision, images, args.repeat, build))
             best = {k: min(v, key=lambda r: r["p50_s"]) for k, v in runs.items()}  # the least disturbed round
             rows.append({
                 "bundle": bundle.name, "preset": manifest["preset"], "knn": manifest["knn"],
                 "precision": precision, **best, **parity(bundle, precision, images),
             })  # fmt: skip
     print(json.dumps({"images": [str(p) for p in images], "rows": rows}, indent=1))
-    print("| bundle | precision | path | p50 ms | decode / pre / graph / kNN / post ms | outside graph ms |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| bundle | precision | path | p50 ms | decode / pre / graph / kNN / post ms | outside graph ms "
+          "| outside / e2e vs python |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+
+    def outside_ms(stages: dict) -> float:
+        return (stages["decode"] + stages["preprocess"] + stages["post"]) * 1e3
+
     for row in rows:
-        for path in ("python", "native"):
+        python = row["python"]
+        for path in ("python", *builds):
             s = row[path]["stages_s"]
-            outside = (s["decode"] + s["preprocess"] + s["post"]) * 1e3
             stages = " / ".join(f"{s[k] * 1e3:.1f}" for k in STAGES)
             p50 = row[path]["p50_s"] * 1e3
             name = f"{row['preset']} {row['knn']}"
-            print(f"| {name} | {row['precision']} | {path} | {p50:.1f} | {stages} | {outside:.1f} |")
+            outside = outside_ms(s)
+            ratios = ""
+            if path != "python":
+                e2e = row[path]["p50_s"] / python["p50_s"]
+                ratios = f"{outside / outside_ms(python['stages_s']):.2f}x / {e2e:.2f}x"
+            print(
+                f"| {name} | {row['precision']} | {path} | {p50:.1f} | {stages} | {outside:.1f} | {ratios} |"
+            )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ constexpr size_t kOptionsV1 = offsetof(npgmf_open_options, max_pixels) + sizeof(
 constexpr size_t kOptionsTrust = offsetof(npgmf_open_options, trust) + sizeof(const char *);  // libnpgmf 0.2
 constexpr size_t kResultV1 = offsetof(npgmf_result, map_width) + sizeof(int32_t);
 constexpr size_t kInfoV1 = offsetof(npgmf_info, self_test_max_flips) + sizeof(int32_t);
+constexpr size_t kInfoSignature = offsetof(npgmf_info, signed_by) + sizeof(npgmf_info::signed_by);  // libnpgmf 0.3
 
 npgmf_status fail(npgmf_status status, const std::string &message) {
     std::string line = message;
@@ -252,6 +253,10 @@ npgmf_status npgmf_describe(const npgmf_inspector *inspector, npgmf_info *info) 
         info->self_test_map_budget = test.map_budget < 0 ? NAN : test.map_budget;
         info->self_test_verdict_flips = test.verdict_flips;
         info->self_test_max_flips = test.max_flips;
+        if (info->struct_size >= kInfoSignature) {  // an older caller's struct ends before these
+            info->signature_verified = in.manifest().signed_by.empty() ? 0 : 1;
+            copy(info->signed_by, sizeof info->signed_by, in.manifest().signed_by);
+        }
         return ok();
     });
 }

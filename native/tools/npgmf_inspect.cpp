@@ -1,14 +1,18 @@
 // npgmf-inspect BUNDLE IMAGE... : one JSON line per image with the fields of `npgmf-edge predict --json`
 // (image, score, threshold, verdict, precision, overlay, error); a bad image gets its own error line and
-// the others their verdicts; exit 1 if any failed, 2 if the bundle cannot be opened.
+// the others their verdicts; exit 1 if any failed, 2 if the bundle cannot be opened. --describe BUNDLE:
+// one JSON line of npgmf_describe instead (what answers, its self-test, whether the signature was verified
+// and by which key).
 //
 //   npgmf-inspect [--precision P] [--fallback P] [--device cpu|cuda|tensorrt] [--threads N]
-//                 [--max-pixels N] [--trust KEY_OR_FOLDER] BUNDLE IMAGE...
+//                 [--max-pixels N] [--trust KEY_OR_FOLDER] (BUNDLE IMAGE... | --describe BUNDLE)
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "npgmf/npgmf.hpp"
 #include "pyjson.h"
@@ -42,8 +46,23 @@ const char *verdict_name(npgmf_verdict verdict) {
 
 int usage() {
     std::fprintf(stderr, "usage: npgmf-inspect [--precision P] [--fallback P] [--device cpu|cuda|tensorrt] "
-                         "[--threads N] [--max-pixels N] [--trust KEY_OR_FOLDER] BUNDLE IMAGE...\n");
+                         "[--threads N] [--max-pixels N] [--trust KEY_OR_FOLDER] (BUNDLE IMAGE... | --describe BUNDLE)\n");
     return 2;
+}
+
+// npgmf_info as one JSON object (NaN, "not checked", as null).
+std::string describe_json(const std::string &bundle, const npgmf_info &info) {
+    auto finite = [](double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr); };
+    const nlohmann::json out = {
+        {"bundle", bundle}, {"precision", info.precision}, {"requested_precision", info.requested_precision},
+        {"knn", info.knn}, {"backend", info.backend}, {"fallback_reason", info.fallback_reason},
+        {"image_size", info.image_size}, {"threshold", info.threshold}, {"self_test_ran", info.self_test_ran == 1},
+        {"self_test_score_error", finite(info.self_test_score_error)}, {"self_test_budget", finite(info.self_test_budget)},
+        {"self_test_map_error", finite(info.self_test_map_error)}, {"self_test_map_budget", finite(info.self_test_map_budget)},
+        {"self_test_verdict_flips", info.self_test_verdict_flips}, {"self_test_max_flips", info.self_test_max_flips},
+        {"signature_verified", info.signature_verified == 1}, {"signed_by", info.signed_by},
+    };
+    return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace
@@ -51,6 +70,7 @@ int usage() {
 int main(int argc, char **argv) {
     npgmf::Options options;
     std::vector<std::string> positional;
+    bool describe = false;
     for (int k = 1; k < argc; ++k) {
         const std::string arg = argv[k];
         auto value = [&]() -> std::string {
@@ -64,6 +84,7 @@ int main(int argc, char **argv) {
             else if (arg == "--threads") options.threads(std::stoi(value()));
             else if (arg == "--max-pixels") options.max_pixels(std::stoll(value()));
             else if (arg == "--trust") options.trust(value());
+            else if (arg == "--describe") describe = true;
             else if (arg == "--help" || arg == "-h") return usage(), 0;
             else if (arg.rfind("--", 0) == 0) throw std::invalid_argument("unknown option " + arg);
             else positional.push_back(arg);
@@ -72,10 +93,14 @@ int main(int argc, char **argv) {
             return usage();
         }
     }
-    if (positional.size() < 2) return usage();
+    if (describe ? positional.size() != 1 : positional.size() < 2) return usage();
     try {
         const npgmf::Inspector inspector(positional[0], options);
         const npgmf_info info = inspector.describe();
+        if (describe) {
+            std::printf("%s\n", describe_json(positional[0], info).c_str());
+            return 0;
+        }
         if (info.fallback_reason[0])
             std::fprintf(stderr, "npgmf-inspect: %s; answering in %s (fallback)\n", info.fallback_reason, info.precision);
         int failed = 0;

@@ -68,6 +68,8 @@ class Info(ctypes.Structure):
         ("self_test_map_budget", ctypes.c_double),
         ("self_test_verdict_flips", ctypes.c_int32),
         ("self_test_max_flips", ctypes.c_int32),
+        ("signature_verified", ctypes.c_int32),  # libnpgmf 0.3
+        ("signed_by", ctypes.c_char * 72),
     ]
 
 

@@ -67,7 +67,9 @@ def _filter(raw: bytes, prior: bytes, kind: int, bpp: int) -> bytes:
     return bytes([kind]) + ((x - predicted) % 256).astype(np.uint8).tobytes()
 
 
-def _png(samples: np.ndarray, colour: int, depth: int, *, interlace: bool = False, chunks: tuple = ()) -> bytes:
+def _png(
+    samples: np.ndarray, colour: int, depth: int, *, interlace: bool = False, chunks: tuple = ()
+) -> bytes:
     """A PNG of `samples` (H, W, C sample values) with every row filter in turn; `chunks`: (type, body)
     pairs written before IDAT (PLTE, tRNS, gAMA, ...)."""
     height, width, channels = samples.shape
@@ -116,10 +118,16 @@ def _variants() -> dict[str, tuple[bytes, bool]]:
         variants[f"rgb 8-bit + tRNS{tag}"] = (_png(rgb, 2, 8, interlace=interlace, chunks=(trns_rgb,)), True)
         grey = _random(21, 13, 1, 8, 2)
         trns_grey = (b"tRNS", struct.pack(">H", int(grey[0, 0, 0])))
-        variants[f"grey 8-bit + tRNS{tag}"] = (_png(grey, 0, 8, interlace=interlace, chunks=(trns_grey,)), True)
+        variants[f"grey 8-bit + tRNS{tag}"] = (
+            _png(grey, 0, 8, interlace=interlace, chunks=(trns_grey,)),
+            True,
+        )
         sbit = (b"sBIT", bytes([5, 6, 5]))
         chunks = (gamma, sbit, text)
-        variants[f"rgb 8-bit + gAMA sBIT tEXt{tag}"] = (_png(rgb, 2, 8, interlace=interlace, chunks=chunks), True)
+        variants[f"rgb 8-bit + gAMA sBIT tEXt{tag}"] = (
+            _png(rgb, 2, 8, interlace=interlace, chunks=chunks),
+            True,
+        )
         for depth in (1, 2, 4):
             samples = _random(11, 29, 1, depth, depth)
             variants[f"grey {depth}-bit{tag}"] = (_png(samples, 0, depth, interlace=interlace), False)
@@ -127,11 +135,13 @@ def _variants() -> dict[str, tuple[bytes, bool]]:
             samples = _random(11, 29, 1, depth, depth + 10)
             palette = (b"PLTE", plte[: 3 * 2**depth])
             variants[f"palette {depth}-bit{tag}"] = (
-                _png(samples, 3, depth, interlace=interlace, chunks=(palette,)), False
+                _png(samples, 3, depth, interlace=interlace, chunks=(palette,)),
+                False,
             )
             alpha = (b"tRNS", bytes(range(0, 2**depth, 3)))
             variants[f"palette {depth}-bit + tRNS{tag}"] = (
-                _png(samples, 3, depth, interlace=interlace, chunks=(palette, alpha)), False
+                _png(samples, 3, depth, interlace=interlace, chunks=(palette, alpha)),
+                False,
             )
     pixels = np.random.default_rng(3).integers(0, 256, (48, 65, 4), dtype=np.uint8)
     smooth = cv2.GaussianBlur(pixels, (0, 0), 3)  # libpng picks varied filters on smooth images
@@ -193,7 +203,7 @@ def _python(data: bytes) -> np.ndarray | None:
 def test_png_variants_decode_to_the_python_runtimes_pixels(variant, tmp_path):
     cases = _variants()
     files = []
-    for k, (name, (png, _)) in enumerate(cases.items()):
+    for k, (png, _) in enumerate(cases.values()):
         files.append(tmp_path / f"{k}.png")
         files[-1].write_bytes(png)
     results = _native(variant, files, tmp_path / "out")

@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed448, rsa
 from native_build import run_under_asan
-from npgmf_ctypes import STATUS_NAMES, NativeError
+from npgmf_ctypes import STATUS_NAMES, Info, NativeError
 
 from npgmf_edge.errors import BundleError
 from npgmf_edge.runtime import read_manifest
@@ -29,6 +29,7 @@ from npgmf_edge.runtime.signing import (
     SIGNATURE_FILE,
     SignatureError,
     SigningKeyError,
+    check_signature,
     generate_key_pair,
 )
 
@@ -253,3 +254,39 @@ def test_npgmf_inspect_trust(native_build, cases, tiny_run):
                           capture_output=True, text=True)  # fmt: skip
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == f"npgmf-inspect: {python_answer(bundle, trust)[1]}\n"
+
+
+def test_describe_reports_the_signature_verified_at_open(native_lib, native_build, cases):
+    """npgmf_describe and `npgmf-inspect --describe` say whether the signature was verified at open and by
+    which key: the one Python's check_signature finds (in a folder of two, the signer, not the first), and
+    nothing without trust. A caller compiled before these fields (libnpgmf 0.2's shorter npgmf_info) gets
+    its own fields, and nothing is written past them."""
+    by_name = {name: (bundle, trust) for name, bundle, trust in cases}
+    for name in ("signed, key file", "signed, folder of two keys"):
+        bundle, trust = by_name[name]
+        signer = check_signature(bundle, (bundle / MANIFEST_FILE).read_bytes(), trust).key_id
+        with native_lib.open(bundle, trust=trust, self_test=False) as native:
+            info = native.describe()
+            assert (info.signature_verified, info.signed_by.decode()) == (1, signer), name
+            old = Info()
+            ctypes.memset(ctypes.byref(old), 0x5A, ctypes.sizeof(Info))
+            old.struct_size = Info.signature_verified.offset  # where 0.2's npgmf_info ended
+            native_lib.check(native_lib.lib.npgmf_describe(native.handle, ctypes.byref(old)))
+            assert (old.precision, old.threshold, old.self_test_max_flips) == (
+                info.precision, info.threshold, info.self_test_max_flips
+            )  # fmt: skip
+            size = old.struct_size
+            past = ctypes.string_at(ctypes.addressof(old) + size, ctypes.sizeof(Info) - size)
+            assert past == b"\x5a" * len(past), name
+        described = subprocess.run([native_build / "npgmf-inspect", "--trust", trust, "--describe", bundle],
+                                   capture_output=True, text=True)  # fmt: skip
+        assert described.returncode == 0, described.stderr
+        line = json.loads(described.stdout)
+        assert (line["signature_verified"], line["signed_by"]) == (True, signer), name
+    bundle, _ = by_name["signed, key file"]  # signed, opened without trust: not checked
+    with native_lib.open(bundle, self_test=False) as native:
+        info = native.describe()
+    assert (info.signature_verified, info.signed_by) == (0, b"")
+    command = [native_build / "npgmf-inspect", "--describe", bundle]
+    line = json.loads(subprocess.run(command, capture_output=True, text=True).stdout)
+    assert (line["signature_verified"], line["signed_by"], line["self_test_ran"]) == (False, "", True)

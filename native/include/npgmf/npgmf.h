@@ -111,6 +111,13 @@ typedef struct npgmf_info {
     double self_test_map_budget;    /* NaN: not checked */
     int32_t self_test_verdict_flips; /* golden images whose verdict differs from FP32's; -1: not checked */
     int32_t self_test_max_flips;     /* -1: not checked */
+    /* --- added in libnpgmf 0.3 (written only when struct_size covers them) --- */
+    int32_t signature_verified;     /* 1: opened with `trust`, and signature.json verified by a trusted key
+                                       over manifest.json's bytes; 0: not checked (no `trust`): nothing is
+                                       known of who made the bundle */
+    char signed_by[72];             /* the id of the trusted key that signed it: SHA-256 of its raw Ed25519
+                                       public key, 64 hex digits, as `npgmf-edge keygen` and `sign` print
+                                       it; "" when not checked */
 } npgmf_info;
 
 /* NPGMF_ABI_VERSION of the library actually loaded. */
