@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 HERE=$PWD
 ORT_DIR=$HERE/third_party/onnxruntime
 PACKAGES=(cmake ninja-build g++ pkg-config libopencv-dev libfaiss-dev libopenblas0-pthread
-          nlohmann-json3-dev libssl-dev libspng-dev)
+          nlohmann-json3-dev libssl-dev)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

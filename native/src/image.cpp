@@ -6,10 +6,8 @@
 #include <filesystem>
 #include <cstring>
 #include <fstream>
-#include <memory>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <spng.h>
 
 #include "bundle.h"
 
@@ -19,10 +17,6 @@ namespace {
 constexpr const char *kUndecodable = "OpenCV cannot decode it (corrupt, truncated or not an image)";
 constexpr int64_t kFullDecodeFactor = 16;
 constexpr int64_t kOpenCvMaxPixels = int64_t{1} << 30;
-// libspng keeps ancillary chunks (text, ICC, EXIF; zTXt/iTXt inflated) in memory: bounded as libpng bounds
-// them (PNG_USER_CHUNK_MALLOC_MAX, 8 MB a chunk), 32 MB in all; a file above either goes to OpenCV.
-constexpr size_t kSpngChunkLimit = 8000000;
-constexpr size_t kSpngChunkCacheLimit = 32000000;
 
 Error image_error(const std::string &message) { return Error(NPGMF_IMAGE_ERROR, message); }
 
@@ -182,25 +176,6 @@ void refuse_unread(const std::vector<unsigned char> &data, const std::string &na
 
 }  // namespace
 
-cv::Mat decode_png_spng(const std::vector<unsigned char> &data, const Header &header) {
-    const std::unique_ptr<spng_ctx, void (*)(spng_ctx *)> context(spng_ctx_new(0), spng_ctx_free);
-    spng_ctx *ctx = context.get();
-    spng_ihdr ihdr{};
-    if (ctx == nullptr || spng_set_png_buffer(ctx, data.data(), data.size()) != 0 ||
-        spng_set_image_limits(ctx, static_cast<uint32_t>(header.width), static_cast<uint32_t>(header.height)) != 0 ||
-        spng_set_chunk_limits(ctx, kSpngChunkLimit, kSpngChunkCacheLimit) != 0 || spng_get_ihdr(ctx, &ihdr) != 0)
-        return {};
-    if (ihdr.bit_depth != 8 || ihdr.color_type == SPNG_COLOR_TYPE_INDEXED || ihdr.width != header.width ||
-        ihdr.height != header.height)
-        return {};
-    cv::Mat rgb(static_cast<int>(ihdr.height), static_cast<int>(ihdr.width), CV_8UC3);
-    size_t size = 0;
-    if (spng_decoded_image_size(ctx, SPNG_FMT_RGB8, &size) != 0 || size != rgb.total() * rgb.elemSize() ||
-        spng_decode_image(ctx, rgb.data, size, SPNG_FMT_RGB8, 0) != 0 || spng_decode_chunks(ctx) != 0)
-        return {};
-    return rgb;
-}
-
 bool read_header(const unsigned char *data, size_t size, Header &header) {
     auto starts = [&](const char *prefix, size_t n) { return size >= n && std::memcmp(data, prefix, n) == 0; };
     bool ok = false;
@@ -254,8 +229,6 @@ cv::Mat decode_bytes(const std::vector<unsigned char> &data, int64_t max_pixels,
                           thousands(header.width * header.height) + " pixels), above the limit of " + thousands(max_pixels) +
                           "; shrink it before sending, or open the bundle with a larger max_pixels");
     }
-    if (header.format == "png")
-        if (cv::Mat rgb = decode_png_spng(data, header); !rgb.empty()) return rgb;
     return to_rgb(imdecode(data, cv::IMREAD_UNCHANGED, name), name);
 }
 
@@ -276,8 +249,6 @@ cv::Mat decode_file(const std::string &path, int64_t max_pixels) {
     Header header;
     const bool known = read_header(data.data(), data.size(), header);
     const int factor = reduction(header, known, max_pixels, path);
-    if (factor == 1 && header.format == "png")
-        if (cv::Mat rgb = decode_png_spng(data, header); !rgb.empty()) return rgb;
     int flags = cv::IMREAD_UNCHANGED;
     if (factor > 1) {
         flags = (factor == 2 ? cv::IMREAD_REDUCED_COLOR_2 : factor == 4 ? cv::IMREAD_REDUCED_COLOR_4 : cv::IMREAD_REDUCED_COLOR_8) |

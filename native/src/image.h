@@ -2,7 +2,7 @@
 //   - the header's size is read before anything is decoded; bytes above max_pixels are refused
 //     (decode_image_bytes), files above it decoded reduced where the format allows (read_image);
 //   - OpenCV's imdecode with IMREAD_UNCHANGED (no EXIF rotation), then 16-bit -> round(v / 257), grey,
-//     BGR or BGRA -> RGB; 8-bit PNGs without a palette through libspng instead, to the same pixels;
+//     BGR or BGRA -> RGB;
 //   - to_model_input: INTER_AREA when shrinking, INTER_LINEAR when enlarging, HWC -> CHW float32 in 0..255;
 //   - map_to_image_size: a bilinear resize of the fused map back to the image's own size.
 #pragma once
@@ -24,14 +24,6 @@ struct Header {
 // other formats OpenCV decodes (TIFF, WebP, AVIF, JPEG 2000, PAM, PFM, HDR, Sun raster) are refused by
 // name before decoding (docs/EMBED.md, "Differences from the Python runtime").
 bool read_header(const unsigned char *data, size_t size, Header &header);
-
-// An 8-bit PNG without a palette decoded by libspng straight to RGB: the pixels OpenCV's imdecode
-// (IMREAD_UNCHANGED, libpng) and to_rgb give, faster (docs/BENCHMARKS.md). Grey and grey + alpha are
-// replicated, alpha and tRNS dropped, gAMA/sBIT/iCCP ignored, as OpenCV does; CRC and Adler-32 checks on,
-// every chunk up to IEND read. Empty where this path would not give OpenCV's answer exactly: 16-bit
-// (OpenCV rounds v / 257), 1/2/4-bit grey, palettes, and any file libspng refuses (OpenCV then decides:
-// its pixels or its error). `header` is read_header's, already bounded by max_pixels by the caller.
-cv::Mat decode_png_spng(const std::vector<unsigned char> &data, const Header &header);
 
 // RGB uint8 (H, W, 3) from encoded bytes, decode_image_bytes' rules; `name` is what errors call it.
 cv::Mat decode_bytes(const std::vector<unsigned char> &data, int64_t max_pixels, const std::string &name);
