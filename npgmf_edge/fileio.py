@@ -128,16 +128,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def first_mismatch(root: Path, files: dict[str, str]) -> tuple[Path, str] | None:
-    """The first listed file that is missing or whose SHA-256 differs from the recorded one, as
-    (path, "missing" | "changed"); None when all match. Bundles and run directories both check this way."""
+def check_hashes(
+    root: Path, files: dict[str, str], recorded_in: Path, error: type[Exception], words: tuple[str, ...]
+) -> None:
+    """Every listed file is present with the SHA-256 recorded in `recorded_in`, else `error` naming it.
+    Bundles and run directories both check this way; `words` is (what, made by, redo, command)."""
+    what, made_by, redo, command = words
     for name, expected in files.items():
         path = root / name
         if not path.is_file():
-            return path, "missing"
+            raise error(f"{path} is missing from the {what}; {redo} it with `npgmf-edge {command}`")
         if sha256_file(path) != expected:
-            return path, "changed"
-    return None
+            raise error(
+                f"{path} does not match the SHA-256 recorded in {recorded_in} (damaged or changed after "
+                f"{made_by}); {redo} the {what} with `npgmf-edge {command}`"
+            )
 
 
 @contextlib.contextmanager

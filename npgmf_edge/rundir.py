@@ -38,7 +38,7 @@ from npgmf_edge.calibration import Calibration, load_calibration
 from npgmf_edge.calibration.calibrate import CALIBRATION_FILE, PSEUDO_SAMPLE_FILE
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.errors import CheckpointError
-from npgmf_edge.fileio import first_mismatch, load_json, load_tensors, save_json, sha256_file
+from npgmf_edge.fileio import check_hashes, load_json, load_tensors, save_json, sha256_file
 from npgmf_edge.knn import BruteForceNN, NearestNeighbourScorer, create_scorer
 from npgmf_edge.models.inspection_net import InspectionNet
 from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
@@ -99,16 +99,7 @@ def check_run_files(run_dir: Path) -> None:
     files = recorded.get("files") if isinstance(recorded, dict) else None
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise CheckpointError(f"{path} is damaged (no file list); retrain the run with `npgmf-edge train`")
-    mismatch = first_mismatch(run_dir, files)
-    if mismatch is None:
-        return
-    file, kind = mismatch
-    if kind == "missing":
-        raise CheckpointError(f"{file} is missing from the run; retrain it with `npgmf-edge train`")
-    raise CheckpointError(
-        f"{file} does not match the SHA-256 recorded in {path} (damaged or changed after training); "
-        "retrain the run with `npgmf-edge train`"
-    )
+    check_hashes(run_dir, files, path, CheckpointError, ("run", "training", "retrain", "train"))
 
 
 def build_logical_from_state(

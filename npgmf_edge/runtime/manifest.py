@@ -43,7 +43,7 @@ from npgmf_edge import __version__
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.calibration.calibrate import LEGACY_KEYS, upgrade_legacy_calibration
 from npgmf_edge.errors import BundleError
-from npgmf_edge.fileio import first_mismatch, save_json, sha256_file
+from npgmf_edge.fileio import check_hashes, save_json, sha256_file
 from npgmf_edge.runtime import selftest
 from npgmf_edge.runtime.backends.base import GraphSpec
 from npgmf_edge.runtime.signing import MANIFEST_FILE, check_signature, load_private_key, sign_manifest_bytes
@@ -267,20 +267,6 @@ def _migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
     return data
 
 
-def verify_files(root: Path, files: dict[str, str]) -> None:
-    """Every listed file is present and has its recorded SHA-256, else BundleError naming it."""
-    mismatch = first_mismatch(root, files)
-    if mismatch is None:
-        return
-    path, kind = mismatch
-    if kind == "missing":
-        raise BundleError(f"{path} is missing from the bundle; re-export it with `npgmf-edge export`")
-    raise BundleError(
-        f"{path} does not match the SHA-256 recorded in {root / MANIFEST_FILE} (damaged or "
-        "changed after export); re-export the bundle with `npgmf-edge export`"
-    )
-
-
 def _graph_spec(precision: str, entry: dict[str, Any], knn: str, max_batch: int) -> GraphSpec:
     return GraphSpec(
         file=entry["file"],
@@ -382,7 +368,8 @@ def read_manifest(
         data = _migrate(data, path)
         named = _check_named_files(root, data)
         if check_files:
-            verify_files(root, data["files"])
+            words = ("bundle", "export", "re-export", "export")
+            check_hashes(root, data["files"], root / MANIFEST_FILE, BundleError, words)
         knn = data["knn"]
         max_batch = _bounded_int(data["input"]["max_batch"], "input.max_batch", MAX_BATCH_LIMIT)
         image_size = _bounded_int(data["input"]["size"], "input.size", MAX_INPUT_SIZE, lower=8)
