@@ -1,23 +1,12 @@
-"""The bundle manifest: the only contract between export and runtime, read and written here alone.
+"""The bundle manifest: the only contract between export and runtime, read and written here alone
+(the bundle's files: docs/DEPLOY.md "Bundle layout").
 
-A bundle is a directory:
-    manifest.json          this contract (schema_version first; SHA-256 of every other file)
-    model.<precision>.onnx image -> logical map + patch features (knn "faiss"), or
-                           image -> fused map + image score (+ branch maps) (knn "graph")
-    coreset.faiss, .npy    the structural branch's coreset (knn "faiss")
-    *.engine, timing.cache TensorRT engines and their builder's timing cache (where built)
-
-`read_manifest` refuses a bundle it cannot trust, with a message naming the file and what to do: a newer
-`schema_version` (upgrade the toolkit), a missing file or a changed byte (re-export), a coreset whose
-dimension differs from the graph's patch features. Older schema versions go through `MIGRATIONS`, so old
-bundles keep loading. numpy and the standard library only: the runtime imports this without torch.
-
-Every value is hostile until checked (docs/SECURITY.md): the JSON's nesting is bounded before it is parsed;
-every file the manifest names (graphs, coreset, self-test, engines) must be a plain file name inside the
-bundle, no symlink out, and among the hashed `files`; sizes and batch limits are bounded integers; from
-schema 2 on, the `selftest` section is mandatory and each of its budgets at most what the export's own
-measurement allows. With `trust` (a public key or a folder of them), the manifest's bytes must carry a
-signature by a trusted key (`runtime.signing`) before anything else is read.
+`read_manifest` refuses a bundle it cannot trust, naming the file and what to do: a newer
+`schema_version`, a missing file or a changed byte, a coreset unlike the graph's patch features. Older
+schemas go through `MIGRATIONS`, so old bundles keep loading. Every value is hostile until checked
+(docs/SECURITY.md): bounded JSON nesting, named files plain, inside the bundle and hashed, bounded sizes,
+self-test budgets no larger than the export measured; with `trust`, the signature (`runtime.signing`)
+before anything else. numpy and the standard library only: the runtime imports this without torch.
 
 Example:
     >>> manifest = read_manifest(Path("bundle"))
@@ -67,11 +56,8 @@ MAX_GOLDEN_IMAGES = 256
 
 
 def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
-    """Schema 1 -> 2: each precision's calibration gains the fusion level, the branch image-score
-    statistics and the record of how the fusion was chosen; a v1 bundle fused at pixel level with fixed
-    weights, which is what it keeps doing. Schema 2 also reads stricter (`selftest` mandatory, tolerances
-    checked against the export's measurement), which a schema-1 bundle cannot satisfy, so it is not held
-    to that (a warning says so)."""
+    """Schema 1 -> 2: each calibration reads as the pixel-level fusion with fixed weights it always was; the
+    stricter schema-2 checks (`selftest` mandatory) are not asked of it (a warning says so)."""
     calibration = data.get("calibration")
     if isinstance(calibration, dict):
         data["calibration"] = {
@@ -82,14 +68,10 @@ def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_schema_2(data: dict[str, Any]) -> dict[str, Any]:
-    """Schema 2 -> 3: the self-test judged each precision against the export machine's own answers, with
-    its golden set in one `selftest.npz`; schema 3 judges against the FP32 reference. The old entry has
-    what the new criterion needs from JSON alone: the FP32 reference scores (or, in the oldest bundles,
-    the fp32 graph's), each precision's scores at export (-> its score error and budget), the FP32
-    calibration's threshold (-> verdict flips, where the bundle has fp32). The map check needs the FP32
-    digests, which the archive holds only when the bundle has an fp32 graph: other precisions of a
-    migrated bundle are judged on scores and verdicts. A self-test without any FP32 answer is dropped
-    (the bundle opens with the no-self-test warning; re-export to get one)."""
+    """Schema 2 -> 3: the self-test, judged against the export machine's answers (`selftest.npz`), is
+    judged against the FP32 reference: the old entry's FP32 scores and threshold give each precision's
+    score error, budget and verdict flips; the map check only where the archive has FP32's digests. A
+    self-test without any FP32 answer is dropped (the bundle opens with the no-self-test warning)."""
     entry = data.get("selftest")
     if not isinstance(entry, dict) or not isinstance(entry.get("precisions"), dict):
         return data
