@@ -6,9 +6,9 @@ the manifest. The runner (`TensorRTBackend`) takes that ready engine, owns its c
 (allocated once, for the max batch) and releases them on `close`.
 
 The only module that imports `tensorrt` and cuda-python, inside functions, so importing it costs nothing
-where they are absent. docs/DEPLOY.md ("TensorRT engines") says why: strongly typed networks (no precision flags,
-the same on TensorRT 10 and 11), TF32 off for FP32, cuda-python rather than pycuda, engines named and
-checked by TensorRT version and compute capability.
+where they are absent. docs/DEPLOY.md ("TensorRT engines") says why: strongly typed networks (no precision
+flags, the same on TensorRT 10 and 11), TF32 off for FP32, cuda-python rather than pycuda, engines named
+and checked by TensorRT version and compute capability.
 
 Example:
     >>> facts = build_engine(onnx, bundle / name, input_name="pixels", input_shape=(3, 256, 256),
