@@ -1,21 +1,16 @@
 """Deployable precision variants of an exported FP32 graph: simplified FP32, FP16 and INT8 (Q/DQ).
 
-TensorRT 10 deprecated, and TensorRT 11 removes, implicit quantisation: the INT8 calibrator and the
-FP16 / INT8 builder flags that let the builder pick each layer's precision. Precision now lives in the
-ONNX graph itself (a strongly typed network): FP16 tensors for the FP16 variant, explicit
-QuantizeLinear / DequantizeLinear pairs for INT8. This module writes those graphs from the one
-`export_onnx` produced (opset 17, dynamic batch axis "batch", static spatial shapes):
+TensorRT 11 removes implicit quantisation (the INT8 calibrator, the FP16 / INT8 builder flags): precision
+lives in the ONNX graph itself (FP16 tensors, or QuantizeLinear / DequantizeLinear pairs for INT8). From
+the one `export_onnx` graph (opset 17, dynamic batch axis, static spatial shapes) this writes:
 
-* `simplify`: constant folding and graph clean-up with onnxslim; the FP32 deployable and the input of
-  the other two.
-* `fp32_island_nodes`: the nodes whose numerics break in FP16 or INT8 (nearest-code search, norms,
-  reductions, the cosine anomaly map, nearest-neighbour heads); both conversions leave them in FP32.
+* `simplify`: onnxslim's constant folding and clean-up; the FP32 deployable and the others' input.
+* `fp32_island_nodes`: the nodes whose numerics break in FP16 or INT8; both conversions keep them FP32.
 * `convert_fp16`: FP16 everywhere else, float32 inputs and outputs.
-* `quantize_int8`: symmetric INT8 Q/DQ on the weighted ops TensorRT runs as INT8 kernels, calibrated
-  on normal training images; the frozen encoder and every depthwise or stem convolution stay float.
-  Weights are 7-bit (|w| <= 64, `int8_safety`), so no product saturates on x86 CPUs without VNNI.
+* `quantize_int8`: symmetric INT8 Q/DQ, calibrated on normal training images, with 7-bit weights
+  (`int8_safety`: no product saturates without VNNI); the encoder, depthwise and stem convolutions stay float.
 
-Every graph is checked with `onnx.checker` (full check) before `atomic_write` moves it into place.
+Every graph passes `onnx.checker` (full check) before `atomic_write` moves it into place.
 """
 
 from __future__ import annotations
@@ -437,16 +432,10 @@ def _activation_matmuls(model: onnx.ModelProto) -> list[str]:
 
 
 def _int8_sensitive_convs(model: onnx.ModelProto) -> list[str]:
-    """Convolutions left in float:
-    * grouped (depthwise) ones, whose 3 x 3 kernels per channel lose most to INT8 and are memory-bound
-      anyway, and stems over the 3 colour channels. Measured on the tiny preset (Lite0, 8-bit weights):
-      the structural map's mean error against FP32 fell from 1.54 to 0.24 (maps averaging 17);
-    * every convolution of the frozen encoder: the structural branch measures distances between its
-      features, which magnify their rounding. Measured on the demo run with 7-bit weights (60 test
-      images; FP32 image AUROC 0.948): encoder in INT8, AUROC 0.919 and 96.7% of verdicts as FP32's;
-      its stride 2-8 layers float, 0.946 and 96.7%; all of it float, 0.949 and 100%. What stays INT8 is
-      the trained logical network (bottleneck, atrous blocks, decoder) and the structural aggregator.
-    """
+    """Convolutions left in float: depthwise ones and stems over the 3 colour channels (they lose most to
+    INT8), and every convolution of the frozen encoder (the structural branch's distances magnify their
+    rounding); measured in docs/DEPLOY.md "INT8 on the Lite presets". The trained logical network and the
+    structural aggregator stay INT8."""
     weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
     names = []
     for node in model.graph.node:

@@ -1,28 +1,14 @@
 """`npgmf-edge serve`: a bundle's Inspector as NVIDIA Triton models, through PyTriton.
 
-PyTriton starts a real Triton server (HTTP, gRPC, Prometheus metrics); its dynamic batcher collects
-concurrent requests into batches of up to `max_batch` images, waiting at most `max_queue_delay_us` for
-more, and hands each batch to `model.InspectorModel` in this process (one Inspector, shared by
-`instances` Triton model instances, each a thread: while one decodes images another runs the graph).
+PyTriton starts a real Triton server (HTTP, gRPC, Prometheus metrics); its dynamic batcher hands batches
+of up to `max_batch` images to `model.InspectorModel` in this process (one Inspector shared by `instances`
+Triton model instances, threads: one decodes while another runs the graph). Two models over it (encoded
+bytes, and `<name>_raw` pixels), because Triton batches only requests with the same inputs.
 
-Two models over the same Inspector, because Triton batches only requests that carry the same inputs:
-    <name>      input "image"  BYTES [1]                  encoded PNG / JPEG bytes, decoded by the server
-    <name>_raw  inputs "pixels" BYTES [1], "size" INT32 [3]  RGB uint8 bytes decoded by the client, (H, W, 3)
-One model with two optional inputs would mix both kinds in one batch and let a request carry neither.
-
-Readiness: PyTriton starts Triton with no model (explicit model control) and loads the models through the
-API once Triton is up, so Triton's `/v2/health/ready` answers 200 before any model is loaded. The probe is
-`/v2/models/<name>/ready`: the raw model is bound first and PyTriton loads the models one after the other
-in that order, so the encoded model is the last to load and its readiness means both are loaded. (Loading
-them at Triton's start instead, from PyTriton's local model store, would make `/v2/health/ready` honest, but
-a model's second instance gets 1 s to find the first one's handshake socket, and under CPU load that start
-failed 3 of 5 times against 1 of 5 for loading through the API: docs/SERVE.md.)
-
-Shutdown: SIGTERM or SIGINT drains first (`_drain`: both models are unloaded, so Triton refuses new
-requests and answers every accepted one, waiting up to `exit_timeout_s`), then stops Triton and ends what
-is left of its process tree and shared memory (tree.py); exit code 0. tritonserver runs in a session of its
-own, so a signal sent to serve's process group (Ctrl-C in a terminal, `timeout`) reaches only serve, which
-then drains; before, Triton got the same signal and stopped under the drain.
+docs/SERVE.md says why the probe is `/v2/models/<name>/ready` (the raw model is bound first, so the
+encoded model's readiness means both are loaded), how SIGTERM or SIGINT drains (`_drain`: unload both
+models, answer every accepted request, then stop Triton and clean its process tree, tree.py) and why
+tritonserver runs in a session of its own (a group signal reaches only serve, which then drains).
 
 Example:
     >>> serve_bundle(Path("bundle"), ServeOptions(http_port=8000, grpc_port=8001), log=print)
