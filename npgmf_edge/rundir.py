@@ -3,24 +3,20 @@
 Training writes through these names; the detector, calibration and export read through `load_run`.
 
     config.json              the full NpgmfConfig
-    dataset.json             where the data came from, and which images were used for training and validation
-                             (relative to the data root, which is recorded relative to the run and absolute,
-                             so a run moved with its data, or alone, still finds them: `read_provenance`)
+    dataset.json             the data root (relative to the run and absolute: a run moved with its data, or
+                             alone, still finds it, `read_provenance`) and the training and validation images
     logical/                 config.json, checkpoint.safetensors (resumable), model.safetensors, summary.json
     structural/              config.json, extractor.safetensors, coreset.npy, coreset.faiss, summary.json
     calibration.json         branch statistics, the chosen fusion and verdict threshold (--branch all)
     pseudo_anomalies.png     a sample of the validation pseudo-anomalies the fusion was chosen on
     run_manifest.json        SHA-256 of every config, weight, coreset and calibration file (RUN_FILES)
 
-`load_run` checks every file against run_manifest.json first, so a flipped byte in a weight file is a
-CheckpointError naming it, not a detector that scores NaN; a run written before the manifest existed loads
-with one warning. Nothing is pickled and nothing is downloaded at load: encoder weights and the text
-embedding are in the safetensors files.
+`load_run` checks every file against run_manifest.json first (a flipped byte is a CheckpointError naming
+the file, not a detector scoring NaN). Nothing is pickled or downloaded at load.
 
 Example:
     >>> run = load_run(Path("runs/tray"))
     >>> logical_map, patch_features = run.net(pixels)
-    >>> distances, _ = run.scorer.search(features_as_rows, k=1)
 """
 
 from __future__ import annotations
