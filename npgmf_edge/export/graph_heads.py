@@ -41,12 +41,9 @@ class KnnHead(nn.Module):
     """(B, D, h, w) patch features -> (B, h, w) Euclidean distance to the nearest coreset row.
 
     search "exact": one FP32 GEMM |b|^2 - 2 q.b over the whole coreset, ArgMin, exact ||q - b||.
-    search "int8":  the same GEMM in INT8 (`Int8Scores`: u8 queries x 7-bit s8 coreset, int32 sums, exact
-                    with or without VNNI; VNNI on x86 runs it at 3-4x the FP32 rate here), its `candidates`
-                    best rows by TopK, then ||q - b|| in FP32 for those only. The distance returned is
-                    always exact to a real coreset row, so it can only overestimate (when the nearest
-                    row is not among the candidates): a normal patch may score a little high, an
-                    anomalous one is never hidden.
+    search "int8":  the same GEMM in INT8 (`Int8Scores`, exact with or without VNNI), its `candidates`
+                    best rows by TopK, then ||q - b|| in FP32 for those only: exact to a real coreset
+                    row, so it can only overestimate; an anomalous patch is never hidden.
     """
 
     def __init__(

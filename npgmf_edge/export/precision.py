@@ -190,11 +190,8 @@ def fp32_island_nodes(model: onnx.ModelProto) -> list[str]:
       4. it is an element-wise or data-movement op (TAIL_OPS) fed by a Reduce* op or by another such
          op: the rest of a decomposed LayerNorm, F.normalize's divide, 1 - cos and the resize / sum of
          the anomaly map, down to the graph output.
-    Measured in FP16 (tests/export/test_precision.py): without rule 3, near-tied codes all flip;
-    without rule 4, a near-zero anomaly map (normal images) is off by several times its value; on the
-    tiny logical net the islands cut the map's max error from 6.8e-4 to 2.0e-4, nearly all by rule 4.
-    Softmax is not an island: its logits are bounded (the shifted-window mask is -100, not -inf) and
-    keeping it FP32 left that net's FP16 map unchanged (2.0e-4 max error either way).
+    Measured in FP16 (tests/export/test_precision.py): without rule 3 near-tied codes flip, without rule
+    4 a near-zero map is off by several times its value. Softmax is no island: its logits are bounded.
     """
     nodes = list(model.graph.node)
     producer = {out: node for node in nodes for out in node.output}

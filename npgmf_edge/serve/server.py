@@ -134,17 +134,11 @@ def _start_triton_in_own_session() -> None:
 
 
 def _drain(options: ServeOptions, access_token: str, model: InspectorModel, tree: ServerTree) -> bool:
-    """Unload both models through Triton's model-control API, then wait until the batches Triton had
-    accepted are answered. From the unload on, Triton refuses new requests for the models (the client's
-    error says the model has no available versions; the readiness probe turns false), so what is left is the
-    queue: it reaches the infer function within the queue delay, or as soon as an instance is free, which
-    `model.idle_seconds` would show. Then it waits until Triton has finished unloading them: until their
-    backend stubs have ended (Triton's unload call returns before that, and the repository index does not
-    list models loaded through the API), so that Triton's short exit timeout cannot cut an unload short
-    and leave a stub behind.
-    Stopping Triton directly would not do: it keeps accepting requests on open connections until its exit
-    timeout and then drops whatever is in flight.
-    False when the infer function was still busy, or a model still loaded, after `exit_timeout_s`."""
+    """Unload both models through Triton's model-control API (Triton then refuses new requests for them),
+    wait until the accepted queue is answered (`model.idle_seconds`), then until their backend stubs have
+    ended, so Triton's short exit timeout cannot leave a stub behind. Stopping Triton directly would drop
+    what is in flight (docs/SERVE.md). False when the infer function was still busy, or a model still
+    loaded, after `exit_timeout_s`."""
     import tritonclient.http as http
     from pytriton.client.auth import create_auth_headers
     from tritonclient.utils import InferenceServerException

@@ -150,12 +150,8 @@ def train_logical(
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train on `dataset.train` into `out_dir` on `device`, validating on `dataset.validation` after each
-    epoch; returns a JSON-able summary (also in summary.json).
-
-    `resume=True` continues from `out_dir/checkpoint.safetensors` when there is one (the config must be
-    the same except for the number of epochs and the stopping rule); otherwise training starts from
-    scratch.
-    """
+    epoch; returns a JSON-able summary (also in summary.json). `resume=True` continues from the checkpoint
+    when there is one (the config may differ only in the epochs and the stopping rule)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not dataset.train:
