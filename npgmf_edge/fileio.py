@@ -148,12 +148,8 @@ def check_hashes(
 @contextlib.contextmanager
 def output_lock(folder: Path) -> Iterator[Path]:
     """Hold `folder`/.npgmf-edge.lock while writing into `folder`; a second writer is refused at once
-    (OutputError naming the holder's pid).
-
-    A real file lock (`filelock`: flock on POSIX, LockFileEx on Windows), not a pid file: taking it is one
-    atomic call, and the kernel releases it when its holder exits, however it dies, so a killed writer's
-    lock needs no takeover. The file stays after release (removing it would let two writers lock two
-    different files of the same name); it holds the last holder's pid, for the message."""
+    (OutputError naming the holder's pid). A kernel file lock (`filelock`), not a pid file: released however
+    its holder dies. The file stays after release (else two writers could lock two files of one name)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE

@@ -215,11 +215,8 @@ def _relative(path: Path, start: Path) -> str:
 def read_provenance(run_dir: Path) -> dict[str, Any]:
     """dataset.json: the data root, format, category and the training and validation images of the run,
     the images as paths that exist here (CheckpointError naming the fix when the data cannot be found).
-
-    The root is looked for beside the run (where it was relative to the run when trained), then at its
-    absolute path. Runs trained before issue 24 recorded paths as given, relative to the folder `train`
-    ran in: that folder is looked for as the current one, then each folder above the run (a run trained
-    into a subfolder of it and moved together with its data keeps that layout)."""
+    The root is looked for relative to the run, then absolute; for runs from before issue 24 (paths as
+    given to `train`) relative to the current folder, then to each folder above the run."""
     run_dir = Path(run_dir)
     data = load_json(run_dir / DATASET_FILE)
     recorded = Path(data["root"])

@@ -7,10 +7,8 @@
          (OpenCV's kernel and its BORDER_REFLECT padding, as Gathers) -> fused map, image score = ReduceMax
          (fusion level "image": the weighted sum of each smoothed branch map's ReduceMax, standardised)
 
-This is the portable GPU path (there is no official FAISS GPU build for Jetson): one graph call maps an
-image to its fused map and score. It computes what the runtime computes around a plain graph
-(`knn.FaissNN` search + `postprocess.fuse`), so both kinds of bundle give the same numbers. The `knn` and
-`fusion` submodules name the graph scopes that `export.precision` keeps in FP32.
+The portable GPU path (no official FAISS GPU build for Jetson). It transcribes `postprocess`, so both
+kinds of bundle give the same numbers; its `knn` and `fusion` scopes are what `export.precision` keeps FP32.
 
 Example:
     >>> net = GraphInspectionNet(run.net, coreset, calibration, image_size=128, grid=(16, 16))

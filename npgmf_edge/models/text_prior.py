@@ -1,14 +1,10 @@
 """Abstract global context (AGC): the category prompt's frozen CLIP text embedding and its adapter.
 
-`compute_text_embedding` runs the open_clip text encoder once, at training time, and returns the
-L2-normalised embedding of the prompt (default prompt: the category name). `TextPrior` keeps that
-embedding as a buffer (saved with the model's weights) and adapts it with a trainable FC layer whose
-output is broadcast to a decoder stage's grid. No text encoder is needed after training, ever: for inference
-`freeze()` turns FC(embedding) into a buffer, a constant of the exported graph.
-
-Weights for the text encoder come from exactly one place, chosen by the caller: the open_clip hub tag
-(`pretrained=True`, e.g. "openai"), a local checkpoint file (`weights=PATH`), or random initialisation
-(`pretrained=False`, which warns: the prior then carries no meaning).
+`compute_text_embedding` runs the open_clip text encoder once, at training time, for the L2-normalised
+embedding of the prompt (default: the category name). `TextPrior` keeps it as a buffer and adapts it with
+a trainable FC layer broadcast to a decoder stage's grid; `freeze()` turns FC(embedding) into a constant
+of the exported graph, so no text encoder is needed after training. Text-encoder weights come from one
+place the caller chooses: the open_clip hub tag, a local checkpoint file, or random (which warns).
 
 Example:
     >>> emb = compute_text_embedding("breakfast box", pretrained=False)   # random CLIP, warns

@@ -78,13 +78,9 @@ def decide(
 @dataclass
 class TrainingCurve:
     """The logical branch's training, epoch by epoch, as summary.json records it under "curve".
-
-    `validation_loss[i]` is None where epoch i+1 was not validated (no validation images) or its loss
-    was not finite; `pseudo_auroc[i]` is the branch's image AUROC on the validation images'
-    pseudo-anomalies after that epoch (`training.pseudo_validation`), None likewise; `stop_on` names which
-    of the two the rule watched; `best_epoch` is 1-based; `restored_best` says the saved weights are the
-    best epoch's rather than the last one's.
-    """
+    `validation_loss[i]` / `pseudo_auroc[i]` (`training.pseudo_validation`) are None where epoch i+1 was
+    not validated or gave no finite value; `stop_on`: which the rule watched; `best_epoch`: 1-based;
+    `restored_best`: the saved weights are the best epoch's, not the last one's."""
 
     train_loss: list[float]
     validation_loss: list[float | None]

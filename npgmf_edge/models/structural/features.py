@@ -150,12 +150,8 @@ def build_aggregator(
 
 
 class PatchFeatureExtractor(nn.Module):
-    """Raw pixels (B, 3, S, S) in [0, 255] -> patch features (B, D, S/8, S/8): what a `--knn faiss`
-    bundle graph returns as `patch_features`.
-
-    `levels` are the positions of levels 2 and 3 in the encoder's output list: (0, 1) for an encoder built
-    with out_indices (2, 3), (1, 2) for the logical branch's (1, 2, 3).
-    """
+    """Raw pixels (B, 3, S, S) in [0, 255] -> patch features (B, D, S/8, S/8), a `--knn faiss` graph's
+    `patch_features`. `levels`: where levels 2 and 3 are in the encoder's outputs ((0, 1) or (1, 2))."""
 
     def __init__(
         self,
