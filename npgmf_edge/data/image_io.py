@@ -5,16 +5,12 @@ Every image becomes (H, W, 3) uint8 RGB, whatever it was on disk:
 - an alpha channel is dropped (colour kept as stored, not composited over a guessed background);
 - 16-bit pixels are scaled linearly from the full 0..65535 range (value / 257, rounded);
 - EXIF orientation is ignored, so an image stays pixel-aligned with its mask (masks carry no EXIF);
-- with `max_pixels`, an image with more pixels (read from its header first, `image_header`) is decoded
-  reduced by 2, 4 or 8 (OpenCV's reduced decoding). JPEG scales while decoding (a 16000 x 16000 JPEG costs
-  ~100 MB); other formats are decoded in full and then shrunk, so they are refused above FULL_DECODE_FACTOR
-  x the limit (less for formats whose decoders cost more per pixel: GIF, JPEG 2000, AVIF, HDR, PFM), as is
-  any image that 1/8 cannot bring under it, and any whose header states no size (a damaged header, or no
-  format OpenCV reads): a header's claim is checked before a byte is decoded;
-- behind that, OpenCV refuses to decode more than `opencv_pixel_limit()` pixels (OPENCV_IO_MAX_IMAGE_PIXELS,
-  which importing npgmf_edge sets), whatever a header says.
+- with `max_pixels`, an image with more pixels (its header read first, `image_header`) is decoded reduced
+  by 2, 4 or 8: JPEG while decoding, other formats decoded in full and shrunk, so those are refused above
+  FULL_DECODE_FACTOR x the limit (less for costlier decoders), as is an image 1/8 cannot bring under it
+  or whose header states no size; behind that, OpenCV's own `opencv_pixel_limit()` (docs/RELIABILITY.md).
 Masks keep their raw 8-bit values, because MVTec LOCO AD tells defect types apart by pixel value.
-OpenCV's own log lines (libpng warnings on a truncated file) are silenced: every failure is a DatasetError.
+OpenCV's own log lines are silenced: every failure is a DatasetError.
 
 Example:
     >>> image = read_image(Path("test/crack/000.png"))          # (H, W, 3) uint8 RGB
