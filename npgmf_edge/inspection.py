@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 import numpy as np
 
@@ -62,6 +62,18 @@ class Inspection:
         if self.problem is not None:
             return "error"
         return "anomalous" if self.score > self.threshold else "good"
+
+
+class Closing:
+    """`close()` on leaving a `with` block: detectors, graph runners and serve clients hold resources."""
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Detector(Protocol):

@@ -15,12 +15,12 @@ import numpy as np
 
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.data import read_image
-from npgmf_edge.inspection import ImageInput, Inspection, batched_maps, concat_batches, scored_maps
+from npgmf_edge.inspection import Closing, ImageInput, Inspection, batched_maps, concat_batches, scored_maps
 from npgmf_edge.progress import Reporter
 from npgmf_edge.runtime.inspector import Inspector
 
 
-class BundleDetector:
+class BundleDetector(Closing):
     """One opened precision of a bundle (`Inspector`) as a `MapDetector`."""
 
     def __init__(self, inspector: Inspector) -> None:
@@ -68,9 +68,3 @@ class BundleDetector:
 
     def close(self) -> None:
         self.inspector.close()
-
-    def __enter__(self) -> BundleDetector:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

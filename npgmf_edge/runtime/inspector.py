@@ -29,7 +29,7 @@ import numpy as np
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs
 from npgmf_edge.errors import BundleError
-from npgmf_edge.inspection import ImageInput, Inspection
+from npgmf_edge.inspection import Closing, ImageInput, Inspection
 from npgmf_edge.knn import FaissNN, faiss_gpu_unavailable_reason
 from npgmf_edge.postprocess import structural_maps
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
@@ -95,7 +95,7 @@ def _load_coreset(manifest: Manifest, device: str, threads: int | None) -> Faiss
     return knn
 
 
-class Inspector:
+class Inspector(Closing):
     """Runs one precision of a bundle; see the module docstring."""
 
     def __init__(
@@ -298,12 +298,6 @@ class Inspector:
     def close(self) -> None:
         self._pool.shutdown()
         self.backend.close()
-
-    def __enter__(self) -> Inspector:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def self_test_bundle(

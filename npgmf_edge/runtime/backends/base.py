@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from npgmf_edge.inspection import Closing
+
 
 @dataclass(frozen=True)
 class GraphSpec:
@@ -38,7 +40,7 @@ class BackendError(RuntimeError):
     """A backend cannot run a graph (bad input, missing library, device failure)."""
 
 
-class Backend(abc.ABC):
+class Backend(Closing, abc.ABC):
     """Runs one graph. Public `infer` validates and times; subclasses implement `_infer_impl`."""
 
     name: str = "base"
@@ -85,9 +87,3 @@ class Backend(abc.ABC):
         if not self._closed:
             self._closed = True
             self._close()
-
-    def __enter__(self) -> Backend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
