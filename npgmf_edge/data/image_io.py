@@ -162,11 +162,8 @@ def read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
 
 
 def decode_image_bytes(data: bytes, max_pixels: int | None, name: str = "image") -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an encoded image in memory (PNG, JPEG, ...), with `read_image`'s rules.
-
-    For a server: an image whose header says it has more than `max_pixels` pixels is refused before
-    anything is decoded (not reduced, as `read_image` does), so one request cannot claim more memory than
-    the limit allows. `name` says which request item the error is about."""
+    """(H, W, 3) uint8 RGB from an encoded image in memory, with `read_image`'s rules, for a server: above
+    `max_pixels` by its header it is refused before decoding, not reduced. `name` names the request item."""
     if not data:
         raise DatasetError(f"cannot read {name}: OpenCV cannot decode it (it is empty)")
     header = _header(bytes(data), name, max_pixels)
@@ -223,10 +220,7 @@ def read_mask(
     path: Path, expected_hw: tuple[int, int] | None = None, image_path: Path | None = None
 ) -> np.ndarray:
     """(H, W) uint8 with the raw stored values; checked against its image's (height, width) when given.
-
-    A mask saved with three equal colour channels is accepted as grey; differing channels are an error,
-    because no single value per pixel could be trusted.
-    """
+    Three equal colour channels are read as grey; differing ones are an error (no one value per pixel)."""
     path = Path(path)
     pixels = _decode(path, "mask")
     if pixels.dtype != np.uint8:
@@ -301,11 +295,8 @@ def read_defect_regions(sample: Sample, defects_config: Sequence[DefectSpec]) ->
 
 
 def read_ground_truth(sample: Sample, defects_config: Sequence[DefectSpec] = ()) -> np.ndarray:
-    """(H, W) bool: the union of the sample's defects (all False for a good image).
-
-    With a LOCO `defects_config`, every mask value is checked against it; without one, masks are binary
-    and a pixel is defective where its value exceeds MASK_THRESHOLD.
-    """
+    """(H, W) bool: the union of the sample's defects (all False for a good image); mask values checked
+    against a LOCO `defects_config`, else binary (a pixel above MASK_THRESHOLD is defective)."""
     if sample.label == 0:
         return np.zeros(image_size(sample.image_path), dtype=bool)
     if not sample.mask_paths:

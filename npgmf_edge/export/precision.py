@@ -143,11 +143,8 @@ def simplify(src: Path, dst: Path) -> Path:
 
 
 def _tie_equal_initializers(model: onnx.ModelProto) -> None:
-    """Let every user of equal initializers read one copy (in place).
-
-    The exporter shares a weight used twice through Identity nodes; onnxslim folds those into one copy
-    per user and only re-ties tensors under 1000 elements, which grew the tiny net's file by 6%.
-    """
+    """Let every user of equal initializers read one copy (in place): onnxslim unties weights shared
+    through Identity nodes above 1000 elements (6% on the tiny net's file)."""
     first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
     same: dict[str, str] = {}
     for tensor in model.graph.initializer:
@@ -243,11 +240,8 @@ def _cast_to(node: onnx.NodeProto) -> int | None:
 
 
 def _drop_fp16_round_trips(model: onnx.ModelProto) -> None:
-    """Let Cast(FP32) nodes that read a Cast(FP16) read its FP32 input instead (in place).
-
-    The converter casts every island output to FP16 and every island input back; it removes such pairs
-    except where a tensor fans out to several islands, which left FP16 rounding inside the kNN head.
-    """
+    """Let Cast(FP32) nodes that read a Cast(FP16) read its FP32 input instead (in place): the converter
+    keeps such pairs where a tensor fans out to several islands (FP16 rounding inside the kNN head)."""
     graph_outputs = {o.name for o in model.graph.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -426,11 +420,8 @@ def _int8_sensitive_convs(model: onnx.ModelProto) -> list[str]:
 
 
 def _feed_islands_float(model: onnx.ModelProto, islands: set[str]) -> None:
-    """Point island inputs that read a Q -> DQ copy of an activation back at the float tensor (in place).
-
-    The quantiser gives a tensor read by one quantised node and by islands a single shared Q/DQ pair;
-    the islands must see the float activation, not its INT8 rounding.
-    """
+    """Point island inputs that read a Q -> DQ copy of an activation back at the float tensor (in place):
+    the quantiser shares one Q/DQ pair between a quantised node and the islands reading the same tensor."""
     producer = {out: node for node in model.graph.node for out in node.output}
     for node in model.graph.node:
         if node.name not in islands:

@@ -47,12 +47,8 @@ def compute_text_embedding(
     weights: str | Path | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
-    """The L2-normalised CLIP text embedding (E,) of `prompt`, float32 on CPU.
-
-    `weights` (a local open_clip checkpoint: .safetensors / .bin / .pt state dict) wins over the hub;
-    without it, `pretrained=True` loads `pretrained_tag` from the hub or its cache (HF_HUB_OFFLINE works),
-    and `pretrained=False` initialises the text encoder randomly (seeded by `seed`) with a warning.
-    """
+    """The L2-normalised CLIP text embedding (E,) of `prompt`, float32 on CPU: from `weights` (a local
+    open_clip checkpoint), else the hub's `pretrained_tag`, else (`pretrained=False`) random, warning."""
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -119,9 +115,6 @@ class TextPrior(nn.Module):
         return self.fc(self.embedding)
 
     def forward(self, like: torch.Tensor) -> torch.Tensor:
-        """(out_dim) context broadcast to like's batch and grid: (B, out_dim, H, W).
-
-        Broadcast by arithmetic rather than `expand(like.shape)`, so an exported graph derives no shape at
-        run time: every dimension but the batch stays static for ONNX shape inference and TensorRT.
-        """
+        """(out_dim) context broadcast to like's batch and grid: (B, out_dim, H, W), by arithmetic rather
+        than `expand(like.shape)`, so the exported graph's shapes stay static but for the batch."""
         return like[:, :1] * 0.0 + self.context().view(1, self.out_dim, 1, 1)

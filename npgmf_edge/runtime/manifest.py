@@ -331,11 +331,8 @@ def _load_json(root: Path, path: Path, trust: Path | None) -> dict[str, Any]:
 def read_manifest(
     root: Path, *, check_files: bool = True, trust: Path | None = None, require_selftest: bool = True
 ) -> Manifest:
-    """Read, migrate and check a bundle's manifest (and, by default, the SHA-256 of every file).
-
-    `trust`: a public key file or a folder of them; the bundle must then be signed by one of them
-    (`runtime.signing.SignatureError` otherwise). `require_selftest=False` only for the export's own
-    staging folder, read before its self-test is written."""
+    """Read, migrate and check a bundle's manifest (and, by default, the SHA-256 of every file). `trust`:
+    public keys one of which must have signed it. `require_selftest=False`: the export's staging folder."""
     root = Path(root)
     path = root / MANIFEST_FILE
     if not root.is_dir():

@@ -110,11 +110,9 @@ def _point_stub_at(env: Path | None) -> None:
 
 
 def _start_triton_in_own_session() -> None:
-    """Make PyTriton start tritonserver through `setsid`, in a session and process group of its own.
-    PyTriton starts it in the caller's group, so Ctrl-C or `timeout` (a signal to the whole group) reached
-    Triton and its stubs together with serve: Triton stopped under the drain and stubs were left behind.
-    PyTriton runs the first word of the server's path as the command and the rest as its first argument;
-    `setsid` execs tritonserver in place (same pid, and PyTriton's parent-death signal is kept)."""
+    """Make PyTriton start tritonserver through `setsid`, in a session of its own, so a signal to serve's
+    group does not stop Triton under the drain (docs/SERVE.md). `setsid` execs it in place: same pid,
+    PyTriton's parent-death signal kept."""
     from pytriton import triton
     from pytriton.server.triton_server import TritonServer
 

@@ -114,11 +114,8 @@ class PatchFeatureAggregator(nn.Module):
 
 
 class LocalMeanAggregator(nn.Module):
-    """[f2 (B, C2, h, w), f3 (B, C3, h/2, w/2)] -> (B, C2 + C3, h, w): per-channel p x p means, concatenated.
-
-    Averaging each channel over the neighbourhood forgets which neighbour a value came from (the
-    reference keeps it); measured, that helps anomalies of arrangement, costs make-data's structural ones
-    a little and magnetic tile's real defects nothing (docs/BENCHMARKS.md "Structural aggregation")."""
+    """[f2 (B, C2, h, w), f3 (B, C3, h/2, w/2)] -> (B, C2 + C3, h, w): per-channel p x p means, concatenated
+    (what that costs and gains: docs/BENCHMARKS.md "Structural aggregation")."""
 
     def __init__(self, channels: Sequence[int], patch_size: int = 3) -> None:
         super().__init__()

@@ -1,10 +1,8 @@
 """The interface every graph runner implements (the Polygraphy runner shape).
 
-Loaders make what a runner runs (an onnxruntime session, a TensorRT engine: build, check against the
-manifest, rebuild, cache); a runner takes it ready. `Backend.infer` checks the input against the graph's
-contract and times the call; `close` releases once. A subclass fills in `_infer_impl` and `_close` only.
-Runners get the `GraphSpec` of the bundle manifest, so they know the graph's input name, shape and outputs
-without reading the model file a second time.
+Loaders make what a runner runs (an onnxruntime session, a TensorRT engine); a runner takes it ready.
+`Backend.infer` checks the input against the graph's contract (the manifest's `GraphSpec`) and times the
+call; `close` releases once. A subclass fills in `_infer_impl` and `_close` only.
 
 Example:
     >>> backend = OnnxRuntimeBackend(session_from_onnx(bundle / spec.file, spec, threads=2), spec)
