@@ -1,16 +1,12 @@
 """`npgmf-edge bench`: latency (p50 / p95 / p99 per image), throughput, memory and time per stage of a
 bundle's backends, side by side in one run, with their ratios to the first (SPEC §6).
 
-Paths measured, each through the same `inspect(paths)` call a station makes (decode, pre-process, graph,
-kNN, post-process), on the same images:
-    onnxruntime   the bundle through `runtime.Inspector` (CPU provider, or CUDA with onnxruntime-gpu)
-    tensorrt      the bundle's engines through `runtime.Inspector` (where TensorRT is installed)
-    torch         reference: the run's eager FP32 `InspectionNet` on the CPU, FAISS, numpy fusion (--run)
-    torch-cuda    reference: the run's network with kNN and fusion appended (`GraphInspectionNet`) on the
-                  GPU, FP16 autocast for the network, FP32 kNN by one matmul, replayed as a CUDA graph (--run)
-    torch-cuda-eager  the same, launched eagerly (no CUDA graph): the launch overhead the graph removes
-Absolute times depend on the machine and its load; compare paths by their ratios in one run. The report
-describes the machine (CPU, cores, GPU, library versions) so a number is never read without its context.
+Each path is measured through the same `inspect(paths)` call a station makes, on the same images:
+onnxruntime and tensorrt (the bundle through `runtime.Inspector`), and with --run the torch references
+(`bench_reference`): torch (the run's eager FP32 network, FAISS, numpy fusion), torch-cuda (kNN and fusion
+appended, FP16 autocast, replayed as a CUDA graph) and torch-cuda-eager (the same without the graph).
+Absolute times depend on the machine and its load: compare paths by their ratios in one run. The report
+describes the machine, so a number is never read without its context.
 
 Example:
     >>> report = run_bench(Path("bundle"), BenchOptions(backends=("onnxruntime", "torch"), run=Path("run")))

@@ -28,72 +28,73 @@ from npgmf_edge.runtime.manifest import Manifest
 CUDA_GRAPH_WARMUP = 3  # side-stream iterations before capture, as torch.cuda.graphs recommends
 
 
-def _decode_and_resize(paths: list[Path], size: int, stages: dict[str, float]) -> tuple[list, np.ndarray]:
-    tick = time.perf_counter()
-    images = [read_image(p) for p in paths]
-    stages["decode"] += time.perf_counter() - tick
-    tick = time.perf_counter()
-    pixels = np.stack([to_model_input(image, size) for image in images])
-    stages["preprocess"] += time.perf_counter() - tick
-    return images, pixels
+class _TorchReference:
+    """A run doing what its bundle does, timed per stage as `Inspector` is; subclasses compute the scores."""
 
+    self_test = None  # a run has no bundle self-test
 
-def _finish(
-    images: list, fused: np.ndarray, scores: np.ndarray, threshold: float, stages
-) -> list[Inspection]:
-    tick = time.perf_counter()
-    results = [
-        Inspection(float(score), threshold, map_to_image_size(m, *image.shape[:2]))
-        for image, m, score in zip(images, fused, scores, strict=True)
-    ]
-    stages["post"] += time.perf_counter() - tick
-    return results
-
-
-class TorchPath:
-    """Eager FP32 on the CPU: the computation of the bundle's kNN mode (FAISS + numpy, or in the network)."""
-
-    def __init__(self, run_dir: Path, manifest: Manifest, precision: str, threads: int | None = None) -> None:
-        from npgmf_edge.export.graph_heads import GraphInspectionNet
-
-        self._threads_before = torch.get_num_threads()  # process-wide: restored by close()
-        if threads is not None:
-            torch.set_num_threads(threads)
+    def __init__(self, run_dir: Path, manifest: Manifest, precision: str) -> None:
         self.run = load_run(Path(run_dir))
         self.calibration = manifest.calibration[precision]
         self.size = self.run.cfg.image_size
-        self.graph_net = None
-        if manifest.knn == "graph":
-            grid = tuple(manifest.coreset["grid"])
-            coreset = load_coreset(self.run.run_dir)
-            self.graph_net = GraphInspectionNet(
-                self.run.net, coreset, self.calibration, self.size, grid, manifest.knn_search
-            ).eval()
         self.last_stages = dict.fromkeys(STAGES, 0.0)
-        self.self_test = None  # a run has no bundle self-test
+
+    def _graph_net(self, net: torch.nn.Module, manifest: Manifest) -> torch.nn.Module:
+        """`net` with kNN and fusion appended, as a `--knn graph` bundle's graph."""
+        from npgmf_edge.export.graph_heads import GraphInspectionNet
+
+        grid, coreset = tuple(manifest.coreset["grid"]), load_coreset(self.run.run_dir)
+        return GraphInspectionNet(net, coreset, self.calibration, self.size, grid, manifest.knn_search)
 
     @torch.no_grad()
     def inspect(self, images: list[Path]) -> list[Inspection]:
         stages = dict.fromkeys(STAGES, 0.0)
-        decoded, pixels = _decode_and_resize(images, self.size, stages)
-        if self.graph_net is not None:
-            tick = time.perf_counter()
-            fused_t, scores_t = self.graph_net(torch.from_numpy(pixels))[:2]
-            fused, scores = fused_t[:, 0].numpy(), scores_t.numpy()
-            stages["graph"] += time.perf_counter() - tick  # network, kNN and fusion: one call
-        else:
-            tick = time.perf_counter()
-            logical_map, features = self.run.net(torch.from_numpy(pixels))
-            stages["graph"] += time.perf_counter() - tick
-            tick = time.perf_counter()
-            structural = structural_maps(features.numpy(), self.run.scorer, self.size)
-            stages["knn"] += time.perf_counter() - tick
-            tick = time.perf_counter()
-            fused, scores = self.calibration.post(structural, logical_map[:, 0].numpy())
-            stages["post"] += time.perf_counter() - tick
-        results = _finish(decoded, fused, scores, self.calibration.threshold, stages)
+        tick = time.perf_counter()
+        decoded = [read_image(p) for p in images]
+        stages["decode"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        pixels = np.stack([to_model_input(image, self.size) for image in decoded])
+        stages["preprocess"] += time.perf_counter() - tick
+        fused, scores = self._scores(pixels, stages)
+        tick = time.perf_counter()
+        threshold = self.calibration.threshold
+        results = [
+            Inspection(float(score), threshold, map_to_image_size(m, *image.shape[:2]))
+            for image, m, score in zip(decoded, fused, scores, strict=True)
+        ]
+        stages["post"] += time.perf_counter() - tick
         self.last_stages = stages
         return results
+
+    def _scores(self, pixels: np.ndarray, stages: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class TorchPath(_TorchReference):
+    """Eager FP32 on the CPU: the computation of the bundle's kNN mode (FAISS + numpy, or in the network)."""
+
+    def __init__(self, run_dir: Path, manifest: Manifest, precision: str, threads: int | None = None) -> None:
+        self._threads_before = torch.get_num_threads()  # process-wide: restored by close()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        super().__init__(run_dir, manifest, precision)
+        self.graph_net = self._graph_net(self.run.net, manifest).eval() if manifest.knn == "graph" else None
+
+    def _scores(self, pixels: np.ndarray, stages: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        tick = time.perf_counter()
+        if self.graph_net is not None:
+            fused, scores = self.graph_net(torch.from_numpy(pixels))[:2]
+            stages["graph"] += time.perf_counter() - tick  # network, kNN and fusion: one call
+            return fused[:, 0].numpy(), scores.numpy()
+        logical_map, features = self.run.net(torch.from_numpy(pixels))
+        stages["graph"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        structural = structural_maps(features.numpy(), self.run.scorer, self.size)
+        stages["knn"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        fused, scores = self.calibration.post(structural, logical_map[:, 0].numpy())
+        stages["post"] += time.perf_counter() - tick
+        return fused, scores
 
     def close(self) -> None:
         self.run = self.graph_net = None
@@ -113,31 +114,20 @@ class _AutocastNetwork(torch.nn.Module):
         return logical_map.float(), features.float()
 
 
-class TorchCudaPath:
+class TorchCudaPath(_TorchReference):
     """FP16 autocast network + FP32 kNN (one matmul) + fusion on the GPU, replayed as CUDA graphs (or
     launched eagerly with `cuda_graphs=False`)."""
 
     def __init__(
         self, run_dir: Path, manifest: Manifest, precision: str, max_batch: int, cuda_graphs: bool = True
     ) -> None:
-        from npgmf_edge.export.graph_heads import GraphInspectionNet
-
         if not torch.cuda.is_available():
             raise RuntimeError("torch-cuda: torch sees no CUDA device here")
-        run = load_run(Path(run_dir))
-        self.size = run.cfg.image_size
-        self.calibration = manifest.calibration[precision]
-        grid = tuple(manifest.coreset["grid"])
-        coreset = load_coreset(run.run_dir)
-        model = GraphInspectionNet(
-            _AutocastNetwork(run.net), coreset, self.calibration, self.size, grid, manifest.knn_search
-        )
-        self.model = model.cuda().eval()
+        super().__init__(run_dir, manifest, precision)
+        self.model = self._graph_net(_AutocastNetwork(self.run.net), manifest).cuda().eval()
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
         self.max_batch = max_batch
         self.cuda_graphs = cuda_graphs
-        self.last_stages = dict.fromkeys(STAGES, 0.0)
-        self.self_test = None  # a run has no bundle self-test
 
     @torch.no_grad()
     def _graph(self, batch: int):
@@ -155,10 +145,7 @@ class TorchCudaPath:
             self.graphs[batch] = (graph, static_in, static_out)
         return self.graphs[batch]
 
-    @torch.no_grad()
-    def inspect(self, images: list[Path]) -> list[Inspection]:
-        stages = dict.fromkeys(STAGES, 0.0)
-        decoded, pixels = _decode_and_resize(images, self.size, stages)
+    def _scores(self, pixels: np.ndarray, stages: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         if self.cuda_graphs:
             graph, static_in, out = self._graph(len(pixels))
             tick = time.perf_counter()
@@ -169,10 +156,8 @@ class TorchCudaPath:
             out = self.model(torch.from_numpy(pixels).cuda())
         fused, scores = out[0][:, 0].cpu().numpy(), out[1].cpu().numpy()  # synchronises
         stages["graph"] += time.perf_counter() - tick  # network, kNN and fusion: one replay or eager call
-        results = _finish(decoded, fused, scores, self.calibration.threshold, stages)
-        self.last_stages = stages
-        return results
+        return fused, scores
 
     def close(self) -> None:
         self.graphs.clear()
-        self.model = None
+        self.run = self.model = None

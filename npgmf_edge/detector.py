@@ -12,8 +12,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import islice
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +22,16 @@ from npgmf_edge.calibration.calibrate import CALIBRATION_FILE
 from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs, read_image
 from npgmf_edge.device import resolve_device
 from npgmf_edge.errors import CheckpointError
-from npgmf_edge.inspection import BRANCH_NAMES, ImageInput, Inspection, concat_batches, scored_maps
+from npgmf_edge.inspection import (
+    BRANCH_NAMES,
+    ImageInput,
+    Inspection,
+    batched_maps,
+    concat_batches,
+    scored_maps,
+)
 from npgmf_edge.postprocess import gaussian_sigma_for, structural_maps
-from npgmf_edge.preprocess import map_to_image_size, to_model_input
-from npgmf_edge.progress import Reporter
+from npgmf_edge.preprocess import map_to_image_size
 from npgmf_edge.rundir import TrainedRun, bank_built_on, load_run
 
 log = logging.getLogger(__name__)
@@ -34,12 +39,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH = 8
 
 BranchMapFn = Callable[[torch.Tensor], dict[str, np.ndarray]]
-
-
-def _batches(images: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-    iterator = iter(images)
-    while batch := list(islice(iterator, size)):
-        yield batch
 
 
 def branch_map_fn(run: TrainedRun, device: torch.device) -> BranchMapFn:
@@ -112,17 +111,10 @@ class RunDetector:
     def _maps(
         self, images: Iterable[np.ndarray], total: int, batch_size: int, progress: bool
     ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
-        size = self.cfg.image_size
-        sizes: list[tuple[int, int]] = []
-        with Reporter("anomaly maps", total, unit="images", enabled=progress) as report:
+        def run(pixels: np.ndarray) -> dict[str, np.ndarray]:
+            return self.branch_fn(torch.from_numpy(pixels))
 
-            def batch_maps(batch: list[np.ndarray]) -> dict[str, np.ndarray]:
-                sizes.extend(image.shape[:2] for image in batch)
-                report.advance(len(batch))
-                return self.branch_fn(torch.from_numpy(np.stack([to_model_input(i, size) for i in batch])))
-
-            maps = concat_batches(batch_maps(batch) for batch in _batches(images, batch_size))
-        return maps, sizes
+        return batched_maps(images, total, batch_size, self.cfg.image_size, run, progress)
 
     @torch.no_grad()
     def maps(self, pixels: np.ndarray) -> dict[str, np.ndarray]:

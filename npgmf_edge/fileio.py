@@ -128,27 +128,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def first_mismatch(root: Path, files: dict[str, str]) -> tuple[Path, str] | None:
-    """The first listed file that is missing or whose SHA-256 differs from the recorded one, as
-    (path, "missing" | "changed"); None when all match. Bundles and run directories both check this way."""
+def check_hashes(
+    root: Path, files: dict[str, str], recorded_in: Path, error: type[Exception], words: tuple[str, ...]
+) -> None:
+    """Every listed file is present with the SHA-256 recorded in `recorded_in`, else `error` naming it.
+    Bundles and run directories both check this way; `words` is (what, made by, redo, command)."""
+    what, made_by, redo, command = words
     for name, expected in files.items():
         path = root / name
         if not path.is_file():
-            return path, "missing"
+            raise error(f"{path} is missing from the {what}; {redo} it with `npgmf-edge {command}`")
         if sha256_file(path) != expected:
-            return path, "changed"
-    return None
+            raise error(
+                f"{path} does not match the SHA-256 recorded in {recorded_in} (damaged or changed after "
+                f"{made_by}); {redo} the {what} with `npgmf-edge {command}`"
+            )
 
 
 @contextlib.contextmanager
 def output_lock(folder: Path) -> Iterator[Path]:
     """Hold `folder`/.npgmf-edge.lock while writing into `folder`; a second writer is refused at once
-    (OutputError naming the holder's pid).
-
-    A real file lock (`filelock`: flock on POSIX, LockFileEx on Windows), not a pid file: taking it is one
-    atomic call, and the kernel releases it when its holder exits, however it dies, so a killed writer's
-    lock needs no takeover. The file stays after release (removing it would let two writers lock two
-    different files of the same name); it holds the last holder's pid, for the message."""
+    (OutputError naming the holder's pid). A kernel file lock (`filelock`), not a pid file: released however
+    its holder dies. The file stays after release (else two writers could lock two files of one name)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE

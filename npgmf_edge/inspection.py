@@ -10,15 +10,18 @@ torch references offer; `MapDetector` adds the maps that evaluation, `verify` an
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 import numpy as np
 
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.postprocess import image_scores, smooth
+from npgmf_edge.preprocess import to_model_input
+from npgmf_edge.progress import Reporter
 
 ImageInput = Path | str | np.ndarray
 BRANCH_NAMES = ("structural", "logical")
@@ -26,13 +29,9 @@ BRANCH_NAMES = ("structural", "logical")
 
 @dataclass(frozen=True)
 class Inspection:
-    """Score, verdict and anomaly map of one image (map at the image's original resolution).
-
-    `error` says why there is no verdict (unreadable image, non-finite score); `branch_maps` holds the
-    logical and structural maps at the model's input size when they were asked for; `precision` is the
-    bundle graph that answered (None for a torch run), which differs from the one asked for after a
-    self-test fallback.
-    """
+    """Score, verdict and anomaly map of one image (map at the image's original resolution). `error`: why
+    there is no verdict; `branch_maps`: both branch maps at the model's input size, when asked for;
+    `precision`: the bundle graph that answered (None for a run; another after a self-test fallback)."""
 
     score: float
     threshold: float
@@ -63,6 +62,18 @@ class Inspection:
         if self.problem is not None:
             return "error"
         return "anomalous" if self.score > self.threshold else "good"
+
+
+class Closing:
+    """`close()` on leaving a `with` block: detectors, graph runners and serve clients hold resources."""
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Detector(Protocol):
@@ -104,6 +115,30 @@ def concat_batches(batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.nda
         for name, value in batch.items():
             chunks.setdefault(name, []).append(value)
     return {name: np.concatenate(values) for name, values in chunks.items()}
+
+
+def batched_maps(
+    images: Iterable[np.ndarray],
+    total: int,
+    batch: int,
+    size: int,
+    maps: Callable[[np.ndarray], dict[str, np.ndarray]],
+    progress: bool = False,
+) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
+    """`maps` of RGB uint8 images taken `batch` at a time (resized to `size`), and each one's original
+    (height, width): only the sizes are kept, so the images need not all be in memory."""
+    sizes: list[tuple[int, int]] = []
+    iterator = iter(images)
+    with Reporter("anomaly maps", total, unit="images", enabled=progress) as report:
+
+        def batch_maps(chunk: list[np.ndarray]) -> dict[str, np.ndarray]:
+            sizes.extend(image.shape[:2] for image in chunk)
+            report.advance(len(chunk))
+            return maps(np.stack([to_model_input(image, size) for image in chunk]))
+
+        chunks = iter(lambda: list(islice(iterator, batch)), [])
+        result = concat_batches(batch_maps(chunk) for chunk in chunks)
+    return result, sizes
 
 
 def scored_maps(

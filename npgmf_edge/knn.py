@@ -1,20 +1,14 @@
 """Nearest-neighbour search over the coreset: one small interface, FAISS and brute-force implementations.
 
-`NearestNeighbourScorer` is the interface: `fit(bank)`, `search(queries, k) -> (distances, indices)`,
-`save(path)`, `load(path)`. Distances are always Euclidean, so every backend reports the same numbers and
-scores keep the units of the feature space. The search finds the neighbours through the fast expansion
-|q|^2 - 2 q.b + |b|^2, which loses precision to cancellation when a query lies close to its neighbour
-(float32 noise of about |q|^2 * 1e-7 in the squared distance, so ~1e-5 in a distance of 0.02); the
-reported distances are therefore recomputed exactly as ||q - b|| for the neighbours found, and two
-backends (or a torch run and its exported graph) agree to float32 precision.
+`NearestNeighbourScorer`: `fit(bank)`, `search(queries, k) -> (distances, indices)`, `save`, `load`.
+Distances are Euclidean everywhere. The search ranks by |q|^2 - 2 q.b + |b|^2, which cancellation makes
+noisy for a query close to its neighbour (~1e-5 in a distance of 0.02), so the reported distances are
+recomputed exactly as ||q - b||: backends (and a torch run and its exported graph) agree to float32.
 
-- `FaissNN`: exact `IndexFlatL2`, moved to the GPU when this FAISS can (`faiss_gpu_unavailable_reason`:
-  a faiss-gpu build that sees a GPU; faiss-cpu, the only FAISS for aarch64 / Jetson, has no GPU code);
-  saved with `faiss.write_index` (always the CPU form, so a file written on a GPU station loads anywhere).
-- `ApproximateFaissNN`: `IndexIVFFlat` for large banks; differs from `FaissNN` only in `_create_index`
-  and `_train` (as in the PatchCore reference).
-- `BruteForceNN`: chunked numpy matrix products (|q|^2 - 2 q.b + |b|^2, clamped at 0), saved as `.npy`.
-  No faiss needed; the reference the FAISS results are tested against.
+- `FaissNN`: exact `IndexFlatL2`, on the GPU where this FAISS can (`faiss_gpu_unavailable_reason`;
+  faiss-cpu, the only FAISS for aarch64, has no GPU code); always saved in CPU form, loadable anywhere.
+- `ApproximateFaissNN`: `IndexIVFFlat` for large banks; overrides only `_create_index` and `_train`.
+- `BruteForceNN`: chunked numpy matrix products, saved as `.npy`; the reference FAISS is tested against.
 
 Example:
     >>> nn_ = FaissNN().fit(coreset)          # coreset: (M, D) float32

@@ -3,24 +3,20 @@
 Training writes through these names; the detector, calibration and export read through `load_run`.
 
     config.json              the full NpgmfConfig
-    dataset.json             where the data came from, and which images were used for training and validation
-                             (relative to the data root, which is recorded relative to the run and absolute,
-                             so a run moved with its data, or alone, still finds them: `read_provenance`)
+    dataset.json             the data root (relative to the run and absolute: a run moved with its data, or
+                             alone, still finds it, `read_provenance`) and the training and validation images
     logical/                 config.json, checkpoint.safetensors (resumable), model.safetensors, summary.json
     structural/              config.json, extractor.safetensors, coreset.npy, coreset.faiss, summary.json
     calibration.json         branch statistics, the chosen fusion and verdict threshold (--branch all)
     pseudo_anomalies.png     a sample of the validation pseudo-anomalies the fusion was chosen on
     run_manifest.json        SHA-256 of every config, weight, coreset and calibration file (RUN_FILES)
 
-`load_run` checks every file against run_manifest.json first, so a flipped byte in a weight file is a
-CheckpointError naming it, not a detector that scores NaN; a run written before the manifest existed loads
-with one warning. Nothing is pickled and nothing is downloaded at load: encoder weights and the text
-embedding are in the safetensors files.
+`load_run` checks every file against run_manifest.json first (a flipped byte is a CheckpointError naming
+the file, not a detector scoring NaN). Nothing is pickled or downloaded at load.
 
 Example:
     >>> run = load_run(Path("runs/tray"))
     >>> logical_map, patch_features = run.net(pixels)
-    >>> distances, _ = run.scorer.search(features_as_rows, k=1)
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ from npgmf_edge.calibration import Calibration, load_calibration
 from npgmf_edge.calibration.calibrate import CALIBRATION_FILE, PSEUDO_SAMPLE_FILE
 from npgmf_edge.config import NpgmfConfig
 from npgmf_edge.errors import CheckpointError
-from npgmf_edge.fileio import first_mismatch, load_json, load_tensors, save_json, sha256_file
+from npgmf_edge.fileio import check_hashes, load_json, load_tensors, save_json, sha256_file
 from npgmf_edge.knn import BruteForceNN, NearestNeighbourScorer, create_scorer
 from npgmf_edge.models.inspection_net import InspectionNet
 from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
@@ -99,16 +95,7 @@ def check_run_files(run_dir: Path) -> None:
     files = recorded.get("files") if isinstance(recorded, dict) else None
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise CheckpointError(f"{path} is damaged (no file list); retrain the run with `npgmf-edge train`")
-    mismatch = first_mismatch(run_dir, files)
-    if mismatch is None:
-        return
-    file, kind = mismatch
-    if kind == "missing":
-        raise CheckpointError(f"{file} is missing from the run; retrain it with `npgmf-edge train`")
-    raise CheckpointError(
-        f"{file} does not match the SHA-256 recorded in {path} (damaged or changed after training); "
-        "retrain the run with `npgmf-edge train`"
-    )
+    check_hashes(run_dir, files, path, CheckpointError, ("run", "training", "retrain", "train"))
 
 
 def build_logical_from_state(
@@ -228,11 +215,8 @@ def _relative(path: Path, start: Path) -> str:
 def read_provenance(run_dir: Path) -> dict[str, Any]:
     """dataset.json: the data root, format, category and the training and validation images of the run,
     the images as paths that exist here (CheckpointError naming the fix when the data cannot be found).
-
-    The root is looked for beside the run (where it was relative to the run when trained), then at its
-    absolute path. Runs trained before issue 24 recorded paths as given, relative to the folder `train`
-    ran in: that folder is looked for as the current one, then each folder above the run (a run trained
-    into a subfolder of it and moved together with its data keeps that layout)."""
+    The root is looked for relative to the run, then absolute; for runs from before issue 24 (paths as
+    given to `train`) relative to the current folder, then to each folder above the run."""
     run_dir = Path(run_dir)
     data = load_json(run_dir / DATASET_FILE)
     recorded = Path(data["root"])

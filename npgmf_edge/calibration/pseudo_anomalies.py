@@ -1,21 +1,15 @@
 """Pseudo-anomalies made from normal validation images, to choose the fusion at calibration (never from test
 images; the same seed gives the same images).
 
-Structural-like, as the field makes them for training and validation without defect labels:
-- "perlin": a Perlin-noise mask blends a foreign texture into the image (DRAEM, Zavrtanik et al. ICCV 2021;
-  anomalib's `PerlinAnomalyGenerator`): mask = rotated noise > 0.5, out = (1 - beta) texture + beta image
-  inside it, beta uniform in [0, 0.8); lattice cells of at least `MIN_PERLIN_CELL` px;
-- "scar": a thin stroke of a contrasting colour (CutPaste's scar, drawn instead of cut);
-- "blotch": a soft-edged ellipse of another colour.
-Logical-like, on a square region of object size (the most textured of a few random candidates, so it
-holds a part rather than background):
-- "move": the region is pasted elsewhere and its place inpainted (CutPaste, Li et al. CVPR 2021);
-- "duplicate": the region is pasted elsewhere as well;
-- "remove": the region is inpainted away (OpenCV's Telea inpainting).
+Structural-like: "perlin", a Perlin-noise mask blending a foreign texture in (DRAEM, Zavrtanik et al. ICCV
+2021; anomalib's `PerlinAnomalyGenerator`: mask = rotated noise > 0.5, out = (1 - beta) texture + beta
+image, beta in [0, 0.8), lattice cells of at least `MIN_PERLIN_CELL` px); "scar", a thin stroke of a
+contrasting colour (CutPaste's); "blotch", a soft-edged ellipse of another colour. Logical-like, on the
+most textured of a few object-sized square regions: "move" (pasted elsewhere, its place inpainted;
+CutPaste, Li et al. CVPR 2021), "duplicate" (pasted elsewhere as well), "remove" (inpainted away, Telea).
 
-No maintained PyPI package implements DRAEM's Perlin generator (the `noise` package is unmaintained since
-2015, `pyfastnoiselite` and `opensimplex` compute other noises), so `perlin_noise` transcribes the standard
-gradient-noise algorithm as DRAEM and anomalib use it (random unit gradients on a lattice, quintic fade).
+`perlin_noise` transcribes DRAEM's gradient noise (random unit gradients on a lattice, quintic fade): no
+maintained PyPI package implements it (`noise` is unmaintained since 2015, others compute other noises).
 
 Example:
     >>> images = make_pseudo_anomalies(validation_images, seed=0)   # RGB uint8 (H, W, 3) each

@@ -8,11 +8,8 @@ from npgmf_edge.errors import ConfigError
 
 
 def threshold_for_false_alarm_rate(normal_scores: np.ndarray, false_alarm_rate: float) -> float:
-    """Smallest threshold with at most `false_alarm_rate` of normal images scoring strictly above it.
-
-    A verdict is "anomalous" when score > threshold. With few validation images the achievable rates
-    are multiples of 1/n; we never exceed the requested rate on the validation set.
-    """
+    """Smallest threshold with at most `false_alarm_rate` of normal images scoring strictly above it (a
+    verdict is "anomalous" when score > threshold); with n images, a multiple of 1/n, never above it."""
     scores = np.sort(np.asarray(normal_scores, dtype=np.float64).ravel())
     if scores.size == 0:
         raise ConfigError("cannot calibrate a threshold: no normal validation scores")

@@ -36,12 +36,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class DefectSpec:
-    """One entry of an MVTec LOCO AD `defects_config.json`: how sPRO treats one defect type.
-
-    A ground-truth PNG draws its defect with `pixel_value`. The region counts as fully found once the
-    detector covers its saturation area: a fraction of the region (`relative_saturation`) or a pixel
-    count (absolute), so a missing object need not be segmented whole.
-    """
+    """One entry of an MVTec LOCO AD `defects_config.json`: the `pixel_value` its ground-truth PNGs draw
+    with, and the saturation area (a fraction of the region, or a pixel count) that counts as fully found."""
 
     defect_name: str
     pixel_value: int

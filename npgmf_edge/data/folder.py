@@ -45,12 +45,9 @@ def read_folder(
     test_fraction: float = DEFAULT_TEST_FRACTION,
     seed: int = 0,
 ) -> AnomalyDataset:
-    """List a folder dataset; folders are relative to `root`.
-
-    `abnormal_dirs`: a list (defect type = the folder's path relative to root) or a mapping from defect
-    type to folder; by default, every subfolder of `root` holding images, except the normal and mask
-    folders and the folders that contain them.
-    """
+    """List a folder dataset; folders are relative to `root`. `abnormal_dirs`: a list (defect type = its
+    path) or a mapping from defect type to folder; default: every subfolder of `root` holding images but
+    the normal and mask folders and those containing them."""
     if not 0 <= test_fraction < 1:
         raise ConfigError(f"test_fraction must be in [0, 1), got {test_fraction}")
     mask_extension = mask_extension.lower()

@@ -5,16 +5,12 @@ Every image becomes (H, W, 3) uint8 RGB, whatever it was on disk:
 - an alpha channel is dropped (colour kept as stored, not composited over a guessed background);
 - 16-bit pixels are scaled linearly from the full 0..65535 range (value / 257, rounded);
 - EXIF orientation is ignored, so an image stays pixel-aligned with its mask (masks carry no EXIF);
-- with `max_pixels`, an image with more pixels (read from its header first, `image_header`) is decoded
-  reduced by 2, 4 or 8 (OpenCV's reduced decoding). JPEG scales while decoding (a 16000 x 16000 JPEG costs
-  ~100 MB); other formats are decoded in full and then shrunk, so they are refused above FULL_DECODE_FACTOR
-  x the limit (less for formats whose decoders cost more per pixel: GIF, JPEG 2000, AVIF, HDR, PFM), as is
-  any image that 1/8 cannot bring under it, and any whose header states no size (a damaged header, or no
-  format OpenCV reads): a header's claim is checked before a byte is decoded;
-- behind that, OpenCV refuses to decode more than `opencv_pixel_limit()` pixels (OPENCV_IO_MAX_IMAGE_PIXELS,
-  which importing npgmf_edge sets), whatever a header says.
+- with `max_pixels`, an image with more pixels (its header read first, `image_header`) is decoded reduced
+  by 2, 4 or 8: JPEG while decoding, other formats decoded in full and shrunk, so those are refused above
+  FULL_DECODE_FACTOR x the limit (less for costlier decoders), as is an image 1/8 cannot bring under it
+  or whose header states no size; behind that, OpenCV's own `opencv_pixel_limit()` (docs/RELIABILITY.md).
 Masks keep their raw 8-bit values, because MVTec LOCO AD tells defect types apart by pixel value.
-OpenCV's own log lines (libpng warnings on a truncated file) are silenced: every failure is a DatasetError.
+OpenCV's own log lines are silenced: every failure is a DatasetError.
 
 Example:
     >>> image = read_image(Path("test/crack/000.png"))          # (H, W, 3) uint8 RGB
@@ -166,11 +162,8 @@ def read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
 
 
 def decode_image_bytes(data: bytes, max_pixels: int | None, name: str = "image") -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an encoded image in memory (PNG, JPEG, ...), with `read_image`'s rules.
-
-    For a server: an image whose header says it has more than `max_pixels` pixels is refused before
-    anything is decoded (not reduced, as `read_image` does), so one request cannot claim more memory than
-    the limit allows. `name` says which request item the error is about."""
+    """(H, W, 3) uint8 RGB from an encoded image in memory, with `read_image`'s rules, for a server: above
+    `max_pixels` by its header it is refused before decoding, not reduced. `name` names the request item."""
     if not data:
         raise DatasetError(f"cannot read {name}: OpenCV cannot decode it (it is empty)")
     header = _header(bytes(data), name, max_pixels)
@@ -227,10 +220,7 @@ def read_mask(
     path: Path, expected_hw: tuple[int, int] | None = None, image_path: Path | None = None
 ) -> np.ndarray:
     """(H, W) uint8 with the raw stored values; checked against its image's (height, width) when given.
-
-    A mask saved with three equal colour channels is accepted as grey; differing channels are an error,
-    because no single value per pixel could be trusted.
-    """
+    Three equal colour channels are read as grey; differing ones are an error (no one value per pixel)."""
     path = Path(path)
     pixels = _decode(path, "mask")
     if pixels.dtype != np.uint8:
@@ -305,11 +295,8 @@ def read_defect_regions(sample: Sample, defects_config: Sequence[DefectSpec]) ->
 
 
 def read_ground_truth(sample: Sample, defects_config: Sequence[DefectSpec] = ()) -> np.ndarray:
-    """(H, W) bool: the union of the sample's defects (all False for a good image).
-
-    With a LOCO `defects_config`, every mask value is checked against it; without one, masks are binary
-    and a pixel is defective where its value exceeds MASK_THRESHOLD.
-    """
+    """(H, W) bool: the union of the sample's defects (all False for a good image); mask values checked
+    against a LOCO `defects_config`, else binary (a pixel above MASK_THRESHOLD is defective)."""
     if sample.label == 0:
         return np.zeros(image_size(sample.image_path), dtype=bool)
     if not sample.mask_paths:

@@ -42,11 +42,8 @@ def good_samples(folder: Path, split: str) -> list[Sample]:
 def defect_test_samples(
     category_dir: Path, layout: str, masks_of: Callable[[Path, Path], tuple[Path, ...]]
 ) -> list[Sample]:
-    """The test samples of an MVTec AD or LOCO category: one folder per defect type under `test/`.
-
-    `good` images have no masks; any other image gets `masks_of(image, ground_truth/<defect type>)`,
-    which raises a DatasetError when they are missing.
-    """
+    """The test samples of an MVTec AD or LOCO category, one folder per defect type under `test/`; all
+    but `good` images get `masks_of(image, ground_truth/<defect type>)` (DatasetError when missing)."""
     test_dir = require_dir(category_dir / "test", layout)
     test: list[Sample] = []
     for type_dir in subfolders(test_dir):

@@ -72,12 +72,9 @@ def detect_format(root: Path) -> str:
 def load_dataset(
     root: Path, category: str | None = None, format: str = "auto", **folder_options: Any
 ) -> AnomalyDataset:
-    """List the samples of one category, detecting the format unless `format` names it.
-
-    `root` is a category folder or a folder of categories (then `category` picks one, or the only one is
-    used). For the folder format, `root` is the dataset itself, `category` only names it (default: the
-    folder's name), and `folder_options` are those of `read_folder`.
-    """
+    """List the samples of one category of `root` (`category` picks it, or the only one), detecting the
+    format unless `format` names it. A folder dataset is `root` itself, named by `category` (default: the
+    folder's name), with `folder_options` those of `read_folder`."""
     root = Path(root)
     if format not in FORMATS:
         raise ConfigError(f"unknown dataset format {format!r}; choose one of: {', '.join(FORMATS)}")

@@ -27,10 +27,7 @@ DEFECT_KEYS = ("defect_name", "pixel_value", "saturation_threshold", "relative_s
 
 def read_mvtec_loco(category_dir: Path) -> AnomalyDataset:
     """List an MVTec LOCO AD category; every anomalous test image needs a ground-truth folder of PNGs.
-
-    A folder with neither train/ nor validation/ is a test-only copy, as the official evaluation script
-    takes (test/, ground_truth/, defects_config.json): it can be evaluated, not trained on.
-    """
+    Without train/ and validation/ it is a test-only copy (as the official script takes): evaluated only."""
     defects_config = read_defects_config(category_dir / DEFECTS_CONFIG)
     if is_test_only(category_dir):
         train, validation = [], []

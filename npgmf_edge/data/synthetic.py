@@ -183,11 +183,8 @@ def _swap_into_place(staging: Path, out: Path) -> None:
 
 
 def generate_dataset(out: Path, cfg: SyntheticConfig, overwrite: bool = False) -> dict[str, Any]:
-    """Write the dataset to `out/<category>` atomically and return a JSON-able summary.
-
-    Everything is written to a hidden staging folder beside `out` and renamed into place at the end,
-    so an interrupted run leaves `out` as it was.
-    """
+    """Write the dataset to `out/<category>` atomically (staged beside `out`, renamed into place at the
+    end) and return a JSON-able summary."""
     cfg.check()
     out = Path(out)
     _check_target(out, overwrite)

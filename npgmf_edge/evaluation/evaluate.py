@@ -1,11 +1,8 @@
 """Score a dataset's test split from its score maps: image AUROC, pixel AUROC, AUPRO and (LOCO) AUC-sPRO.
 
-Subsets: for MVTec LOCO AD, one per anomaly folder ("logical_anomalies", "structural_anomalies"), each
-scored together with all good test images, plus their "mean", exactly as the official script reports
-them. Other formats have one subset, "all" (every anomalous test image with every good one), and no sPRO,
-which needs a defects_config.json.
-
-The result is JSON-ready and uses the official script's keys where it has them:
+Subsets as the official script reports them: for MVTec LOCO AD each anomaly folder with all good test
+images, plus their "mean"; other formats one subset, "all", and no sPRO (it needs defects_config.json).
+The JSON-ready result uses the official keys where it has them:
     classification.auc_roc.<subset>                image AUROC (image score = max of the map, unless given)
     localization.auc_spro.<subset>.<max fpr>       AUC-sPRO, limits "0.01" "0.05" "0.1" "0.3" "1.0" (LOCO)
 and ours beside them:

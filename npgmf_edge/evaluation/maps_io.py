@@ -68,11 +68,8 @@ def _find_map(maps_dir: Path, category: str, sample: Sample) -> Path | None:
 
 
 def read_maps(maps_dir: Path, dataset: AnomalyDataset, check_sizes: bool = True) -> dict[Path, np.ndarray]:
-    """The score map of every test image of `dataset`, keyed by `sample.image_path`.
-
-    Raises DatasetError naming the first missing map (and how many are missing), or a map whose size
-    differs from its image's (`check_sizes` decodes every test image to know its size).
-    """
+    """The score map of every test image of `dataset`, keyed by `sample.image_path`; DatasetError naming
+    the first missing map (and how many), or one whose size differs from its image's (`check_sizes`)."""
     maps_dir = Path(maps_dir)
     maps: dict[Path, np.ndarray] = {}
     missing: list[tuple[Sample, Path]] = []

@@ -6,22 +6,14 @@
         -> knn "graph": the same network with kNN + fusion + smoothing appended, at that precision
            (knn search "exact": one FP32 GEMM; "int8": an INT8 GEMM and an exact re-rank, onnxruntime only)
       coreset.faiss + coreset.npy (knn "faiss"), TensorRT engines (where TensorRT is importable)
+      the golden set (`runtime.selftest`) and each written graph's error against FP32 on it
       -> manifest.json (runtime.manifest writes it, last, with the SHA-256 of every file)
 
-Everything is written into a temporary folder beside `out` and renamed into place at the end
-(`fileio.atomic_directory`), so an export killed midway leaves the previous bundle untouched. FP16 and
-INT8 shift the score distribution, so each precision gets its own calibration, and the cost of each
-against FP32 on the validation images is recorded (map differences, score rank correlation, relative
-score drift, verdict agreement). An INT8 graph is refused, with those numbers, when its verdicts disagree
-with FP32's on more than `int8_max_disagreement` of the validation images, its scores rank them
-differently (Spearman below INT8_MIN_RANK_CORRELATION: its own calibration can hide a shift, not a
-reordering), or they drift by more than INT8_MAX_SCORE_DRIFT of FP32's; the written graph is held to the
-same drift on the self-test images.
-
-Last, the bundle gets its golden set (`runtime.selftest`): 12 validation images (8 nearest the FP32
-threshold), the FP32 run's scores and map digests for them, each precision's error against those as the
-written graphs compute them here (their budgets follow from it), and this machine's CPU features and
-backend versions; `Inspector.open` runs it on every station.
+Written into a temporary folder beside `out` and renamed into place at the end (`fileio.atomic_directory`),
+so a killed export leaves the previous bundle untouched. Each precision gets its own calibration, and its
+cost against FP32 on the validation images is recorded; INT8 is refused when its verdicts, score ranking
+(Spearman: its own calibration can hide a shift, not a reordering) or score drift are past the options'
+limits (docs/DEPLOY.md "Precisions").
 
 Example:
     >>> summary = export_bundle(Path("runs/tray"), Path("bundle"), ExportOptions(precisions=("fp32", "int8")))
@@ -190,10 +182,7 @@ def _quality(
     manifest's `quality` entry (`verify.compare_outputs` on the branch maps and scores)."""
     ref = {**reference, "score": ref_cal.post(reference["structural"], reference["logical"])[1]}
     cand = {**candidate, "score": cand_cal.post(candidate["structural"], candidate["logical"])[1]}
-    report = compare_outputs(ref, cand, ref_cal.threshold, cand_cal.threshold, maps=("logical", "structural"))
-    for name in ("score_max_rel_diff", "score_max_abs_diff"):  # verify's, not the manifest's
-        del report[name]
-    return report
+    return compare_outputs(ref, cand, ref_cal.threshold, cand_cal.threshold, manifest=True)
 
 
 class _Exporter:

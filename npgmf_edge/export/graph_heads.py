@@ -7,10 +7,8 @@
          (OpenCV's kernel and its BORDER_REFLECT padding, as Gathers) -> fused map, image score = ReduceMax
          (fusion level "image": the weighted sum of each smoothed branch map's ReduceMax, standardised)
 
-This is the portable GPU path (there is no official FAISS GPU build for Jetson): one graph call maps an
-image to its fused map and score. It computes what the runtime computes around a plain graph
-(`knn.FaissNN` search + `postprocess.fuse`), so both kinds of bundle give the same numbers. The `knn` and
-`fusion` submodules name the graph scopes that `export.precision` keeps in FP32.
+The portable GPU path (no official FAISS GPU build for Jetson). It transcribes `postprocess`, so both
+kinds of bundle give the same numbers; its `knn` and `fusion` scopes are what `export.precision` keeps FP32.
 
 Example:
     >>> net = GraphInspectionNet(run.net, coreset, calibration, image_size=128, grid=(16, 16))
@@ -41,12 +39,9 @@ class KnnHead(nn.Module):
     """(B, D, h, w) patch features -> (B, h, w) Euclidean distance to the nearest coreset row.
 
     search "exact": one FP32 GEMM |b|^2 - 2 q.b over the whole coreset, ArgMin, exact ||q - b||.
-    search "int8":  the same GEMM in INT8 (`Int8Scores`: u8 queries x 7-bit s8 coreset, int32 sums, exact
-                    with or without VNNI; VNNI on x86 runs it at 3-4x the FP32 rate here), its `candidates`
-                    best rows by TopK, then ||q - b|| in FP32 for those only. The distance returned is
-                    always exact to a real coreset row, so it can only overestimate (when the nearest
-                    row is not among the candidates): a normal patch may score a little high, an
-                    anomalous one is never hidden.
+    search "int8":  the same GEMM in INT8 (`Int8Scores`, exact with or without VNNI), its `candidates`
+                    best rows by TopK, then ||q - b|| in FP32 for those only: exact to a real coreset
+                    row, so it can only overestimate; an anomalous patch is never hidden.
     """
 
     def __init__(

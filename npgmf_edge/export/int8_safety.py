@@ -1,17 +1,11 @@
 """INT8 products that give the same integers on every CPU: no int16 pair saturation without VNNI.
 
-x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake, many industrial PCs and cloud VMs) multiply
-u8 x s8 with `vpmaddubsw`: each pair of adjacent products along the reduction axis is summed into a
-*saturating int16* before the int32 accumulation. onnxruntime runs every INT8 product of a bundle that way
-(QDQ Conv / MatMul / Gemm with s8 activations are shifted to u8 by +128; `MatMulInteger` is u8 x s8 as
-written). With 8-bit weights a pair reaches 2 x 255 x 127 = 64,770 and is clipped to 32,767: the same
-bundle answers differently on a CPU with VNNI (`vpdpbusd`, exact int32 sums) and one without. ARM's
-`sdot`/`udot` and the int16 `smlal` path accumulate in int32 and cannot saturate this way.
-
-Weights of at most `SAFE_WEIGHT_MAX` = 64 in magnitude (onnxruntime's `reduce_range`, 7-bit weights)
-bound every pair by 2 x 255 x 64 = 32,640 <= 32,767: the integer result is exact on every ISA.
-`saturation_risks` reads the integer weights of a finished graph and reports any product that could
-exceed int16 for some activation in the u8 range; the export refuses such a graph.
+x86 CPUs without VNNI sum each pair of u8 x s8 products into a saturating int16 (`vpmaddubsw`), which
+onnxruntime uses for every INT8 product of a bundle: with 8-bit weights a pair reaches 2 x 255 x 127 and
+is clipped, so the bundle answers differently with and without VNNI (docs/DEPLOY.md, "One answer on every
+machine"). Weights of at most `SAFE_WEIGHT_MAX` = 64 in magnitude (7-bit, `reduce_range`) bound every pair
+by 2 x 255 x 64 = 32,640 <= 32,767: exact on every ISA. `saturation_risks` reads a finished graph's integer
+weights and reports any product that could exceed int16; the export refuses such a graph.
 
 Example:
     >>> saturation_risks(onnx.load("bundle/model.int8.onnx"))

@@ -1,21 +1,16 @@
 """Deployable precision variants of an exported FP32 graph: simplified FP32, FP16 and INT8 (Q/DQ).
 
-TensorRT 10 deprecated, and TensorRT 11 removes, implicit quantisation: the INT8 calibrator and the
-FP16 / INT8 builder flags that let the builder pick each layer's precision. Precision now lives in the
-ONNX graph itself (a strongly typed network): FP16 tensors for the FP16 variant, explicit
-QuantizeLinear / DequantizeLinear pairs for INT8. This module writes those graphs from the one
-`export_onnx` produced (opset 17, dynamic batch axis "batch", static spatial shapes):
+TensorRT 11 removes implicit quantisation (the INT8 calibrator, the FP16 / INT8 builder flags): precision
+lives in the ONNX graph itself (FP16 tensors, or QuantizeLinear / DequantizeLinear pairs for INT8). From
+the one `export_onnx` graph (opset 17, dynamic batch axis, static spatial shapes) this writes:
 
-* `simplify`: constant folding and graph clean-up with onnxslim; the FP32 deployable and the input of
-  the other two.
-* `fp32_island_nodes`: the nodes whose numerics break in FP16 or INT8 (nearest-code search, norms,
-  reductions, the cosine anomaly map, nearest-neighbour heads); both conversions leave them in FP32.
+* `simplify`: onnxslim's constant folding and clean-up; the FP32 deployable and the others' input.
+* `fp32_island_nodes`: the nodes whose numerics break in FP16 or INT8; both conversions keep them FP32.
 * `convert_fp16`: FP16 everywhere else, float32 inputs and outputs.
-* `quantize_int8`: symmetric INT8 Q/DQ on the weighted ops TensorRT runs as INT8 kernels, calibrated
-  on normal training images; the frozen encoder and every depthwise or stem convolution stay float.
-  Weights are 7-bit (|w| <= 64, `int8_safety`), so no product saturates on x86 CPUs without VNNI.
+* `quantize_int8`: symmetric INT8 Q/DQ, calibrated on normal training images, with 7-bit weights
+  (`int8_safety`: no product saturates without VNNI); the encoder, depthwise and stem convolutions stay float.
 
-Every graph is checked with `onnx.checker` (full check) before `atomic_write` moves it into place.
+Every graph passes `onnx.checker` (full check) before `atomic_write` moves it into place.
 """
 
 from __future__ import annotations
@@ -132,13 +127,9 @@ def _dims(values: Iterable[onnx.ValueInfoProto]) -> dict[str, list[int | str]]:
 
 
 def simplify(src: Path, dst: Path) -> Path:
-    """Constant-fold and clean up `src` with onnxslim into `dst`; returns `dst`.
-
-    onnxslim rather than onnxruntime's offline optimiser: its output is plain ONNX meant for any runtime,
-    it keeps node names (fused nodes keep their scope as a prefix, so `fp32_island_nodes` still finds
-    them), and it does not pin the graph to one onnxruntime build. Shape inference afterwards turns the
-    exporter's symbolic output sizes into the static ones; inputs and the opset must come out unchanged.
-    """
+    """Constant-fold and clean up `src` with onnxslim into `dst`; returns `dst`. onnxslim, not onnxruntime's
+    offline optimiser: plain ONNX for any runtime, node scopes kept (`fp32_island_nodes` finds them). Shape
+    inference then makes output sizes static; inputs and opset must come out unchanged."""
     model = _load(src)
     try:
         slim = onnxslim.slim(model)
@@ -152,11 +143,8 @@ def simplify(src: Path, dst: Path) -> Path:
 
 
 def _tie_equal_initializers(model: onnx.ModelProto) -> None:
-    """Let every user of equal initializers read one copy (in place).
-
-    The exporter shares a weight used twice through Identity nodes; onnxslim folds those into one copy
-    per user and only re-ties tensors under 1000 elements, which grew the tiny net's file by 6%.
-    """
+    """Let every user of equal initializers read one copy (in place): onnxslim unties weights shared
+    through Identity nodes above 1000 elements (6% on the tiny net's file)."""
     first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
     same: dict[str, str] = {}
     for tensor in model.graph.initializer:
@@ -195,11 +183,8 @@ def fp32_island_nodes(model: onnx.ModelProto) -> list[str]:
       4. it is an element-wise or data-movement op (TAIL_OPS) fed by a Reduce* op or by another such
          op: the rest of a decomposed LayerNorm, F.normalize's divide, 1 - cos and the resize / sum of
          the anomaly map, down to the graph output.
-    Measured in FP16 (tests/export/test_precision.py): without rule 3, near-tied codes all flip;
-    without rule 4, a near-zero anomaly map (normal images) is off by several times its value; on the
-    tiny logical net the islands cut the map's max error from 6.8e-4 to 2.0e-4, nearly all by rule 4.
-    Softmax is not an island: its logits are bounded (the shifted-window mask is -100, not -inf) and
-    keeping it FP32 left that net's FP16 map unchanged (2.0e-4 max error either way).
+    Measured in FP16 (tests/export/test_precision.py): without rule 3 near-tied codes flip, without rule
+    4 a near-zero map is off by several times its value. Softmax is no island: its logits are bounded.
     """
     nodes = list(model.graph.node)
     producer = {out: node for node in nodes for out in node.output}
@@ -235,12 +220,8 @@ def _distance_nodes(nodes: list[onnx.NodeProto], producer: dict[str, onnx.NodePr
 
 
 def convert_fp16(src: Path, dst: Path) -> Path:
-    """FP16 copy of `src` at `dst` with `fp32_island_nodes` kept FP32 and float32 inputs / outputs.
-
-    onnxconverter-common inserts the casts at island borders; the helpers below repair three of its
-    slips: initializers shared across a border, island-computed graph outputs typed FP16, and FP16 round
-    trips between islands.
-    """
+    """FP16 copy of `src` at `dst` with `fp32_island_nodes` kept FP32 and float32 inputs / outputs;
+    the helpers below repair three slips of onnxconverter-common's casts at island borders."""
     model = _load(src)
     islands = fp32_island_nodes(model)
     _unshare_initializers(model, set(islands))
@@ -259,11 +240,8 @@ def _cast_to(node: onnx.NodeProto) -> int | None:
 
 
 def _drop_fp16_round_trips(model: onnx.ModelProto) -> None:
-    """Let Cast(FP32) nodes that read a Cast(FP16) read its FP32 input instead (in place).
-
-    The converter casts every island output to FP16 and every island input back; it removes such pairs
-    except where a tensor fans out to several islands, which left FP16 rounding inside the kNN head.
-    """
+    """Let Cast(FP32) nodes that read a Cast(FP16) read its FP32 input instead (in place): the converter
+    keeps such pairs where a tensor fans out to several islands (FP16 rounding inside the kNN head)."""
     graph_outputs = {o.name for o in model.graph.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -285,12 +263,8 @@ def _drop_fp16_round_trips(model: onnx.ModelProto) -> None:
 
 
 def _float32_island_outputs(model: onnx.ModelProto, islands: set[str]) -> None:
-    """Give graph outputs computed by islands back their FP32 tensor (in place).
-
-    onnxconverter-common 1.16 casts an island's output to FP16 even when it is a graph output, which
-    `keep_io_types` then leaves FP16, and island nodes reading that output get it uncast. Here the island
-    writes the output in FP32 again; the Cast feeds only the FP16 nodes that read it, if any.
-    """
+    """Give graph outputs computed by islands back their FP32 tensor (in place): onnxconverter-common 1.16
+    casts them to FP16 anyway. The Cast then feeds only the FP16 nodes that read it, if any."""
     producer = {out: node for node in model.graph.node for out in node.output}
     for output in model.graph.output:
         cast = producer.get(output.name)
@@ -312,12 +286,8 @@ def _float32_island_outputs(model: onnx.ModelProto, islands: set[str]) -> None:
 
 
 def _unshare_initializers(model: onnx.ModelProto, islands: set[str]) -> None:
-    """Give island nodes their own copy of each initializer they share with other nodes (in place).
-
-    The exporter and onnxslim tie equal constants (one zero vector is both a Conv bias and a LayerNorm
-    bias); the FP16 converter would then feed the FP16 Conv an FP32 tensor, and the quantiser would feed
-    the island a dequantised one.
-    """
+    """Give island nodes their own copy of each initializer they share with other nodes (in place): a
+    tied constant would reach an FP16 Conv as FP32, or an island dequantised."""
     initializers = {t.name: t for t in model.graph.initializer}
     outside = {name for node in model.graph.node if node.name not in islands for name in node.input}
     for node in model.graph.node:
@@ -374,13 +344,9 @@ def _input_shape(model: onnx.ModelProto, input_name: str, src: Path) -> tuple[in
 def quantize_int8(
     src: Path, dst: Path, calibration_batches: Iterable[np.ndarray], *, input_name: str = "pixels"
 ) -> Path:
-    """INT8 Q/DQ copy of `src` at `dst`, calibrated on `calibration_batches`; returns `dst`.
-
-    `calibration_batches` are float32 (B, 3, S, S) batches of normal training images, raw [0, 255] like
-    the graph input. onnxruntime's `quant_pre_process` adds shape information first; its optimisation
-    pass is skipped: `simplify` already folded the graph, and onnxruntime's fusions would fold island
-    nodes (a Mul of the fusion head) into quantised Convs. So the islands are those of the FP16 graph.
-    """
+    """INT8 Q/DQ copy of `src` at `dst`, calibrated on float32 (B, 3, S, S) batches of normal training
+    images (raw [0, 255]); returns `dst`. `quant_pre_process` without its optimisation pass, which would
+    fold island nodes into quantised Convs: the islands stay those of the FP16 graph."""
     model = _load(src)
     shape = _input_shape(model, input_name, src)
     batches = iter(calibration_batches)
@@ -437,16 +403,10 @@ def _activation_matmuls(model: onnx.ModelProto) -> list[str]:
 
 
 def _int8_sensitive_convs(model: onnx.ModelProto) -> list[str]:
-    """Convolutions left in float:
-    * grouped (depthwise) ones, whose 3 x 3 kernels per channel lose most to INT8 and are memory-bound
-      anyway, and stems over the 3 colour channels. Measured on the tiny preset (Lite0, 8-bit weights):
-      the structural map's mean error against FP32 fell from 1.54 to 0.24 (maps averaging 17);
-    * every convolution of the frozen encoder: the structural branch measures distances between its
-      features, which magnify their rounding. Measured on the demo run with 7-bit weights (60 test
-      images; FP32 image AUROC 0.948): encoder in INT8, AUROC 0.919 and 96.7% of verdicts as FP32's;
-      its stride 2-8 layers float, 0.946 and 96.7%; all of it float, 0.949 and 100%. What stays INT8 is
-      the trained logical network (bottleneck, atrous blocks, decoder) and the structural aggregator.
-    """
+    """Convolutions left in float: depthwise ones and stems over the 3 colour channels (they lose most to
+    INT8), and every convolution of the frozen encoder (the structural branch's distances magnify their
+    rounding); measured in docs/DEPLOY.md "INT8 on the Lite presets". The trained logical network and the
+    structural aggregator stay INT8."""
     weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
     names = []
     for node in model.graph.node:
@@ -460,11 +420,8 @@ def _int8_sensitive_convs(model: onnx.ModelProto) -> list[str]:
 
 
 def _feed_islands_float(model: onnx.ModelProto, islands: set[str]) -> None:
-    """Point island inputs that read a Q -> DQ copy of an activation back at the float tensor (in place).
-
-    The quantiser gives a tensor read by one quantised node and by islands a single shared Q/DQ pair;
-    the islands must see the float activation, not its INT8 rounding.
-    """
+    """Point island inputs that read a Q -> DQ copy of an activation back at the float tensor (in place):
+    the quantiser shares one Q/DQ pair between a quantised node and the islands reading the same tensor."""
     producer = {out: node for node in model.graph.node for out in node.output}
     for node in model.graph.node:
         if node.name not in islands:

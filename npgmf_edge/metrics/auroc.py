@@ -1,11 +1,9 @@
 """Image-level and pixel-level AUROC.
 
-Image AUROC uses scikit-learn's `roc_auc_score` (image score = max of the map is the caller's choice).
-Pixel AUROC pools every pixel of every image; a test set at full resolution has hundreds of millions of
-pixels, more than `roc_auc_score` handles in reasonable time and memory, so it is computed here as the
-Mann-Whitney statistic from one sort of the normal pixels: P(score_defect > score_normal) plus half the
-probability of a tie. That equals the area under the ROC curve with ties (the trapezoidal AUC scikit-learn
-computes); tests check the two agree.
+Image AUROC is scikit-learn's `roc_auc_score`. Pixel AUROC pools every pixel of every image (hundreds of
+millions at full resolution, too many for `roc_auc_score`), so it is the Mann-Whitney statistic from one
+sort of the normal pixels: P(defect > normal) plus half of P(tie), the trapezoidal AUC with ties that
+scikit-learn computes (tests check they agree).
 
 Example:
     >>> image_auroc([0, 0, 1], [0.1, 0.4, 0.9])

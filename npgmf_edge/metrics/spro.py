@@ -199,9 +199,6 @@ def auc_spro(
     defects: Sequence[Sequence[SaturatedRegion]],
     max_fprs: Iterable[float] = MAX_FPRS,
 ) -> dict[float, float]:
-    """AUC-sPRO up to each FPR limit, normalised by the limit: {0.01: ..., 0.05: ..., ...}.
-
-    `defects[i]` lists the regions of image i (empty for a good image). Raises ValueError when there is no
-    region or no defect-free pixel.
-    """
+    """AUC-sPRO up to each FPR limit, normalised by the limit: {0.01: ..., 0.05: ..., ...}. `defects[i]`
+    lists the regions of image i (empty for a good one); ValueError without a region or defect-free pixel."""
     return region_curve_areas(rank_scores(anomaly_maps, _region_pairs(defects)), max_fprs)

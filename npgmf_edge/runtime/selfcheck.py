@@ -86,19 +86,12 @@ def failure_message(result: SelfTestResult, manifest: Manifest) -> str:
         if other
         else "re-export the bundle on a machine like this one"
     )
-    maps = (
-        ""
-        if result.map_error is None
-        else f", maps by {result.map_error:.4g} (budget {result.map_budget:.4g})"
-    )
-    flips = (
-        ""
-        if result.verdict_flips is None
-        else (
-            f", {result.verdict_flips} of {result.images} verdicts differ from FP32's "
-            f"(at most {result.max_flips})"
-        )
-    )
+    maps = flips = ""
+    if result.map_error is not None:
+        maps = f", maps by {result.map_error:.4g} (budget {result.map_budget:.4g})"
+    if result.verdict_flips is not None:
+        flips = f", {result.verdict_flips} of {result.images} verdicts differ from FP32's "
+        flips += f"(at most {result.max_flips})"
     return (
         f"{manifest.root}: the {result.precision} graph fails its self-test on this machine: its scores are "
         f"{result.score_error:.4g} from FP32's on average (budget {result.budget:.4g}){maps}{flips}, with "

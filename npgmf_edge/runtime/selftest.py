@@ -1,48 +1,18 @@
 """A bundle proves itself on the machine that opens it: a golden set run at `Inspector.open`, judged
-against FP32.
+against FP32 (docs/DEPLOY.md, "the self-test", has the budgets, margins and why means, not maxima).
 
-What a station needs is accuracy, not identity: its answers at the precision it opened close enough to
-the FP32 model's. So the export stores (schema 3) a golden set of validation images (uint8, at the model's
-input size) with the FP32 run's answers for them (`reference` image scores, the FP32 threshold and the
-fused maps' digests, mean-pooled to DIGEST_GRID x DIGEST_GRID), and per precision an error budget: what
-that precision's written graph gave on the export machine, measured against the same reference, plus a
-margin for another machine's arithmetic. A station runs the images through the backend it opened and
-compares its own answers with the FP32 reference:
+The export stores (schema 3) validation images with the FP32 run's answers (image scores, threshold, fused
+maps' DIGEST_GRID x DIGEST_GRID digests) and per precision an error budget: that graph's error on the
+export machine plus MARGIN[precision]. A station's mean score error, mean map error and verdict flips
+against FP32 must stay within them. MARGIN, FLIP_ALLOWANCE and DIGEST_GRID live in
+`selftest_margins.json`, which the native build reads too: one home for both.
 
-    score error  mean over the images of |score here - FP32 score|       <= budget
-    map error    mean over images and cells of |digest here - FP32 digest| <= map_budget
-    verdicts     images whose verdict here differs from FP32's          <= max_flips
-
-    budget     = the export's score error on these images + MARGIN[precision]
-    map_budget = the export's map error on these images   + MARGIN[precision]
-    max_flips  = the export's verdict flips on them       + FLIP_ALLOWANCE
-
-Means over GOLDEN_IMAGES images, not maxima: one image's flipped rounding step moves the error by a
-twelfth of its size, while a broken kernel (saturated INT8 sums, clipped weights: several units on every
-score) moves every image. The golden set is the NEAR_THRESHOLD validation images closest to the FP32
-threshold (where a verdict can change) and the rest spread over the score range, highest included.
-
-MARGIN, FLIP_ALLOWANCE and DIGEST_GRID live in `selftest_margins.json` beside this module, which the native
-runtime's build reads too (native/CMakeLists.txt generates its header from it): one home for both.
-MARGIN is in the fused map's units (standard deviations of normal pixels, Eq. 11) and sized from measured
-spreads between machines at the same precision (docs/BENCHMARKS.md, "Self-test margins"): FP32 differs by
-about 1e-5 between x86 (AVX-512, AVX2) and ARM; INT8's integers are exact everywhere, but the float
-kernels around its Q/DQ nodes differ between ISAs and between onnxruntime's optimised and unoptimised
-graphs, which flips early rounding steps (measured: INT8's mean error against FP32 up to 0.067, one
-image up to 0.127 from the export machine's). Each margin leaves over 3x the larger of those after them;
-FP16's is wider because onnxruntime's CPU provider only stores FP16 while TensorRT computes in it (not
-measured here).
-
-Bundles of schema 2 (judged against the export machine's answers) are migrated by
-`runtime.manifest`: their budgets come from the same stored scores and FP32 reference; their map check
-needs the FP32 digest, which only bundles holding an fp32 graph stored.
-
-Files (simple for any reader, C++ included; numpy's .npy format, little-endian, C order):
+Files (numpy .npy, little-endian, C order, for any reader):
     selftest.pixels.npy            uint8   (N, 3, S, S)  the golden images, RGB, model input size
     selftest.reference_maps.npy    float32 (N, G, G)     FP32 fused-map digests (G = DIGEST_GRID)
 
-This module holds the golden set's format and the measures; it knows neither the manifest (which
-checks stored budgets with them) nor the inspector: `runtime.selfcheck` runs the set through a callable.
+This module knows neither the manifest nor the inspector: `runtime.selfcheck` runs the set through a
+callable.
 
 Example:
     >>> scores, digests = golden_outputs(inspector.run, pixels, batch=8)

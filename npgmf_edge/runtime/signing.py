@@ -1,19 +1,15 @@
 """Signed bundles: an Ed25519 signature over `manifest.json`, checked against the keys a station trusts.
 
-The manifest holds the SHA-256 of every other file of the bundle, and `read_manifest` checks each of them,
-so a signature over the manifest's exact bytes covers the whole bundle. The hashes alone protect against
-damage only: anyone who can write a bundle can edit it and recompute them. A signature made with a key
-the editor does not hold is what protects against tampering (docs/SECURITY.md).
+The manifest holds the SHA-256 of every other file, so a signature over its exact bytes covers the whole
+bundle. The hashes alone catch damage; a signature by a key an editor does not hold catches tampering.
 
     export --sign-key KEY / sign BUNDLE --key KEY -> BUNDLE/signature.json (written atomically)
     read_manifest(BUNDLE, trust=KEY_OR_FOLDER)     -> refuses, in one line (SignatureError), a bundle that
                                                       is unsigned, signed by an untrusted key, or edited
                                                       after signing; without `trust`, nothing is checked
 
-Keys are PEM files (PKCS#8 private, SubjectPublicKeyInfo public), made with `npgmf-edge keygen` or
-`openssl genpkey -algorithm ed25519`. Why `cryptography` and not OpenSSF `model-signing`: see
-docs/SECURITY.md (model-signing 1.1.1 pulls sigstore and ~35 packages into the station runtime, does not
-import without an undeclared pyOpenSSL, and signs only with EC keys, hashing every file a second time).
+Keys are PEM files (PKCS#8 private, SubjectPublicKeyInfo public), from `npgmf-edge keygen` or `openssl
+genpkey -algorithm ed25519`. docs/SECURITY.md says why `cryptography` and not OpenSSF `model-signing`.
 
 Example:
     >>> private, public = generate_key_pair(Path("keys"))

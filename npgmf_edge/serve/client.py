@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from npgmf_edge.errors import ServeError
+from npgmf_edge.inspection import Closing
 from npgmf_edge.serve.model import (
     DEFAULT_MODEL,
     ENCODED_INPUT,
@@ -64,7 +65,7 @@ def _transport_errors() -> tuple[type[Exception], ...]:
     return (HTTPParseError,)
 
 
-class ServeClient:
+class ServeClient(Closing):
     """tritonclient's HTTP or gRPC client for the two models `serve` binds. Not thread-safe: one per
     thread (the load test gives each of its workers its own)."""
 
@@ -146,9 +147,3 @@ class ServeClient:
 
     def close(self) -> None:
         self._client.close()
-
-    def __enter__(self) -> ServeClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

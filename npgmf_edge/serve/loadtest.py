@@ -1,11 +1,10 @@
 """`npgmf-edge serve-bench`: N concurrent clients for S seconds, and every answer checked.
 
-Each worker thread has its own client and sends one image per request, cycling through the images from
-its own offset, for `duration_s`; latencies are end to end (request built, sent, answered, parsed). With a
-reference (`reference_results`: the bundle's `Inspector.inspect` in this process, on the same files),
-every answer is compared with the reference for the image it was sent for: score within `rtol` relative,
-same verdict, an error where the reference has one. With distinct scores per image, an answer swapped
-between requests of one dynamic batch shows as a mismatch; a request without an answer counts as lost.
+Each worker thread has its own client and sends one image per request, cycling from its own offset;
+latencies are end to end. With a reference (`reference_results`: `Inspector.inspect` here, on the same
+files) every answer is compared with the one for the image it was sent for (score within `rtol`, same
+verdict, error where the reference has one): an answer swapped within a dynamic batch is a mismatch, a
+request without an answer counts as lost.
 
 Example:
     >>> reference = reference_results(Path("bundle"), images)

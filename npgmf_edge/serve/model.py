@@ -1,24 +1,15 @@
 """The batched infer function behind `npgmf-edge serve`: pure numpy, testable without Triton.
 
-Triton's dynamic batcher hands over several requests at once; `InspectorModel` flattens their images into
-one `Inspector.inspect` call (which splits it at the bundle's max batch) and splits the results back, one
-response per request. Each image gets its own answer: a corrupt or oversized one gets `verdict` "error",
-a NaN score and its `error` text, and the other images of the same batch are answered as usual.
-
-Two input kinds, served as two models over the same Inspector (server.py):
-    ENCODED  "image"   BYTES [1]  PNG / JPEG / ... file bytes; refused above max_pixels from the header,
-                                  before anything is decoded
-    RAW      "pixels"  BYTES [1]  RGB uint8 pixels already decoded by the client, packed row by row
-                                  (H x W x 3 bytes; saves the server the decode)
+`InspectorModel` flattens the requests of a Triton batch into one `Inspector.inspect` call and splits the
+results back, one response per request; a corrupt or oversized image gets verdict "error", a NaN score
+and its `error` text, the rest of the batch is answered as usual. Two input kinds (docs/SERVE.md):
+    ENCODED  "image"   BYTES [1]  file bytes; refused above max_pixels from the header, before decoding
+    RAW      "pixels"  BYTES [1]  RGB uint8 pixels decoded by the client, row by row (H x W x 3 bytes)
              "size"    INT32 [3]  their shape (H, W, 3); checked against the byte count and max_pixels
-The raw pixels travel as one BYTES element, not as a UINT8 [H, W, 3] tensor, because PyTriton's shared-
-memory tensor store (between Triton's backend stub and this process) cannot copy a tensor with a zero-length
-side: a 0 x 5 image failed in the stub with HTTP 500 and a traceback before any check here. A BYTES element
-carries a length prefix, so it is never zero bytes on the wire, and `size` has a fixed shape that Triton
-checks itself; an empty image reaches `unpack_raw` and gets its own one-line error.
-Outputs per image: score FP32 [1], threshold FP32 [1], verdict BYTES [1] ("good" | "anomalous" | "error"),
-precision BYTES [1] (the graph that answered), error BYTES [1] ("" when none), and, only when the request
-names it among its requested outputs, anomaly_map FP16 [-1,-1] (the fused map at the image's own size).
+Raw pixels travel as one BYTES element, not a UINT8 [H, W, 3] tensor: PyTriton's shared-memory store
+cannot copy a tensor with a zero-length side (HTTP 500 in the stub), so an empty image reaches
+`unpack_raw` and gets its own one-line error. Outputs per image: score, threshold, verdict, precision,
+error and, only when requested, anomaly_map FP16 [-1, -1] at the image's own size.
 
 Example:
     >>> model = InspectorModel(Inspector.open(Path("bundle")), max_pixels=16_000_000)

@@ -1,28 +1,14 @@
 """`npgmf-edge serve`: a bundle's Inspector as NVIDIA Triton models, through PyTriton.
 
-PyTriton starts a real Triton server (HTTP, gRPC, Prometheus metrics); its dynamic batcher collects
-concurrent requests into batches of up to `max_batch` images, waiting at most `max_queue_delay_us` for
-more, and hands each batch to `model.InspectorModel` in this process (one Inspector, shared by
-`instances` Triton model instances, each a thread: while one decodes images another runs the graph).
+PyTriton starts a real Triton server (HTTP, gRPC, Prometheus metrics); its dynamic batcher hands batches
+of up to `max_batch` images to `model.InspectorModel` in this process (one Inspector shared by `instances`
+Triton model instances, threads: one decodes while another runs the graph). Two models over it (encoded
+bytes, and `<name>_raw` pixels), because Triton batches only requests with the same inputs.
 
-Two models over the same Inspector, because Triton batches only requests that carry the same inputs:
-    <name>      input "image"  BYTES [1]                  encoded PNG / JPEG bytes, decoded by the server
-    <name>_raw  inputs "pixels" BYTES [1], "size" INT32 [3]  RGB uint8 bytes decoded by the client, (H, W, 3)
-One model with two optional inputs would mix both kinds in one batch and let a request carry neither.
-
-Readiness: PyTriton starts Triton with no model (explicit model control) and loads the models through the
-API once Triton is up, so Triton's `/v2/health/ready` answers 200 before any model is loaded. The probe is
-`/v2/models/<name>/ready`: the raw model is bound first and PyTriton loads the models one after the other
-in that order, so the encoded model is the last to load and its readiness means both are loaded. (Loading
-them at Triton's start instead, from PyTriton's local model store, would make `/v2/health/ready` honest, but
-a model's second instance gets 1 s to find the first one's handshake socket, and under CPU load that start
-failed 3 of 5 times against 1 of 5 for loading through the API: docs/SERVE.md.)
-
-Shutdown: SIGTERM or SIGINT drains first (`_drain`: both models are unloaded, so Triton refuses new
-requests and answers every accepted one, waiting up to `exit_timeout_s`), then stops Triton and ends what
-is left of its process tree and shared memory (tree.py); exit code 0. tritonserver runs in a session of its
-own, so a signal sent to serve's process group (Ctrl-C in a terminal, `timeout`) reaches only serve, which
-then drains; before, Triton got the same signal and stopped under the drain.
+docs/SERVE.md says why the probe is `/v2/models/<name>/ready` (the raw model is bound first, so the
+encoded model's readiness means both are loaded), how SIGTERM or SIGINT drains (`_drain`: unload both
+models, answer every accepted request, then stop Triton and clean its process tree, tree.py) and why
+tritonserver runs in a session of its own (a group signal reaches only serve, which then drains).
 
 Example:
     >>> serve_bundle(Path("bundle"), ServeOptions(http_port=8000, grpc_port=8001), log=print)
@@ -124,11 +110,9 @@ def _point_stub_at(env: Path | None) -> None:
 
 
 def _start_triton_in_own_session() -> None:
-    """Make PyTriton start tritonserver through `setsid`, in a session and process group of its own.
-    PyTriton starts it in the caller's group, so Ctrl-C or `timeout` (a signal to the whole group) reached
-    Triton and its stubs together with serve: Triton stopped under the drain and stubs were left behind.
-    PyTriton runs the first word of the server's path as the command and the rest as its first argument;
-    `setsid` execs tritonserver in place (same pid, and PyTriton's parent-death signal is kept)."""
+    """Make PyTriton start tritonserver through `setsid`, in a session of its own, so a signal to serve's
+    group does not stop Triton under the drain (docs/SERVE.md). `setsid` execs it in place: same pid,
+    PyTriton's parent-death signal kept."""
     from pytriton import triton
     from pytriton.server.triton_server import TritonServer
 
@@ -148,17 +132,11 @@ def _start_triton_in_own_session() -> None:
 
 
 def _drain(options: ServeOptions, access_token: str, model: InspectorModel, tree: ServerTree) -> bool:
-    """Unload both models through Triton's model-control API, then wait until the batches Triton had
-    accepted are answered. From the unload on, Triton refuses new requests for the models (the client's
-    error says the model has no available versions; the readiness probe turns false), so what is left is the
-    queue: it reaches the infer function within the queue delay, or as soon as an instance is free, which
-    `model.idle_seconds` would show. Then it waits until Triton has finished unloading them: until their
-    backend stubs have ended (Triton's unload call returns before that, and the repository index does not
-    list models loaded through the API), so that Triton's short exit timeout cannot cut an unload short
-    and leave a stub behind.
-    Stopping Triton directly would not do: it keeps accepting requests on open connections until its exit
-    timeout and then drops whatever is in flight.
-    False when the infer function was still busy, or a model still loaded, after `exit_timeout_s`."""
+    """Unload both models through Triton's model-control API (Triton then refuses new requests for them),
+    wait until the accepted queue is answered (`model.idle_seconds`), then until their backend stubs have
+    ended, so Triton's short exit timeout cannot leave a stub behind. Stopping Triton directly would drop
+    what is in flight (docs/SERVE.md). False when the infer function was still busy, or a model still
+    loaded, after `exit_timeout_s`."""
     import tritonclient.http as http
     from pytriton.client.auth import create_auth_headers
     from tritonclient.utils import InferenceServerException

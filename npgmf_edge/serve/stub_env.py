@@ -1,19 +1,12 @@
 """The Python environment PyTriton's backend stub runs in, kept apart from the toolkit's numpy 2.
 
-PyTriton (0.7.0, the newest) ships Triton's python-backend stub compiled against numpy 1.x. Under numpy 2
-it misreads every tensor it hands over (an item size from the wrong struct offset: a uint8 request arrives
-as one repeated byte, a BYTES request crashes the stub), which is why PyTriton pins numpy<2. The toolkit
-needs numpy 2 (OpenCV 4.12+ requires it), so the two cannot share one set of packages.
-
-The stub is a separate process running only PyTriton's proxy (numpy, pyzmq, pytriton), and it finds its
-packages from the `python` first on its PATH. So the server points it at a small virtual environment
-beside the toolkit's, holding numpy<2 and the matching ml_dtypes, which sees the toolkit's site-packages
-after its own (a .pth file): the toolkit keeps numpy 2, the stub gets numpy 1, and they exchange raw
-tensor bytes, not numpy objects. `make setup` creates it; so does `python -m npgmf_edge.serve.stub_env`.
-
-The stub also links the system's `libpython3.X.so`; an interpreter built elsewhere (pyenv) of the same
-minor version but another patch release then mixes two standard libraries. `libpython_dir` gives the
-interpreter's own library folder, which the server puts first on the stub's LD_LIBRARY_PATH.
+PyTriton's python-backend stub is compiled against numpy 1.x and misreads tensors under numpy 2, while the
+toolkit needs numpy 2 (OpenCV). The stub is a separate process that takes the `python` first on its PATH,
+so the server points it at a small virtual environment beside the toolkit's (numpy<2 and a matching
+ml_dtypes, seeing the toolkit's site-packages after its own through a .pth file); they exchange raw tensor
+bytes, not numpy objects. `make setup` creates it; so does `python -m npgmf_edge.serve.stub_env`.
+`libpython_dir` gives the interpreter's own library folder, put first on the stub's LD_LIBRARY_PATH so a
+pyenv-built interpreter does not mix two standard libraries (docs/SERVE.md).
 
 Example:
     >>> path = default_stub_env()

@@ -1,13 +1,10 @@
 """Every process and /dev/shm segment one `npgmf-edge serve` started, found from /proc and removed at stop.
 
-PyTriton's tritonserver starts a `triton_python_backend_stub` per model instance, and each stub may start
-Python helpers (a multiprocessing resource tracker, PyTriton's shared-memory tensor store). When Triton's
-own exit timeout expires, or a stub misses Triton's shutdown, a stub is left running as an orphan of init,
-ignoring SIGTERM (it only waits for Triton's messages), with its shared-memory segment still in /dev/shm.
-So the server marks its tree: `MARK_VARIABLE` is set in its environment before Triton starts, every
-descendant inherits it (orphans too), and `ServerTree` finds them by it in /proc/PID/environ, with their
-start times so that a reused pid is never signalled. Linux only (PyTriton's wheel is too); psutil is not a
-dependency, /proc is enough.
+Triton's backend stubs (and their helpers) can outlive Triton as orphans of init, ignoring SIGTERM, with
+their shared memory left in /dev/shm (docs/SERVE.md). So the server marks its tree: `MARK_VARIABLE` is set
+in its environment before Triton starts, every descendant inherits it (orphans too), and `ServerTree` finds
+them by it in /proc/PID/environ, with their start times so that a reused pid is never signalled. Linux
+only (as PyTriton's wheel); /proc is enough, no psutil.
 
 Example:
     >>> tree = ServerTree.mark()          # before Triton starts

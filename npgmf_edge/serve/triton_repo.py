@@ -1,8 +1,8 @@
 """`npgmf-edge triton-repo`: a bundle's single graph as a standard Triton model repository.
 
-For plants that run Triton's own containers: no Python in the hot path. A `--knn graph` bundle holds
-image -> fused map + image score in one ONNX graph, which Triton runs with its onnxruntime backend; where
-the bundle has a TensorRT engine for that precision, it is added as a `tensorrt_plan` model too:
+For plants that run Triton's own containers: no Python in the hot path. A `--knn graph` bundle's one ONNX
+graph (image -> fused map + image score) runs on Triton's onnxruntime backend; a TensorRT engine for that
+precision is added as a `tensorrt_plan` model too:
 
     OUT/
       <name>/config.pbtxt       platform "onnxruntime_onnx"
@@ -10,15 +10,11 @@ the bundle has a TensorRT engine for that precision, it is added as a `tensorrt_
       <name>_trt/config.pbtxt   platform "tensorrt_plan" (only with an engine; tied to its GPU + TensorRT)
       <name>_trt/1/model.plan
 
-The input is what the graph takes: float32 NCHW raw RGB pixels in [0, 255] at the bundle's size (the
-client resizes, `preprocess.to_model_input`; normalisation is inside the graph). The verdict needs the
-calibration threshold of that precision: it travels in each model's `parameters` ("threshold", with the
-false-alarm rate, precision, category and the bundle manifest's SHA-256), which a client reads once from
-GET /v2/models/<name>/config and compares `image_score > threshold` itself. A Python ensemble step would
-put Python back in the hot path for one comparison.
-
-A `--knn faiss` bundle is refused: its nearest-neighbour search runs in the runtime, outside the graph.
-The repository is written into a staging folder and renamed into place (`fileio.atomic_directory`).
+The input is float32 NCHW raw RGB pixels at the bundle's size (the client resizes). The verdict's threshold
+travels in each model's `parameters` (with the false-alarm rate, precision, category, manifest SHA-256): a
+client reads it once from GET /v2/models/<name>/config and compares `image_score > threshold` itself,
+rather than an ensemble putting Python back in the hot path. A `--knn faiss` bundle is refused (its search
+runs outside the graph). Written into a staging folder and renamed into place.
 
 Example:
     >>> write_triton_repo(Path("bundle"), Path("model_repository"), RepoOptions(model_name="tray"))

@@ -1,13 +1,10 @@
 """When to stop training the logical branch: the stopping rule, a pure function of the validation losses.
 
-The validation loss is the training loss (cosine + reconstruction + VQ) computed without gradients, in
-eval mode, on the run's validation images (good images only) after each epoch. An epoch improves
-significantly when its loss is below the loss of the last significant improvement by more than a fraction
-`min_delta` of it (as Keras' EarlyStopping counts); training stops once `patience` epochs in a row have
-not, or at the cap of `max_epochs`. The weights kept are those of the lowest validation loss (the best
-epoch), whether or not it was a significant step. A non-finite validation loss never improves and stops
-training at once (the weights diverged). Being a pure function of the loss sequence, the rule gives the
-same answer on a resumed run as on an uninterrupted one. `TrainingCurve` is its record in a run
+The validation loss is the training loss computed without gradients, in eval mode, on the validation
+images after each epoch. An epoch improves when its loss is below the last improvement's by more than a
+fraction `min_delta` of it (as Keras' EarlyStopping); training stops after `patience` epochs in a row
+without, or at `max_epochs`, keeping the best epoch's weights. A non-finite loss stops training at once.
+Pure, so a resumed run decides as an uninterrupted one. `TrainingCurve` is its record in a run
 (logical/summary.json), read back by `read_training_curve`.
 
 Example:
@@ -81,13 +78,9 @@ def decide(
 @dataclass
 class TrainingCurve:
     """The logical branch's training, epoch by epoch, as summary.json records it under "curve".
-
-    `validation_loss[i]` is None where epoch i+1 was not validated (no validation images) or its loss
-    was not finite; `pseudo_auroc[i]` is the branch's image AUROC on the validation images'
-    pseudo-anomalies after that epoch (`training.pseudo_validation`), None likewise; `stop_on` names which
-    of the two the rule watched; `best_epoch` is 1-based; `restored_best` says the saved weights are the
-    best epoch's rather than the last one's.
-    """
+    `validation_loss[i]` / `pseudo_auroc[i]` (`training.pseudo_validation`) are None where epoch i+1 was
+    not validated or gave no finite value; `stop_on`: which the rule watched; `best_epoch`: 1-based;
+    `restored_best`: the saved weights are the best epoch's, not the last one's."""
 
     train_loss: list[float]
     validation_loss: list[float | None]

@@ -13,11 +13,8 @@ from npgmf_edge.preprocess import to_model_input
 
 
 class ImageTensorDataset(Dataset):
-    """Samples -> float32 (3, size, size) tensors with pixels in [0, 255], decoded once and cached.
-
-    Datasets here are small (hundreds of images at <= 256 px), so caching costs little memory and
-    saves re-decoding every epoch.
-    """
+    """Samples -> float32 (3, size, size) tensors with pixels in [0, 255], decoded once and cached
+    (hundreds of images at <= 256 px: little memory, no re-decoding every epoch)."""
 
     def __init__(self, samples: Sequence[Sample], size: int) -> None:
         self.samples = list(samples)

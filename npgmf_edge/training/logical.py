@@ -1,25 +1,15 @@
 """Train the NPGMF logical branch on good images, with per-epoch checkpoints and exact resume.
 
-Run folder (`out_dir`, normally `<run>/logical/`):
-    config.json              the NpgmfConfig the network was built from
-    checkpoint.safetensors   model + Adam state after the last finished epoch (and the best epoch's
-                             weights when those differ); JSON metadata holds the epoch, the loss history
-                             (training and validation) and the config (written atomically every epoch)
-    model.safetensors        final weights (the best epoch's under early stopping), incl. the frozen
-                             encoder and the text embedding
-    summary.json             epochs, final loss terms, seconds per epoch, codebook usage, and the curve:
-                             training and validation loss per epoch, the best epoch, why training stopped
+Writes into `out_dir` (normally `<run>/logical/`, laid out in `rundir`): config.json, checkpoint.safetensors
+(model + Adam state after the last finished epoch, the best epoch's weights, the loss history; atomically
+every epoch), model.safetensors (final weights, the best epoch's under early stopping) and summary.json
+(loss terms, seconds per epoch, codebook usage, the training curve and why training stopped).
 
-After each epoch the loss is measured without gradients on the validation images (good images only);
-with `train.early_stopping` training stops when that loss stops improving (the rule and its options:
-`npgmf_edge.training.early_stopping`), `train.epochs` being the cap, and the best epoch's weights are kept.
-
-Nothing is pickled. Training runs on `device` (a run trained on CUDA loads anywhere: the files hold CPU
-tensors). It is seeded and deterministic on CPU: the batch order of epoch e comes from
-its own generator seeded with (seed, e), and so do codebook (re)initialisations, so a run killed
-mid-epoch and resumed from the last checkpoint ends with the same weights as an uninterrupted one.
-`npgmf_edge.rundir.load_logical` rebuilds the network from config.json + model.safetensors without
-open_clip or any download (the text embedding and the encoder weights are in the file).
+After each epoch the loss is measured on the validation images; with `train.early_stopping` training stops
+when it stops improving (`training.early_stopping`), `train.epochs` being the cap. Nothing is pickled; a run
+trained on CUDA loads anywhere. Seeded and deterministic on CPU: epoch e's batch order and codebook
+(re)initialisations come from a generator seeded with (seed, e), so a run killed mid-epoch and resumed
+ends with the same weights as an uninterrupted one.
 
 Example:
     >>> summary = train_logical(load_dataset(Path("data")), get_preset("tiny"), Path("runs/x/logical"))
@@ -160,12 +150,8 @@ def train_logical(
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train on `dataset.train` into `out_dir` on `device`, validating on `dataset.validation` after each
-    epoch; returns a JSON-able summary (also in summary.json).
-
-    `resume=True` continues from `out_dir/checkpoint.safetensors` when there is one (the config must be
-    the same except for the number of epochs and the stopping rule); otherwise training starts from
-    scratch.
-    """
+    epoch; returns a JSON-able summary (also in summary.json). `resume=True` continues from the checkpoint
+    when there is one (the config may differ only in the epochs and the stopping rule)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not dataset.train:

@@ -1,11 +1,10 @@
 """The logical branch's image AUROC on pseudo-anomalies of the validation images, measured after each epoch.
 
-The validation loss keeps falling to the cap while the branch's AUROC on real anomalies peaks and sinks
+The validation loss keeps falling while the branch's AUROC on real anomalies peaks and sinks
 (docs/BENCHMARKS.md, "Logical branch: epochs to convergence"): a loss over good images cannot see the
-decoder learning to reproduce anomalies too. A signal that can needs anomalies, and the only ones a run
-has without labels are made from its validation images: the same pseudo-anomalies calibration chooses
-the fusion on (`calibration.pseudo_anomalies`, the same seed and number per image), made once before
-training. The branch's score of an image is the max of its smoothed map, as `evaluate` scores a branch.
+decoder learning to reproduce anomalies. So this scores the pseudo-anomalies calibration chooses the
+fusion on (`calibration.pseudo_anomalies`, same seed), made once before training, by the max of the
+branch's smoothed map, as `evaluate` scores a branch.
 
 Example:
     >>> monitor = PseudoValidation.from_samples(dataset.validation, cfg)

@@ -2,14 +2,9 @@
 
 Nothing is learned by gradient descent: the frozen encoder's patch features of every good training image
 form the memory bank, greedy k-center selection keeps `coreset_ratio` of it, and the kept patches are
-indexed for nearest-neighbour search.
-
-Run folder (`out_dir`, normally `<run>/structural/`), nothing pickled:
-    config.json               the NpgmfConfig the extractor was built from
-    extractor.safetensors     the frozen encoder's weights (so loading needs no hub), JSON metadata
-    coreset.npy               the coreset, float32 (M, D)
-    coreset.faiss             the same coreset as a FAISS index (`faiss.write_index`)
-    summary.json              bank and coreset sizes, feature grid, seconds
+indexed for nearest-neighbour search. Writes `out_dir` (normally `<run>/structural/`, laid out in
+`rundir`; nothing pickled): the config, the encoder's weights, the coreset as .npy and as a FAISS index,
+and summary.json (bank and coreset sizes, feature grid, seconds).
 
 Example:
     >>> summary = train_structural(load_dataset(Path("data")), get_preset("tiny"), Path("runs/x/structural"))

@@ -1,10 +1,8 @@
 """The logical anomaly map (NPGMF Eq. 7) and the feature-reproduction (cosine) loss it mirrors.
 
-M_L = sum_k Up_bilinear(1 - cos(f_E^k, f_D^k)), the cosine taken over channels at every position and
-each level's map resized to the input resolution. The loss averages the same per-position distances
-over each level and sums the levels, so training minimises exactly what the map measures. (Reverse
-Distillation's reference code flattens each whole map into one vector instead; per position matches
-the map and the paper's wording.)
+M_L = sum_k Up_bilinear(1 - cos(f_E^k, f_D^k)), the cosine over channels at every position. The loss
+averages the same per-position distances per level and sums the levels, so training minimises what the
+map measures (Reverse Distillation's code flattens each whole map into one vector instead).
 
 Example:
     >>> enc = [torch.rand(1, 8, 4, 4)]

@@ -1,9 +1,8 @@
 """One-class embedding (OCE) bottleneck, as in Reverse Distillation (Deng & Li, CVPR 2022).
 
-Every encoder level is brought to the coarsest level's grid by a chain of stride-2 3x3 conv+BN+ReLU
-(for strides 4/8/16: two for level 1, one for level 2, none for level 3), each conv moving to the next
-level's channel count; the levels are concatenated and a stride-2 residual stage compresses them into
-the compact one-class embedding at twice the coarsest stride (32), with 2 x the coarsest channels.
+Each encoder level reaches the coarsest level's grid through stride-2 3x3 conv+BN+ReLU steps (each to the
+next level's channels); the levels are concatenated and a stride-2 residual stage compresses them into the
+one-class embedding at stride 32, with 2 x the coarsest channels.
 
 Example:
     >>> oce = OCEBottleneck(channels=[64, 128, 256], strides=[4, 8, 16])

@@ -1,11 +1,10 @@
 """Normal multi-level codebooks (NMC): an atrous block per level and a vector quantiser (VQ-VAE style).
 
-`AtrousBlock` maps encoder features f_E^k to z_k with parallel dilated 3x3 convs (ASPP-like) fused by a
-1x1 conv. `VectorQuantizer` snaps every z_k vector to the nearest of K learnable entries with
-straight-through gradients (van den Oord et al., 2017). The nearest entry is found with one MatMul,
-ArgMin and Gather (no Python loop), so the exported graph holds the codebook as a constant.
-Codebook usage is counted in a persistent buffer during training, so dead codes show up in the saved
-weights and the training summary; `restart_dead_codes` re-seeds them from recent z vectors.
+`AtrousBlock`: encoder features f_E^k -> z_k by parallel dilated 3x3 convs fused by a 1x1 conv.
+`VectorQuantizer` snaps every z_k vector to the nearest of K learnable entries (straight-through
+gradients, van den Oord et al. 2017) by one MatMul, ArgMin and Gather, so the exported graph holds the
+codebook as a constant. Usage is counted in a persistent buffer (dead codes show in the saved weights and
+summary); `restart_dead_codes` re-seeds them from recent z vectors.
 
 Example:
     >>> vq = VectorQuantizer(num_codes=16, dim=8)

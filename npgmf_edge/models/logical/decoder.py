@@ -6,9 +6,9 @@ Each `DecoderStage` k works on encoder level k's grid and channels:
       -> concat(reconstruction features, text context, quantised codes of level k) -> 1x1 conv
       -> LeWin blocks -> de-ResNet residual blocks -> f_D^k
 
-The upsampling comes first (it is the de-ResNet stage's first step in Reverse Distillation) so the three
-inputs of the fusion share level k's grid. `ReconstructionHead` maps the finest decoder features back to
-an ImageNet-normalised RGB image at input size (its loss keeps the decoder anchored to the pixels).
+Upsampling first (as Reverse Distillation's de-ResNet stage), so the fusion's three inputs share level k's
+grid. `ReconstructionHead` maps the finest features back to a normalised RGB image (its loss anchors the
+decoder to the pixels).
 
 Example:
     >>> stage = DecoderStage(512, 256, extra_channels=0, resolution=8, block="basic", depth=1,

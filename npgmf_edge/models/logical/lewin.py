@@ -1,11 +1,9 @@
 """LeWin transformer blocks (Uformer, Wang et al., CVPR 2022) for the multi-semantic fusion.
 
-A LeWin block is pre-norm window self-attention with a learned relative position bias, then a LeFF
-feed-forward (linear, depthwise 3x3 conv, linear; GELU after the first two). Consecutive blocks
-alternate plain and shifted windows (shift = window / 2, as in Swin) so information crosses window
-borders. Everything is built for one fixed grid: window partition and reverse are static reshapes
-(only the batch axis is -1), the shift is `torch.roll`, and the attention mask for shifted windows and
-the relative position index are precomputed buffers. The exported graph has no data-dependent shapes.
+A LeWin block: pre-norm window self-attention with a learned relative position bias, then a LeFF
+feed-forward (linear, depthwise 3x3 conv, linear; GELU after the first two); blocks alternate plain and
+shifted windows (by window / 2, as Swin). Built for one fixed grid: static reshapes (batch axis -1 only),
+`torch.roll` shifts, precomputed mask and position index, so the exported graph has static shapes.
 
 Example:
     >>> stage = LeWinStage(dim=32, resolution=8, depth=2, heads=2, window_size=4, name="stage 3")
@@ -140,11 +138,8 @@ class LeWinBlock(nn.Module):
 
 
 class LeWinStage(nn.Module):
-    """`depth` LeWin blocks on a (B, C, H, W) map of a fixed square grid, alternating window shifts.
-
-    Raises ConfigError naming the stage when the grid is not divisible by the window or the channels
-    by the heads. A grid exactly one window wide gets no shift (it would only wrap the image around).
-    """
+    """`depth` LeWin blocks on a (B, C, H, W) map of a fixed square grid, alternating window shifts (none
+    for a grid one window wide); ConfigError naming the stage for a grid or channels that do not divide."""
 
     def __init__(
         self,

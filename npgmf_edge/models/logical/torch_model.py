@@ -52,11 +52,8 @@ class LogicalForward:
 
 class NpgmfLogicalNet(nn.Module):
     """Frozen encoder + OCE + (text prior, codebooks) + fusing decoder; see the module docstring.
-
-    `text_embedding` (E,) is required when `cfg.use_text_prior`; it is stored as a buffer, so a model
-    rebuilt from saved weights needs no CLIP. `pretrained` / `weights` choose the encoder's weights as in
-    `FrozenEncoder`; `warn_random=False` is for rebuilding before loading a state dict.
-    """
+    `text_embedding` (E,), needed with `cfg.use_text_prior`, is a buffer: a rebuilt model needs no CLIP.
+    `warn_random=False` is for rebuilding before loading a state dict."""
 
     def __init__(
         self,

@@ -10,33 +10,7 @@ The nearest-neighbour scorers live in `npgmf_edge.knn` (numpy + faiss only, shar
 - `torch_model`: `StructuralDetector` (extractor + fitted scorer -> patch scores, anomaly map).
 """
 
-from npgmf_edge.models.structural.features import (
-    LocalMeanAggregator,
-    PatchFeatureAggregator,
-    PatchFeatureExtractor,
-    adaptive_pool_matrix,
-    build_aggregator,
-)
-from npgmf_edge.models.structural.sampler import (
-    BaseSampler,
-    GreedyCoresetSampler,
-    IdentitySampler,
-    LoopGreedyCoresetSampler,
-    RandomSampler,
-)
+from npgmf_edge.models.structural.sampler import GreedyCoresetSampler
 from npgmf_edge.models.structural.torch_model import StructuralDetector, build_patch_extractor
 
-__all__ = [
-    "BaseSampler",
-    "GreedyCoresetSampler",
-    "IdentitySampler",
-    "LocalMeanAggregator",
-    "LoopGreedyCoresetSampler",
-    "PatchFeatureAggregator",
-    "PatchFeatureExtractor",
-    "RandomSampler",
-    "StructuralDetector",
-    "adaptive_pool_matrix",
-    "build_aggregator",
-    "build_patch_extractor",
-]
+__all__ = ["GreedyCoresetSampler", "StructuralDetector", "build_patch_extractor"]

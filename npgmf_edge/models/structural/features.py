@@ -2,35 +2,25 @@
 
 Two aggregations of the encoder's level-2 and level-3 maps (strides 8 and 16) into one (B, D, h, w) map on
 the level-2 grid, chosen by `structural.aggregation` (docs/DESIGN.md "Structural branch" says which wins
-where):
+where); level 3 is upsampled bilinearly (`align_corners=False`) to level 2's grid in both:
 
-- `reference` (`PatchFeatureAggregator`): PatchCore's reference code, below. D = `embed_dim`.
-- `local_mean` (`LocalMeanAggregator`): anomalib's `PatchcoreModel.generate_embedding`: each channel
-  averaged over its p x p neighbourhood (zero padding counted, as `nn.AvgPool2d(3, 1, 1)`), level 3
-  upsampled bilinearly (`align_corners=False`) to level 2's grid, the two concatenated. D = C2 + C3, no
-  projection. The exported graph is AveragePool / Resize / Concat.
+- `reference` (`PatchFeatureAggregator`), PatchCore's reference code (`PatchMaker.patchify`,
+  `PatchCore._embed`, `MeanMapper`, `Aggregator`): each position's p x p neighbourhood unfolded into a
+  flat C*p*p vector (zero padding counted), adaptive-average-pooled per level to `pretrain_embed_dim`, the
+  levels concatenated and pooled again to D = `embed_dim`. Unlike a per-channel mean, this keeps which
+  neighbour a value came from.
+- `local_mean` (`LocalMeanAggregator`), anomalib's `generate_embedding`: each channel averaged over its
+  p x p neighbourhood (as `nn.AvgPool2d(3, 1, 1)`), the levels concatenated; D = C2 + C3. The exported
+  graph is AveragePool / Resize / Concat.
 
-`PatchFeatureAggregator` turns the encoder's level-2 and level-3 maps (strides 8 and 16) into one
-(B, D, h, w) map on the level-2 grid, exactly as PatchCore's reference code does
-(amazon-science/patchcore-inspection, `PatchMaker.patchify`, `PatchCore._embed`, `common.Preprocessing`,
-`MeanMapper`, `Aggregator`): each position's `patch_size` x `patch_size` neighbourhood is unfolded into a
-flat C*p*p vector (zero padding at the borders, zeros included), level 3's unfolded grid is upsampled
-bilinearly (`align_corners=False`) to level 2's grid, each level's vector is adaptive-average-pooled to
-`pretrain_embed_dim`, the levels are concatenated and pooled again to `embed_dim`. Pooling the whole
-neighbourhood vector is not the same as averaging each channel over p x p first: with
-`pretrain_embed_dim` > C the reference keeps which neighbour a value came from.
+The reference's steps are linear and parameter-free, so per level unfold + both poolings are one constant
+(D, C, p, p) kernel: one zero-padded Conv2d, which commutes with the upsampling, and the final pooling
+sends each level to a contiguous band of the D outputs, so each level's Conv computes only its band. The
+exported graph is Conv / Resize / Slice / Add / Concat: no Unfold, no uneven adaptive pooling.
 
-Everything after the encoder is linear and parameter-free. Per level, unfold + both poolings are one
-constant (D, C, p, p) kernel, i.e. one zero-padded Conv2d; the upsampling commutes with it, so level 3 is
-convolved on its own grid and upsampled with D channels. The final pooling sends each level to a
-contiguous band of the D outputs (sharing at most one row with the next level), so each level's Conv
-computes only its band and the bands are concatenated. The exported graph is Conv / Resize / Slice /
-Add / Concat: no Unfold, no adaptive pooling with uneven bins, static shapes.
-
-`PatchFeatureExtractor` = `FrozenEncoder` + either aggregator; it is the patch-feature part of each bundle
-graph (`model.<precision>.onnx`, beside the logical branch). It can also sit on the logical branch's
-encoder (`share_logical_encoder`): the encoder then returns levels 1-3 and the aggregator takes levels 2
-and 3 from that list, so one encoder pass can serve both branches.
+`PatchFeatureExtractor` = `FrozenEncoder` + either aggregator, the patch-feature part of each bundle graph;
+on the logical branch's encoder (`share_logical_encoder`) it takes levels 2 and 3 from that encoder's
+levels 1-3, so one encoder pass serves both branches.
 
 Example:
     >>> enc = FrozenEncoder("resnet18", out_indices=(2, 3), pretrained=False)
@@ -124,11 +114,8 @@ class PatchFeatureAggregator(nn.Module):
 
 
 class LocalMeanAggregator(nn.Module):
-    """[f2 (B, C2, h, w), f3 (B, C3, h/2, w/2)] -> (B, C2 + C3, h, w): per-channel p x p means, concatenated.
-
-    Averaging each channel over the neighbourhood forgets which neighbour a value came from (the
-    reference keeps it); measured, that helps anomalies of arrangement, costs make-data's structural ones
-    a little and magnetic tile's real defects nothing (docs/BENCHMARKS.md "Structural aggregation")."""
+    """[f2 (B, C2, h, w), f3 (B, C3, h/2, w/2)] -> (B, C2 + C3, h, w): per-channel p x p means, concatenated
+    (what that costs and gains: docs/BENCHMARKS.md "Structural aggregation")."""
 
     def __init__(self, channels: Sequence[int], patch_size: int = 3) -> None:
         super().__init__()
@@ -160,12 +147,8 @@ def build_aggregator(
 
 
 class PatchFeatureExtractor(nn.Module):
-    """Raw pixels (B, 3, S, S) in [0, 255] -> patch features (B, D, S/8, S/8): what a `--knn faiss`
-    bundle graph returns as `patch_features`.
-
-    `levels` are the positions of levels 2 and 3 in the encoder's output list: (0, 1) for an encoder built
-    with out_indices (2, 3), (1, 2) for the logical branch's (1, 2, 3).
-    """
+    """Raw pixels (B, 3, S, S) in [0, 255] -> patch features (B, D, S/8, S/8), a `--knn faiss` graph's
+    `patch_features`. `levels`: where levels 2 and 3 are in the encoder's outputs ((0, 1) or (1, 2))."""
 
     def __init__(
         self,

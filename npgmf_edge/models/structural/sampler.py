@@ -1,26 +1,19 @@
 """Memory-bank subsampling: greedy k-center coreset (PatchCore, Roth et al. CVPR 2022) and simple variants.
 
-Same shape as the PatchCore reference: one small class per idea, and each variant overrides one method.
+As the PatchCore reference: one small class per idea, each variant overriding one method.
 
-- `IdentitySampler`: keeps the whole bank (ratio 1).
-- `RandomSampler`: a uniform random subset (the cheap baseline).
-- `GreedyCoresetSampler`: greedy k-center (Gonzalez 1985; Sener & Savarese 2018) on a random projection.
-  Fast and memory-light, and still *exact*: every pick is the point farthest from the picks so far.
-- `LoopGreedyCoresetSampler`: the same selection rule as a straightforward per-pick loop over the whole
-  bank (like anomalib's `KCenterGreedy`); the reference that tests and `scripts/bench_coreset.py` use.
+- `IdentitySampler`: keeps the whole bank (ratio 1); `RandomSampler`: a uniform random subset.
+- `GreedyCoresetSampler`: greedy k-center (Gonzalez 1985; Sener & Savarese 2018) on a seeded Gaussian
+  random projection to `projection_dim`: a seeded random first pick, then always the point farthest from
+  its nearest pick (ties: lowest index). Fast, memory-light and exact.
+- `LoopGreedyCoresetSampler`: the same rule as a plain per-pick loop over the whole bank (as anomalib's
+  `KCenterGreedy`); the reference for tests and `scripts/bench_coreset.py`.
 
-Selection rule (shared by both greedy samplers): project the bank to `projection_dim` with a seeded
-Gaussian random matrix; the first pick is a seeded random index; every further pick is the index whose
-Euclidean distance to its nearest pick is largest (ties: lowest index).
-
-Why the fast sampler is fast. The straightforward loop touches all N points for every pick (O(N d) per
-pick, plus an N x d temporary). Here every point remembers its nearest pick (its owner a) and the
-distance to it. A new pick c can only take x over if d(a, c) < 2 d(x, a) (triangle inequality), so one
-matrix-vector product against the picks so far plus a few O(N) vector ops decide which points to
-measure, and only those are gathered and measured, in chunks (about 2% of a 102k patch bank late in a
-run). When most of the bank would survive, a chunked full pass is cheaper and is used instead. Nothing
-N x N is ever built. docs/DESIGN.md ("Structural branch") explains why the picks stay identical to the
-loop's.
+Why the fast sampler is fast: every point remembers its nearest pick a and the distance to it, and a new
+pick c can only take x over if d(a, c) < 2 d(x, a) (triangle inequality), so one matrix-vector product
+against the picks decides which few points to measure (about 2% of a 102k patch bank late in a run); a
+chunked full pass is used when most would survive. Nothing N x N is built. docs/DESIGN.md ("Structural
+branch") explains why the picks stay identical to the loop's.
 
 Example:
     >>> sampler = GreedyCoresetSampler(ratio=0.1, projection_dim=128, seed=0)

@@ -27,13 +27,9 @@ STRUCTURAL_LEVELS = (2, 3)  # timm out_indices of the two levels the branch uses
 
 
 def build_patch_extractor(cfg: NpgmfConfig, *, weights_follow: bool = False) -> PatchFeatureExtractor:
-    """The extractor a config describes.
-
-    With `structural.share_logical_encoder` the encoder is the logical branch's (`logical.encoder`,
-    `logical.out_indices`, `weights.weights`) and levels 2 and 3 are taken from its outputs; otherwise it
-    is `structural.encoder` with out_indices (2, 3) and `weights.structural_weights`.
-    `weights_follow=True` builds random weights quietly because the caller loads saved ones next.
-    """
+    """The extractor a config describes: on the logical branch's encoder with
+    `structural.share_logical_encoder`, else `structural.encoder` with out_indices (2, 3).
+    `weights_follow=True` builds random weights quietly because the caller loads saved ones next."""
     s = cfg.structural
     s.validate()
     if s.share_logical_encoder:

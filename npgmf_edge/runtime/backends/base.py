@@ -1,10 +1,8 @@
 """The interface every graph runner implements (the Polygraphy runner shape).
 
-Loaders make what a runner runs (an onnxruntime session, a TensorRT engine: build, check against the
-manifest, rebuild, cache); a runner takes it ready. `Backend.infer` checks the input against the graph's
-contract and times the call; `close` releases once. A subclass fills in `_infer_impl` and `_close` only.
-Runners get the `GraphSpec` of the bundle manifest, so they know the graph's input name, shape and outputs
-without reading the model file a second time.
+Loaders make what a runner runs (an onnxruntime session, a TensorRT engine); a runner takes it ready.
+`Backend.infer` checks the input against the graph's contract (the manifest's `GraphSpec`) and times the
+call; `close` releases once. A subclass fills in `_infer_impl` and `_close` only.
 
 Example:
     >>> backend = OnnxRuntimeBackend(session_from_onnx(bundle / spec.file, spec, threads=2), spec)
@@ -19,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from npgmf_edge.inspection import Closing
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class BackendError(RuntimeError):
     """A backend cannot run a graph (bad input, missing library, device failure)."""
 
 
-class Backend(abc.ABC):
+class Backend(Closing, abc.ABC):
     """Runs one graph. Public `infer` validates and times; subclasses implement `_infer_impl`."""
 
     name: str = "base"
@@ -85,9 +85,3 @@ class Backend(abc.ABC):
         if not self._closed:
             self._closed = True
             self._close()
-
-    def __enter__(self) -> Backend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -2,29 +2,13 @@
 
 Loaders (as Polygraphy's `EngineFromPath`): `build_engine` compiles, `engine_for_bundle` picks the bundle's
 engine or rebuilds and caches one for this station, `engine_from_path` deserialises and checks it against
-the manifest. The runner (`TensorRTBackend`) takes that ready engine, owns its context, stream and buffers,
-and releases them on `close`.
+the manifest. The runner (`TensorRTBackend`) takes that ready engine, owns its context, stream and buffers
+(allocated once, for the max batch) and releases them on `close`.
 
-This is the only module of the project that imports `tensorrt` and cuda-python, and it imports them
-inside functions, so importing it costs nothing where they are absent (the CPU-only install, CI).
-
-Why these choices:
-- Strongly typed networks, no precision builder flags. TensorRT 11 removed `BuilderFlag.FP16/INT8` and
-  implicit INT8 calibration; precision now comes from the ONNX graph itself (FP16 graphs with float32
-  inputs/outputs kept, INT8 as Q/DQ graphs). Building strongly typed on TensorRT 10 as well gives the same
-  engine semantics on both. On 10 that is `NetworkDefinitionCreationFlag.STRONGLY_TYPED`; on 11 the flag
-  is deprecated because strong typing is always on, so no flag is passed there. `EXPLICIT_BATCH` is
-  deprecated and ignored since 10.0 and is never passed.
-- FP32 engines clear `BuilderFlag.TF32` (on by default), so "fp32" means float32 arithmetic and the engine
-  matches onnxruntime and the calibrated thresholds.
-- cuda-python rather than pycuda: NVIDIA's TensorRT Python samples replaced pycuda with cuda-python (in
-  8.6; the 10.x and 11.x `samples/python/common_runtime.py` use `cuda.bindings`), and pycuda builds from
-  source against the CUDA headers, which deployment images and Jetsons often lack; cuda-python ships wheels.
-- Engines are tied to the TensorRT version and the GPU's compute capability (a plan built elsewhere
-  fails to deserialise or is refused), so engine files are named and checked by both; see
-  `engine_file_name` and `engine_mismatch`.
-- All host and device buffers are allocated once, for the bundle's max batch, when the backend opens;
-  inference only copies and enqueues (allocating per call is a known latency and fragmentation trap).
+The only module that imports `tensorrt` and cuda-python, inside functions, so importing it costs nothing
+where they are absent. docs/DEPLOY.md ("TensorRT engines") says why: strongly typed networks (no precision
+flags, the same on TensorRT 10 and 11), TF32 off for FP32, cuda-python rather than pycuda, engines named
+and checked by TensorRT version and compute capability.
 
 Example:
     >>> facts = build_engine(onnx, bundle / name, input_name="pixels", input_shape=(3, 256, 256),
@@ -103,10 +87,7 @@ def _import_cudart() -> ModuleType:
 
 
 def _cuda(call: Callable[..., tuple[Any, ...]], *args: Any) -> Any:
-    """Run one cuda-python call; raise BackendError naming it unless it returned cudaSuccess.
-
-    cuda-python returns `(error, value)` or `(error,)`; this returns the value (or None).
-    """
+    """Run one cuda-python call (`(error, value)` or `(error,)`): its value, or BackendError naming it."""
     err, *values = call(*args)
     if int(err) != 0:  # cudaSuccess is 0 in every CUDA version
         name = getattr(call, "__name__", repr(call))
@@ -153,11 +134,9 @@ def _check_precision(precision: str) -> None:
 
 
 def engine_file_name(precision: str, onnx_sha256: str, facts: dict[str, Any]) -> str:
-    """`model.<precision>.trt<version>.sm<cc>.<sha12>.engine`, keyed by everything an engine depends on.
-
-    Example: ("fp16", "3fa2...", {"tensorrt_version": "10.13.3.9", "compute_capability": "8.9"}) ->
-    "model.fp16.trt10.13.3.9.sm89.3fa2....engine" (the first 12 hex digits of the ONNX sha256).
-    """
+    """`model.<precision>.trt<version>.sm<cc>.<sha12>.engine`, keyed by everything an engine depends on:
+    ("fp16", "3fa2...", {"tensorrt_version": "10.13.3.9", "compute_capability": "8.9"}) ->
+    "model.fp16.trt10.13.3.9.sm89.3fa2....engine"."""
     _check_precision(precision)
     if not re.fullmatch(f"[0-9a-f]{{{SHA_PREFIX_CHARS},}}", onnx_sha256):
         raise ValueError(f"onnx_sha256 must be a lowercase hex digest, got {onnx_sha256!r}")
@@ -193,19 +172,11 @@ def _differences(
 
 
 def engine_mismatch(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """A sentence saying why the engine recorded in a manifest cannot run here, or None if it can.
-
-    `recorded` is what `build_engine` returned; `current` is `device_facts()` plus the bundle's precision,
-    onnx_sha256, max_batch and input_shape. The TensorRT version and compute capability must match
-    exactly: TensorRT engines are not portable across either (a plan from another version or architecture
-    fails to deserialise). The graph facts must match because the engine is the compiled graph.
-
-    A different GPU name with the same compute capability is NOT a mismatch: TensorRT itself loads such a
-    plan (warning that it "is not recommended"), and a fleet of stations with, say, RTX 4000 Ada and L4
-    cards (both 8.9) can then share one engine. It is not guaranteed, though (tactics are timed on the
-    build GPU; some were reported to fail on a smaller GPU of the same architecture, TensorRT issue #2900),
-    so callers log `engine_warning` and rebuild on the station if inference misbehaves.
-    """
+    """A sentence saying why the engine recorded in a manifest (`build_engine`'s facts) cannot run with
+    `current` (`device_facts()` plus the bundle's graph facts), or None if it can. TensorRT version and
+    compute capability must match exactly (plans are not portable across either), the graph facts too.
+    Another GPU name of the same compute capability is no mismatch: TensorRT loads such a plan, so a fleet
+    can share one engine; not guaranteed (TensorRT issue #2900), so callers log `engine_warning`."""
     machine = _differences(recorded, current, _MACHINE_FACTS, "this machine")
     graph = _differences(recorded, current, _GRAPH_FACTS, "bundle")
     if not machine and not graph:
@@ -242,9 +213,7 @@ def _network_flags(trt: ModuleType) -> int:
 
 def _parse_onnx(trt: ModuleType, builder: Any, onnx_path: Path) -> tuple[Any, Any]:
     """(network, parser): a strongly typed network parsed from `onnx_path`; BundleError lists parser errors.
-
-    The parser is returned because it owns weights the network refers to until the build is done.
-    """
+    The parser owns weights the network refers to until the build is done."""
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, _trt_logger())
     parsed = parser.parse_from_file(str(onnx_path))  # from the file, so external weights resolve
@@ -276,14 +245,8 @@ def _check_network_input(
 def profile_shapes(
     input_shape: tuple[int, ...], max_batch: int
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(min, opt, max) input shapes of the engine's one optimisation profile: batch 1, `OPT_BATCH` (1) and
-    the manifest's `max_batch`, each with the graph's static (3, S, S).
-
-    TensorRT picks, for every layer, the kernels fastest at the opt shape among those valid over the whole
-    range. A station runs batch 1 (one part per camera trigger), where latency is what is specified, so
-    the kernels are timed there; larger batches (folder inspection, `bench --batch 8`) still run, on
-    kernels that may be slower at their size than kernels timed for it would be (throughput work, where
-    that matters less than a station's latency).
+    """(min, opt, max) input shapes of the engine's one profile: batch 1, `OPT_BATCH` and `max_batch`.
+    Kernels are timed at the opt shape, a station's batch of 1 (docs/DEPLOY.md); larger batches still run.
     Example: ((3, 256, 256), 8) -> ((1, 3, 256, 256), (1, 3, 256, 256), (8, 3, 256, 256)).
     """
     if len(input_shape) != 3 or min(input_shape) < 1:
@@ -318,17 +281,10 @@ def build_engine(
     timing_cache_path: Path,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
 ) -> dict[str, Any]:
-    """Compile `onnx_path` into a TensorRT engine at `engine_path`; returns the facts for the manifest.
-
-    One optimisation profile (`profile_shapes`): batch 1 .. `max_batch`, kernels timed at batch 1, the
-    station's case. The timing cache at
-    `timing_cache_path` is loaded when it exists (rebuilds then skip tactic timing) and saved back after
-    the build; the engine and the cache are written atomically. `onnx_sha256` (the bundle writer hashed
-    the file) and `precision` are recorded as given: a strongly typed build takes precision from the graph.
-
-    Returns {"file", "tensorrt_version", "gpu_name", "compute_capability", "precision", "onnx_sha256",
-    "max_batch", "input_shape"}.
-    """
+    """Compile `onnx_path` into a TensorRT engine at `engine_path` (one profile: `profile_shapes`); returns
+    the facts for the manifest. The timing cache is loaded when it exists (rebuilds skip tactic timing) and
+    saved back; both files are written atomically. `precision` is recorded as given: a strongly typed
+    build takes it from the graph."""
     onnx_path, engine_path, timing_cache_path = Path(onnx_path), Path(engine_path), Path(timing_cache_path)
     _check_precision(precision)
     low, opt, high = profile_shapes(input_shape, max_batch)
