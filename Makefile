@@ -27,9 +27,11 @@ native: $(STAMP)
 	-native/setup_deps.sh
 	NPGMF_PYTHON=$(abspath $(BIN)/python) native/build.sh || [ $$? -eq 3 ]
 
+# PYTEST_ARGS narrows the run, e.g. `make test PYTEST_ARGS=tests/native` (the native build and its tests).
+PYTEST_ARGS ?=
 test: $(STAMP) native
 	$(BIN)/ruff check npgmf_edge tests
-	$(BIN)/python -m pytest -q; rc=$$?; \
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$rc
 
 # The bundle on emulated aarch64 CPUs (qemu-user; Debian arm64 Python, aarch64 wheels): self-test passes,

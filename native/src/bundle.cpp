@@ -55,7 +55,9 @@ std::string py_repr(const json &value) {
     return out + quote;
 }
 
-const json &at(const json &object, const std::string &key) {
+// The key as a C string: a std::string parameter, built from the literal at each call, would be a temporary
+// that GCC 13+ (-Wdangling-reference) suspects the returned reference of pointing into.
+const json &at(const json &object, const char *key) {
     if (!object.is_object()) throw Malformed("expected an object holding " + quoted(key));
     auto found = object.find(key);
     if (found == object.end()) throw Malformed("KeyError: " + quoted(key));
@@ -303,7 +305,7 @@ void from_schema_2(json &data) {
             expected["map_budget"] = budget_for("fp32", 0.0);
         }
         if (!reference_threshold.is_null()) {
-            const double threshold = finite(at(at(at(data, "calibration"), precision), "threshold"), "threshold");
+            const double threshold = finite(at(at(at(data, "calibration"), precision.c_str()), "threshold"), "threshold");
             const int flips = verdict_flips(scores, threshold, ref, finite(reference_threshold, "threshold"));
             expected["verdict_flips"] = flips;
             expected["max_flips"] = flips + kFlipAllowance;
