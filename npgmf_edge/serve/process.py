@@ -21,13 +21,14 @@ from pathlib import Path
 
 from npgmf_edge.errors import ServeError
 from npgmf_edge.serve.client import ServeClient
+from npgmf_edge.serve.stub_env import stub_env_unavailable
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 90.0
 
 
 def pytriton_cannot_run() -> str | None:
-    """Why the PyTriton wheel cannot run here (it is built for glibc 2.35+ Linux on x86_64 / aarch64)."""
+    """Why the PyTriton wheel cannot run here (glibc 2.35+ Linux on x86_64 / aarch64, a stub with numpy 1)."""
     libc, version = platform.libc_ver()
     if platform.system() != "Linux" or libc != "glibc":
         return f"the PyTriton wheel needs glibc Linux, this is {platform.system()} {libc or 'without glibc'}"
@@ -35,7 +36,7 @@ def pytriton_cannot_run() -> str | None:
         return f"the PyTriton wheel needs glibc 2.35 or newer, this has {version}"
     if platform.machine() not in ("x86_64", "aarch64"):
         return f"the PyTriton wheel is built for x86_64 and aarch64, not {platform.machine()}"
-    return None
+    return stub_env_unavailable()
 
 
 def free_ports(count: int) -> list[int]:

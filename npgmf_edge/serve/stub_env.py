@@ -30,12 +30,22 @@ STUB_ENV_NAME = "triton-stub-env"
 # (tritonclient, which pytriton imports, imports ml_dtypes).
 STUB_PACKAGES = ("numpy>=1.21,<2", "ml_dtypes>=0.5,<=0.5.4")
 MAIN_SITE_PTH = "zz_npgmf_edge_main_site.pth"
+# numpy 1.26, the last 1.x, has wheels up to Python 3.12: no stub environment can be made for a newer one.
+NUMPY1_LAST_PYTHON = (3, 12)
 
 
 def numpy_major() -> int:
     import numpy
 
     return int(numpy.__version__.split(".")[0])
+
+
+def stub_env_unavailable() -> str | None:
+    """Why no interpreter here can run PyTriton's stub (numpy 2 here, no numpy 1 for this Python), or None."""
+    if numpy_major() < 2 or sys.version_info[:2] <= NUMPY1_LAST_PYTHON:
+        return None
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return f"PyTriton's backend stub needs numpy 1.x, which has no wheel for Python {version}"
 
 
 def default_stub_env() -> Path:
@@ -79,6 +89,8 @@ def python_backend_env() -> Path | None:
     checked stub environment; ServeError saying how to create it when it is missing or broken."""
     if numpy_major() < 2:
         return None
+    if (reason := stub_env_unavailable()) is not None:
+        raise ServeError(reason)
     root = default_stub_env()
     problem = stub_env_problem(root)
     if problem is not None:
@@ -103,6 +115,9 @@ def main() -> None:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else default_stub_env()
     if numpy_major() < 2:
         print(f"numpy {__import__('numpy').__version__}: the stub runs in this environment, nothing to do")
+        return
+    if (reason := stub_env_unavailable()) is not None:
+        print(f"Triton serving is unavailable here: {reason}")  # not an error: the rest of the toolkit works
         return
     if stub_env_problem(root) is None:
         print(f"{root}: ready")
