@@ -129,7 +129,11 @@ def sha256_file(path: Path) -> str:
 
 
 def check_hashes(
-    root: Path, files: dict[str, str], recorded_in: Path, error: type[Exception], words: tuple[str, ...]
+    root: Path,
+    files: dict[str, str],
+    recorded_in: Path,
+    error: type[Exception],
+    words: tuple[str, str, str, str],
 ) -> None:
     """Every listed file is present with the SHA-256 recorded in `recorded_in`, else `error` naming it.
     Bundles and run directories both check this way; `words` is (what, made by, redo, command)."""

@@ -76,7 +76,9 @@ def score_drift(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.abs(candidate - reference).mean() / max(np.abs(reference).mean(), 1e-12))
 
 
-def _compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], threshold_ref, threshold_got):
+def _compare(
+    reference: dict[str, np.ndarray], got: dict[str, np.ndarray], threshold_ref: float, threshold_got: float
+) -> dict[str, float]:
     """A verify row's numbers: `compare_outputs` with the branch maps' FP32 tolerances."""
     row = compare_outputs(reference, got, threshold_ref, threshold_got)
     for name in ("logical", "structural"):  # the fused map's tolerance comes from the calibration
