@@ -109,6 +109,9 @@ def main() -> None:
         help=f"the magnetic-tile set, read in place (default {MAGNETIC_TILE})",
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument(
+        "--lite", type=int, choices=[0, 1, 2], help="both encoders Lite N (default: the preset's)"
+    )
     parser.add_argument("--epochs", type=int, help="the cap (default: the preset's)")
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
@@ -130,6 +133,9 @@ def main() -> None:
     cfg = get_preset(args.preset)
     cfg.weights.random_clip = True  # no CLIP weights offline; the encoder keeps the preset's ImageNet weights
     cfg.train.seed = args.seed
+    if args.lite is not None:
+        cfg.logical.encoder = cfg.structural.encoder = f"tf_efficientnet_lite{args.lite}"
+        cfg.weights.weights = cfg.weights.structural_weights = f"efficientnet-lite{args.lite}"
     cfg.train.epochs = args.epochs or cfg.train.epochs
     rule = (cfg.train.patience, cfg.train.min_delta)
     cfg.train.early_stopping = False  # train to the cap; the rule is replayed on the recorded losses below
