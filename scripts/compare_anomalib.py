@@ -176,6 +176,7 @@ def compare(args: argparse.Namespace) -> Comparison:
         if args.lite is not None:
             cfg.logical.encoder = cfg.structural.encoder = f"tf_efficientnet_lite{args.lite}"
             cfg.weights.weights = cfg.weights.structural_weights = f"efficientnet-lite{args.lite}"
+        cfg.train.seed = args.train_seed
         train_run(dataset, cfg, args.run, branch="structural")
     cfg = NpgmfConfig.load(args.run / CONFIG_FILE)
     shared = cfg.structural.share_logical_encoder
@@ -398,6 +399,7 @@ def main() -> None:
     parser.add_argument("--anomalib-version", default=ANOMALIB_VERSION)
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/npgmf_edge"))
     parser.add_argument("--seed", type=int, default=0, help="anomalib's coreset start")
+    parser.add_argument("--train-seed", type=int, default=0, help="with --train-structural: our seed")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in the peer")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--anomalib-coreset", action="store_true", help="anomalib's own k-center loop")
