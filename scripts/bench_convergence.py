@@ -35,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from npgmf_edge.config import get_preset
+from npgmf_edge.config import NpgmfConfig, get_preset
 from npgmf_edge.data import AnomalyDataset, load_dataset
 from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
 from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
@@ -87,6 +87,17 @@ def stopping(
     }
 
 
+def override(cfg: NpgmfConfig, item: str) -> None:
+    """Set SECTION.FIELD to a JSON value (a list for a tuple field), refusing unknown names."""
+    key, _, raw = item.partition("=")
+    section_name, _, name = key.partition(".")
+    section = getattr(cfg, section_name, None)
+    if section is None or not hasattr(section, name):
+        raise SystemExit(f"--set {item}: no config field {key!r}")
+    value = json.loads(raw)
+    setattr(section, name, tuple(value) if isinstance(getattr(section, name), tuple) else value)
+
+
 def dataset_for(args: argparse.Namespace, work: Path) -> AnomalyDataset:
     if args.magnetic_tile:
         return load_dataset(
@@ -112,7 +123,15 @@ def main() -> None:
     parser.add_argument(
         "--lite", type=int, choices=[0, 1, 2], help="both encoders Lite N (default: the preset's)"
     )
+    parser.add_argument("--image-size", type=int, help="input size (default: the preset's)")
     parser.add_argument("--epochs", type=int, help="the cap (default: the preset's)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=JSON",
+        help="override one config field, e.g. logical.window_size=4 (repeat)",
+    )
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--run-out", type=Path, help="train the whole run into this folder and keep it")
@@ -120,6 +139,12 @@ def main() -> None:
         "--stop-on",
         choices=("validation_loss", "pseudo_auroc"),
         help="with --run-out: early stopping on, watching this (default: off, the rule replayed)",
+    )
+    parser.add_argument(
+        "--branch",
+        choices=("all", "logical"),
+        default="all",
+        help="with --run-out: `logical` leaves the structural branch and the calibration to be added",
     )
     parser.add_argument(
         "--resume",
@@ -133,6 +158,9 @@ def main() -> None:
     cfg = get_preset(args.preset)
     cfg.weights.random_clip = True  # no CLIP weights offline; the encoder keeps the preset's ImageNet weights
     cfg.train.seed = args.seed
+    cfg.image_size = args.image_size or cfg.image_size
+    for item in args.set:
+        override(cfg, item)
     if args.lite is not None:
         cfg.logical.encoder = cfg.structural.encoder = f"tf_efficientnet_lite{args.lite}"
         cfg.weights.weights = cfg.weights.structural_weights = f"efficientnet-lite{args.lite}"
@@ -174,7 +202,9 @@ def main() -> None:
             print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
 
         if args.run_out:
-            summary = train_run(dataset, cfg, args.run_out, resume=args.resume, on_epoch=measure)
+            summary = train_run(
+                dataset, cfg, args.run_out, branch=args.branch, resume=args.resume, on_epoch=measure
+            )
             if not curve:  # a resumed run whose recorded epochs already said stop
                 print(json.dumps(summary["logical"]["curve"], indent=1))
                 return
