@@ -16,6 +16,8 @@ an epoch (model build and image decoding included), not the test-set evaluation 
 
     python scripts/bench_convergence.py --preset tiny --make-data-seed 0
     python scripts/bench_convergence.py --preset tiny --magnetic-tile [PATH] --run-out runs/mt
+    # another configuration of a preset: its encoder, input size or any field
+    python scripts/bench_convergence.py --preset edge --lite 0 --image-size 128 --set logical.window_size=4
 """
 
 from __future__ import annotations
