@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from npgmf_edge.config import NpgmfConfig, get_preset
 from npgmf_edge.data import AnomalyDataset, load_dataset
 from npgmf_edge.data.synthetic import SyntheticConfig, generate_dataset
+from npgmf_edge.errors import ConfigError
 from npgmf_edge.models.logical.torch_model import NpgmfLogicalNet
 from npgmf_edge.postprocess import gaussian_sigma_for, image_scores, smooth
 from npgmf_edge.training.early_stopping import decide
@@ -89,15 +90,20 @@ def stopping(
     }
 
 
-def override(cfg: NpgmfConfig, item: str) -> None:
-    """Set SECTION.FIELD to a JSON value (a list for a tuple field), refusing unknown names."""
-    key, _, raw = item.partition("=")
-    section_name, _, name = key.partition(".")
-    section = getattr(cfg, section_name, None)
-    if section is None or not hasattr(section, name):
-        raise SystemExit(f"--set {item}: no config field {key!r}")
-    value = json.loads(raw)
-    setattr(section, name, tuple(value) if isinstance(getattr(section, name), tuple) else value)
+def override(cfg: NpgmfConfig, items: list[str]) -> NpgmfConfig:
+    """`cfg` with each SECTION.FIELD=JSON of `items` set, through the config's own loader (unknown names
+    and wrong types refused as a saved config.json's would be)."""
+    data = cfg.to_dict()
+    for item in items:
+        key, _, raw = item.partition("=")
+        section, _, name = key.partition(".")
+        if not isinstance(data.get(section), dict):
+            raise SystemExit(f"--set {item}: no config section {section!r}")
+        data[section][name] = json.loads(raw)
+    try:
+        return NpgmfConfig.from_dict(data)
+    except ConfigError as exc:
+        raise SystemExit(f"--set: {exc}") from None
 
 
 def dataset_for(args: argparse.Namespace, work: Path) -> AnomalyDataset:
@@ -164,8 +170,7 @@ def main() -> None:
     cfg.weights.random_clip = True  # no CLIP weights offline; the encoder keeps the preset's ImageNet weights
     cfg.train.seed = args.seed
     cfg.image_size = args.image_size or cfg.image_size
-    for item in args.set:
-        override(cfg, item)
+    cfg = override(cfg, args.set)
     if args.lite is not None:
         cfg.logical.encoder = cfg.structural.encoder = f"tf_efficientnet_lite{args.lite}"
         cfg.weights.weights = cfg.weights.structural_weights = f"efficientnet-lite{args.lite}"
