@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--save-maps", type=Path, default=None)
     parser.add_argument("--maps", type=Path, default=None, help="replay saved maps (RUN and data unused)")
+    parser.add_argument(
+        "--pseudo-per-image", type=int, default=None, help="instead of the run's fusion.pseudo_per_image"
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     started = time.perf_counter()
@@ -95,7 +98,8 @@ def compute_maps(args: argparse.Namespace) -> dict[str, np.ndarray]:
         to_model_input(read_image(Path(p)), size).transpose(1, 2, 0).astype(np.uint8)
         for p in read_provenance(args.run)["validation_images"]
     ]
-    pseudo = make_pseudo_anomalies(validation, seed=cfg.train.seed, per_image=cfg.fusion.pseudo_per_image)
+    per_image = args.pseudo_per_image or cfg.fusion.pseudo_per_image
+    pseudo = make_pseudo_anomalies(validation, seed=cfg.train.seed, per_image=per_image)
     normal_maps, pseudo_maps = maps_of(fn, validation, size), maps_of(fn, [p.image for p in pseudo], size)
     kwargs = {}
     if args.normal_dir:

@@ -4,11 +4,16 @@ Measured on real parts, the paper's fixed 1:3 at pixel level can lose to the str
 (issue 23). So calibration scores a small grid, logical weight w in `LOGICAL_WEIGHTS` (structural 1) at
 both levels ("pixel": max of Eq. 11's map; "image": the weighted standardised branch image scores), by image
 AUROC on the pseudo-anomalies against the normal validation images. The logical branch must earn its
-weight: a gain of at least `LIFT_MARGIN` that is not chance (>= 0 in all but `LIFT_QUANTILE` of
-`BOOTSTRAP_ROUNDS` paired bootstrap resamples, recorded as `lift_low`). The best of those is kept (grid
-order among exact ties), the paper's weights at image level where within `TIE_MARGIN` of it; with none,
-the structural branch alone. Modes "paper" and "fixed" keep their weights at pixel level, AUROCs still
-recorded. docs/DESIGN.md ("Run directory, fusion and calibration") has the measurements behind each rule.
+weight: alone, it must find the pseudo-anomalies better than chance (its AUROC above `CHANCE` in all but
+`LIFT_QUANTILE` of `BOOTSTRAP_ROUNDS` bootstrap resamples), and a candidate must gain at least
+`LIFT_MARGIN` over the structural branch alone, not by chance (>= 0 in all but `LIFT_QUANTILE` of the
+same paired resamples, recorded as `lift_low`). Of those, the image-level ones go first if any: the
+pseudo-anomalies are local, so their peaks coincide in both maps and favour the max of a fused map,
+while on real test sets image-level fusion ranked at least as well at the same weight. The best of that
+pool is kept (grid order among exact ties), the paper's weights at image level where within `TIE_MARGIN`
+of it; with none, the structural branch alone. Modes "paper" and "fixed" keep their weights at pixel
+level, AUROCs still recorded. docs/DESIGN.md ("Run directory, fusion and calibration") has the
+measurements behind each rule.
 
 Example:
     >>> calibration = choose_fusion(normal_maps, pseudo_maps, cfg.fusion, sigma)
@@ -35,6 +40,7 @@ TIE_MARGIN = 0.005  # pseudo-anomaly AUROC within which the paper's weights (ima
 BOOTSTRAP_ROUNDS = 200  # paired resamples of normal and pseudo images for the chance level of a gain
 LIFT_QUANTILE = 0.05  # a gain over the structural branch alone counts when this quantile of it is >= 0
 LIFT_MARGIN = 0.005  # ... and the gain itself is at least this
+CHANCE = 0.5  # the logical branch alone must beat this AUROC in the same quantile of resamples
 BOOTSTRAP_SEED = 0
 
 
@@ -85,17 +91,22 @@ def choose_fusion(
                 trial.post(pseudo["structural"], pseudo["logical"])[1],
             )
         )
-    lift_low = _lift_lower_bounds(scores, reference=grid.index(("pixel", 0.0)))
-    candidates = [
-        FusionCandidate(level, 1.0, w, _auroc(*pair), low)
-        for (level, w), pair, low in zip(grid, scores, lift_low, strict=True)
-    ]
-    branch_auroc = {
-        name: _auroc(branch_image_scores(normal[name], sigma), branch_image_scores(pseudo[name], sigma))
+    branch_scores = {
+        name: (branch_image_scores(normal[name], sigma), branch_image_scores(pseudo[name], sigma))
         for name in ("structural", "logical")
     }
+    resampled = _bootstrap_aurocs([*scores, branch_scores["logical"]])  # (rounds, candidates + 1)
+    reference = grid.index(("pixel", 0.0))
+    gains = resampled[:, : len(grid)] - resampled[:, reference : reference + 1]
+    lift_low = np.quantile(gains, LIFT_QUANTILE, axis=0)
+    logical_low = float(np.quantile(resampled[:, -1], LIFT_QUANTILE))
+    candidates = [
+        FusionCandidate(level, 1.0, w, _auroc(*pair), float(low))
+        for (level, w), pair, low in zip(grid, scores, lift_low, strict=True)
+    ]
+    branch_auroc = {name: _auroc(*pair) for name, pair in branch_scores.items()}
     if fusion.mode == "auto":
-        level, w_s, w_l = _best(candidates)
+        level, w_s, w_l = _best(candidates, logical_low)
     else:
         level, w_s, w_l = "pixel", fusion.weight_structural, fusion.weight_logical
     selection = FusionSelection(
@@ -113,16 +124,14 @@ def choose_fusion(
     return calibrate(normal["structural"], normal["logical"], fusion, sigma, choice)
 
 
-def _lift_lower_bounds(scores: list[tuple[np.ndarray, np.ndarray]], reference: int) -> list[float]:
-    """Per candidate, the `LIFT_QUANTILE` quantile of its AUROC gain over candidate `reference` across
-    paired bootstrap resamples (the same resampled images score every candidate)."""
+def _bootstrap_aurocs(scores: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """(BOOTSTRAP_ROUNDS, len(scores)) AUROCs of each (normal, pseudo) score pair on paired bootstrap
+    resamples: the same resampled images score every pair, so differences between columns are paired."""
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     n_normal, n_pseudo = len(scores[0][0]), len(scores[0][1])
     pick_n = rng.integers(0, n_normal, (BOOTSTRAP_ROUNDS, n_normal))
     pick_p = rng.integers(0, n_pseudo, (BOOTSTRAP_ROUNDS, n_pseudo))
-    aurocs = np.stack([_auroc_rows(normal[pick_n], pseudo[pick_p]) for normal, pseudo in scores], axis=1)
-    gains = aurocs - aurocs[:, reference : reference + 1]
-    return [float(v) for v in np.quantile(gains, LIFT_QUANTILE, axis=0)]
+    return np.stack([_auroc_rows(normal[pick_n], pseudo[pick_p]) for normal, pseudo in scores], axis=1)
 
 
 def _auroc_rows(normal: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
@@ -133,18 +142,24 @@ def _auroc_rows(normal: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
     return (ranks[:, n:].sum(axis=1) - p * (p + 1) / 2) / (n * p)
 
 
-def _best(candidates: list[FusionCandidate]) -> tuple[str, float, float]:
-    """Of the candidates whose gain over the structural branch alone is large enough and not chance, the
-    best, or the paper's weights at image level where within the margin of it; with none, that branch
-    alone."""
+def _best(candidates: list[FusionCandidate], logical_low: float) -> tuple[str, float, float]:
+    """With a logical branch better than chance (`logical_low`, the bootstrap lower bound of its own
+    AUROC, above `CHANCE`): of the candidates whose gain over the structural branch alone is large enough
+    and not chance, the image-level ones if any, else the pixel-level ones; of those the best, or the
+    paper's weights at image level where within the margin of it. Otherwise that branch alone."""
     structural = next(c for c in candidates if c.level == "pixel" and c.weight_logical == 0.0)
-    lifted = [c for c in candidates if c.lift_low >= 0.0 and c.auroc >= structural.auroc + LIFT_MARGIN]
+    lifted = [
+        c
+        for c in candidates
+        if logical_low > CHANCE and c.lift_low >= 0.0 and c.auroc >= structural.auroc + LIFT_MARGIN
+    ]
     if not lifted:
         return structural.level, structural.weight_structural, structural.weight_logical
-    best = max(lifted, key=lambda c: c.auroc)  # max keeps the first of equal keys
+    pool = [c for c in lifted if c.level == "image"] or lifted  # image level first: see the module doc
+    best = max(pool, key=lambda c: c.auroc)  # max keeps the first of equal keys
     paper = [
         c
-        for c in lifted
+        for c in pool
         if c.level == "image"
         and (c.weight_structural, c.weight_logical) == PAPER_WEIGHTS
         and c.auroc >= best.auroc - TIE_MARGIN

@@ -4,9 +4,15 @@ images; the same seed gives the same images).
 Structural-like: "perlin", a Perlin-noise mask blending a foreign texture in (DRAEM, Zavrtanik et al. ICCV
 2021; anomalib's `PerlinAnomalyGenerator`: mask = rotated noise > 0.5, out = (1 - beta) texture + beta
 image, beta in [0, 0.8), lattice cells of at least `MIN_PERLIN_CELL` px); "scar", a thin stroke of a
-contrasting colour (CutPaste's); "blotch", a soft-edged ellipse of another colour. Logical-like, on the
-most textured of a few object-sized square regions: "move" (pasted elsewhere, its place inpainted;
-CutPaste, Li et al. CVPR 2021), "duplicate" (pasted elsewhere as well), "remove" (inpainted away, Telea).
+contrasting colour (CutPaste's); "blotch", a soft-edged ellipse of another colour. Logical-like:
+"transplant", one object-sized region where another validation image differs from this one, copied in from
+it (CutPaste between images, its region bounded by where the two images agree, so its edges are normal:
+a part appears or disappears, a count changes); and on the most textured of a few object-sized square
+regions, "move" (pasted elsewhere, its place inpainted; CutPaste, Li et al. CVPR 2021), "duplicate"
+(pasted elsewhere as well), "remove" (inpainted away, Telea). Measured on make-data (BENCHMARKS, "Pseudo-
+anomalies that look like logical ones"), the structural branch finds the square-region kinds as surely as
+scars (AUROC 0.99-1.00) but transplants about as well as it finds real logical anomalies; so transplants
+are half of the logical-like family (`LOGICAL_CYCLE`).
 
 `perlin_noise` transcribes DRAEM's gradient noise (random unit gradients on a lattice, quintic fade): no
 maintained PyPI package implements it (`noise` is unmaintained since 2015, others compute other noises).
@@ -25,7 +31,8 @@ import cv2
 import numpy as np
 
 STRUCTURAL_KINDS = ("perlin", "scar", "blotch")
-LOGICAL_KINDS = ("move", "duplicate", "remove")
+LOGICAL_KINDS = ("transplant", "move", "duplicate", "remove")
+LOGICAL_CYCLE = ("transplant", "move", "transplant", "duplicate", "transplant", "remove")
 KINDS = STRUCTURAL_KINDS + LOGICAL_KINDS
 PERLIN_THRESHOLD = 0.5  # DRAEM: the noise (range about [-1, 1]) above this is the anomaly mask
 PERLIN_SCALE_EXPONENTS = (0, 6)  # DRAEM: lattice periods 2^k per side, k uniform in [0, 6) ...
@@ -38,6 +45,12 @@ BLOTCH_AXIS = (0.04, 0.12)  # blotch: semi-axes as a fraction of the image side
 REGION_SIDE = (0.15, 0.3)  # logical kinds: region side as a fraction of the image side
 REGION_TRIES = 8  # random candidate regions; the most textured one is used
 MAX_MASK_TRIES = 10
+TRANSPLANT_DIFFERENCE = 30.0  # grey levels (max over channels, smoothed) where two images count as different
+TRANSPLANT_AREA = (0.08**2, 0.45**2)  # a transplanted region's area, as a fraction of the image's
+TRANSPLANT_PARTNERS = 8  # other validation images tried for one with a difference of that size
+TRANSPLANT_FALLBACK = "move"  # made instead when no partner has one
+FEATHER_SIGMA = 1.5  # px: the soft edge of a transplant ...
+FEATHER_MARGIN = 5  # px: ... set this far outside the differing region, so all of it is copied whole
 
 
 @dataclass(frozen=True)
@@ -206,6 +219,36 @@ def _inpaint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return cv2.inpaint(image, mask.astype(np.uint8), radius, cv2.INPAINT_TELEA)
 
 
+def _transplant(
+    images: Sequence[np.ndarray], index: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """One connected region where another image differs from this one (both normal), copied in from it
+    with a soft edge outside it: a part present in one image and not the other becomes a part added or
+    removed. None when no partner differs by a region of object size (one image, or identical ones)."""
+    image = images[index]
+    height, width = image.shape[:2]
+    others = [j for j in range(len(images)) if j != index and images[j].shape == image.shape]
+    low, high = (fraction * height * width for fraction in TRANSPLANT_AREA)
+    for j in rng.permutation(others)[:TRANSPLANT_PARTNERS] if others else ():
+        other = images[int(j)]
+        difference = np.abs(image.astype(np.float32) - other.astype(np.float32)).max(axis=2)
+        difference = cv2.GaussianBlur(difference, (0, 0), max(1.0, 0.01 * width))
+        level = max(TRANSPLANT_DIFFERENCE, float(np.percentile(difference, 90)))
+        differs = cv2.morphologyEx(
+            (difference > level).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8)
+        )
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(differs, connectivity=8)
+        sized = [k for k in range(1, count) if low <= stats[k, cv2.CC_STAT_AREA] <= high]
+        if not sized:
+            continue
+        region = (labels == sized[int(rng.integers(len(sized)))]).astype(np.uint8)
+        margin = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * FEATHER_MARGIN + 1,) * 2)
+        alpha = cv2.GaussianBlur(cv2.dilate(region, margin).astype(np.float32), (0, 0), FEATHER_SIGMA)
+        out = (1.0 - alpha[..., None]) * image + alpha[..., None] * other
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8), alpha > 1e-3  # below: < 0.3 grey levels
+    return None
+
+
 def _logical(
     kind: str,
 ) -> Callable[[Sequence[np.ndarray], int, np.random.Generator], tuple[np.ndarray, np.ndarray]]:
@@ -228,17 +271,21 @@ def _logical(
     return make
 
 
-MAKERS = {
+MAKERS: dict[
+    str, Callable[[Sequence[np.ndarray], int, np.random.Generator], tuple[np.ndarray, np.ndarray] | None]
+] = {
     "perlin": _perlin,
     "scar": _scar,
     "blotch": _blotch,
-    **{kind: _logical(kind) for kind in LOGICAL_KINDS},
+    "transplant": _transplant,
+    **{kind: _logical(kind) for kind in ("move", "duplicate", "remove")},
 }
 
 
 def make_pseudo_anomalies(images: Sequence[np.ndarray], seed: int, per_image: int = 2) -> list[PseudoAnomaly]:
     """`per_image` pseudo-anomalies from each RGB uint8 image, alternating structural-like and logical-like
-    kinds and cycling through each family's kinds; deterministic for a given seed and image list."""
+    kinds and cycling through `STRUCTURAL_KINDS` and `LOGICAL_CYCLE`; deterministic for a given seed and
+    image list."""
     if per_image < 1:
         raise ValueError(f"per_image must be >= 1, got {per_image}")
     rng = np.random.default_rng(seed)
@@ -246,8 +293,12 @@ def make_pseudo_anomalies(images: Sequence[np.ndarray], seed: int, per_image: in
     for index in range(len(images)):
         for k in range(per_image):
             n = index * per_image + k
-            family = STRUCTURAL_KINDS if n % 2 == 0 else LOGICAL_KINDS
-            kind = family[(n // 2) % len(family)]
-            image, mask = MAKERS[kind](images, index, rng)
+            cycle = STRUCTURAL_KINDS if n % 2 == 0 else LOGICAL_CYCLE
+            kind = cycle[(n // 2) % len(cycle)]
+            made = MAKERS[kind](images, index, rng)
+            if made is None:  # a transplant needs a partner image that differs by an object-sized region
+                kind = TRANSPLANT_FALLBACK
+                made = MAKERS[kind](images, index, rng)
+            image, mask = made
             out.append(PseudoAnomaly(image, mask, kind, index))
     return out

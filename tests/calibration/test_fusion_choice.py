@@ -139,12 +139,16 @@ def _candidates(structural: float, scored: dict[tuple[str, float], tuple[float, 
 @pytest.mark.parametrize(
     ("structural", "scored", "expected"),
     [
-        # the paper's weights at image level within TIE_MARGIN (0.004 < 0.005) of the best: kept
-        (0.90, {("pixel", 1.0): (0.970, 0.01), ("image", 3.0): (0.966, 0.01)}, ("image", 3.0)),
-        # ... 0.006 below it: the best (pixel 1:1)
-        (0.90, {("pixel", 1.0): (0.970, 0.01), ("image", 3.0): (0.964, 0.01)}, ("pixel", 1.0)),
-        # exact ties: the first in grid order (pixel before image, smaller weights first)
-        (0.90, {("image", 0.5): (0.95, 0.01), ("pixel", 3.0): (0.95, 0.01)}, ("pixel", 3.0)),
+        # the paper's weights at image level within TIE_MARGIN (0.004 < 0.005) of the best image level: kept
+        (0.90, {("image", 1.0): (0.970, 0.01), ("image", 3.0): (0.966, 0.01)}, ("image", 3.0)),
+        # ... 0.006 below it: the best (image 1:1)
+        (0.90, {("image", 1.0): (0.970, 0.01), ("image", 3.0): (0.964, 0.01)}, ("image", 1.0)),
+        # an image-level candidate that earned weight goes before a better pixel-level one
+        (0.90, {("pixel", 1.0): (0.990, 0.01), ("image", 0.5): (0.950, 0.01)}, ("image", 0.5)),
+        # no image-level candidate earned it: the best pixel-level one
+        (0.90, {("pixel", 1.0): (0.970, 0.01), ("pixel", 3.0): (0.960, 0.01)}, ("pixel", 1.0)),
+        # exact ties: the first in grid order (smaller weights first)
+        (0.90, {("pixel", 0.5): (0.95, 0.01), ("pixel", 3.0): (0.95, 0.01)}, ("pixel", 0.5)),
         (0.90, {("image", 0.5): (0.95, 0.01), ("image", 1.0): (0.95, 0.01)}, ("image", 0.5)),
         # the paper's weights at image level tie but their gain is chance (lift_low < 0): the best
         (0.90, {("pixel", 0.5): (0.950, 0.02), ("image", 3.0): (0.951, -0.01)}, ("pixel", 0.5)),
@@ -157,8 +161,19 @@ def _candidates(structural: float, scored: dict[tuple[str, float], tuple[float, 
     ],
 )
 def test_the_rule_on_hand_built_candidates(structural, scored, expected) -> None:
-    level, w_s, w_l = _best(_candidates(structural, scored))
+    level, w_s, w_l = _best(_candidates(structural, scored), logical_low=0.7)
     assert (level, w_l) == expected and w_s == 1.0
+
+
+@pytest.mark.parametrize(("logical_low", "expected"), [(0.49, 0.0), (0.5, 0.0), (0.51, 1.0)])
+def test_a_logical_branch_no_better_than_chance_gets_no_weight_whatever_the_fusions_gain(
+    logical_low: float, expected: float
+) -> None:
+    # A randomised logical branch (make-data seed 1, 40 pseudo-anomalies) found them at AUROC 0.45, yet
+    # pixel 1:1 ranked them 0.019 better than the structural branch alone with lift_low 0: noise that
+    # happened to help. The branch alone must beat chance before any fusion counts.
+    candidates = _candidates(0.96, {("pixel", 1.0): (0.979, 0.0)})
+    assert _best(candidates, logical_low) == ("pixel", 1.0, expected)
 
 
 def test_the_threshold_is_set_on_the_chosen_fusions_scores() -> None:

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from npgmf_edge.calibration import load_calibration
 from npgmf_edge.calibration.calibrate import PSEUDO_SAMPLE_FILE
+from npgmf_edge.config import FusionConfig
 from npgmf_edge.detector import RunDetector
 from npgmf_edge.fileio import load_tensors, save_tensors
 from npgmf_edge.postprocess import fuse
@@ -69,7 +70,7 @@ def test_pseudo_anomalies_are_made_from_validation_images_only(tiny_run, tmp_pat
     assert set(read) == validation
     assert not validation & {s.image_path for s in tiny_run[1].test}
     assert calibration.fusion_selection.n_normal == len(validation)
-    assert calibration.fusion_selection.n_pseudo == 2 * len(validation)
+    assert calibration.fusion_selection.n_pseudo == FusionConfig().pseudo_per_image * len(validation)
     assert (run / PSEUDO_SAMPLE_FILE).is_file()
     assert load_calibration(run) == calibration  # saved, and the run's manifest was rewritten (it loads)
 

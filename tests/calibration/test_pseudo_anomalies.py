@@ -83,3 +83,41 @@ def test_each_kind_changes_its_region_and_nothing_far_from_it(kind: str) -> None
         near = cv2.dilate(p.mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
         assert not changed[~near].any(), f"{kind} changed pixels away from its mask"
         assert p.image.dtype == np.uint8 and p.image.shape == source.shape
+
+
+def _tray(slots: list[int], size: int = 64) -> np.ndarray:
+    """A grey tray with an orange square part in each of `slots` (0-3, left to right)."""
+    image = np.full((size, size, 3), 200, np.uint8)
+    for slot in slots:
+        left = 4 + slot * 15
+        image[26:38, left : left + 12] = (230, 120, 40)
+    return image
+
+
+def _orange_pixels(image: np.ndarray) -> int:
+    return int(np.all(image == (230, 120, 40), axis=-1).sum())
+
+
+def test_a_transplant_adds_or_removes_a_part_from_another_image_and_keeps_the_rest() -> None:
+    # Two normal images with two parts each, in slots {0, 1} and {1, 2}: where they differ is slot 0 (a
+    # part only in the first) and slot 2 (only in the second), so a transplant into the first removes
+    # its part 0 or adds a third part; either way its edges lie where both images are plain tray.
+    images = [_tray([0, 1]), _tray([1, 2])]
+    pseudo = [p for s in range(6) for p in make_pseudo_anomalies(images, seed=s, per_image=4)[1::2]]
+    transplants = [p for p in pseudo if p.kind == "transplant"]
+    assert transplants
+    part = 12 * 12
+    for p in transplants:
+        source, partner = images[p.source], images[1 - p.source]
+        assert _orange_pixels(p.image) - _orange_pixels(source) in (part, -part)
+        assert np.array_equal(p.image[p.mask], partner[p.mask])  # the soft edge blends equal pixels
+        assert np.array_equal(p.image[~p.mask], source[~p.mask])
+        covered = [p.mask[26:38, 4 + slot * 15 : 16 + slot * 15].all() for slot in (0, 2)]
+        assert sum(covered) == 1  # one differing part's region, whole, not both
+    assert {p.source for p in transplants} == {0, 1}
+
+
+def test_a_transplant_without_a_differing_partner_is_made_as_a_move() -> None:
+    images = [_tray([0, 1])] * 3  # identical: nothing to transplant
+    pseudo = make_pseudo_anomalies(images, seed=0, per_image=2)
+    assert [p.kind for p in pseudo[1::2]] == ["move", "move", "move"]  # transplant, move, transplant
