@@ -92,7 +92,7 @@ def test_every_out_of_range_number_is_refused_by_validate(section, name: str, va
 def test_every_preset_is_valid_and_its_image_size_a_multiple_of_what_it_needs(name: str) -> None:
     cfg = get_preset(name)
     cfg.validate()
-    assert cfg.image_multiple() == {"tiny": 64, "edge": 128, "paper": 128}[name]
+    assert cfg.image_multiple() == {"tiny": 64, "edge": 64, "paper": 128}[name]
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

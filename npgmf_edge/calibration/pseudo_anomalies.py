@@ -11,7 +11,7 @@ a part appears or disappears, a count changes); and on the most textured of a fe
 regions, "move" (pasted elsewhere, its place inpainted; CutPaste, Li et al. CVPR 2021), "duplicate"
 (pasted elsewhere as well), "remove" (inpainted away, Telea). Measured on make-data (BENCHMARKS, "Pseudo-
 anomalies that look like logical ones"), the structural branch finds the square-region kinds as surely as
-scars (AUROC 0.99-1.00) but transplants about as well as it finds real logical anomalies; so transplants
+scars (AUROC 0.95-1.00) but transplants about as well as it finds real logical anomalies; so transplants
 are half of the logical-like family (`LOGICAL_CYCLE`).
 
 `perlin_noise` transcribes DRAEM's gradient noise (random unit gradients on a lattice, quintic fade): no
