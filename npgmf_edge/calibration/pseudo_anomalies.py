@@ -45,7 +45,8 @@ BLOTCH_AXIS = (0.04, 0.12)  # blotch: semi-axes as a fraction of the image side
 REGION_SIDE = (0.15, 0.3)  # logical kinds: region side as a fraction of the image side
 REGION_TRIES = 8  # random candidate regions; the most textured one is used
 MAX_MASK_TRIES = 10
-TRANSPLANT_DIFFERENCE = 30.0  # grey levels (max over channels, smoothed) where two images count as different
+TRANSPLANT_DIFFERENCE = 30.0  # grey levels (max over channels, smoothed) where two images count as different,
+TRANSPLANT_PERCENTILE = 90  # ... or this percentile of it where higher (textures differ everywhere)
 TRANSPLANT_AREA = (0.08**2, 0.45**2)  # a transplanted region's area, as a fraction of the image's
 TRANSPLANT_PARTNERS = 8  # other validation images tried for one with a difference of that size
 TRANSPLANT_FALLBACK = "move"  # made instead when no partner has one
@@ -233,7 +234,7 @@ def _transplant(
         other = images[int(j)]
         difference = np.abs(image.astype(np.float32) - other.astype(np.float32)).max(axis=2)
         difference = cv2.GaussianBlur(difference, (0, 0), max(1.0, 0.01 * width))
-        level = max(TRANSPLANT_DIFFERENCE, float(np.percentile(difference, 90)))
+        level = max(TRANSPLANT_DIFFERENCE, float(np.percentile(difference, TRANSPLANT_PERCENTILE)))
         differs = cv2.morphologyEx(
             (difference > level).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8)
         )
