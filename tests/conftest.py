@@ -45,6 +45,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AnomalyDat
     cfg = get_preset("tiny")
     cfg.weights.random_clip = True  # the encoder is the preset's ImageNet EfficientNet-Lite0
     cfg.train.epochs = 2
+    # Both branches in the fused map, as export, the self-test and the runtimes must carry them: `auto`
+    # gives this 2-epoch logical branch no weight (it finds the pseudo-anomalies no better than fusion
+    # without it), and a logical branch at weight 0 would let a drifting logical graph pass unseen.
+    cfg.fusion.mode, cfg.fusion.weight_structural, cfg.fusion.weight_logical = "fixed", 1.0, 1.0
     train_run(dataset, cfg, root / "run", branch="all")
     return root / "run", dataset
 
