@@ -45,6 +45,9 @@ BLOTCH_AXIS = (0.04, 0.12)  # blotch: semi-axes as a fraction of the image side
 REGION_SIDE = (0.15, 0.3)  # logical kinds: region side as a fraction of the image side
 REGION_TRIES = 8  # random candidate regions; the most textured one is used
 MAX_MASK_TRIES = 10
+# A maker: (validation images, index of the one to alter, rng) -> (image, mask), or None when it cannot
+# make its kind from these images.
+Maker = Callable[[Sequence[np.ndarray], int, np.random.Generator], tuple[np.ndarray, np.ndarray] | None]
 TRANSPLANT_DIFFERENCE = 30.0  # grey levels (max over channels, smoothed) where two images count as different,
 TRANSPLANT_PERCENTILE = 90  # ... or this percentile of it where higher (textures differ everywhere)
 TRANSPLANT_AREA = (0.08**2, 0.45**2)  # a transplanted region's area, as a fraction of the image's
@@ -226,13 +229,13 @@ def _transplant(
     """One connected region where another image differs from this one (both normal), copied in from it
     with a soft edge outside it: a part present in one image and not the other becomes a part added or
     removed. None when no partner differs by a region of object size (one image, or identical ones)."""
-    image = images[index]
+    image = images[index].astype(np.float32)
     height, width = image.shape[:2]
     others = [j for j in range(len(images)) if j != index and images[j].shape == image.shape]
     low, high = (fraction * height * width for fraction in TRANSPLANT_AREA)
     for j in rng.permutation(others)[:TRANSPLANT_PARTNERS] if others else ():
         other = images[int(j)]
-        difference = np.abs(image.astype(np.float32) - other.astype(np.float32)).max(axis=2)
+        difference = np.abs(image - other).max(axis=2)
         difference = cv2.GaussianBlur(difference, (0, 0), max(1.0, 0.01 * width))
         level = max(TRANSPLANT_DIFFERENCE, float(np.percentile(difference, TRANSPLANT_PERCENTILE)))
         differs = cv2.morphologyEx(
@@ -250,9 +253,7 @@ def _transplant(
     return None
 
 
-def _logical(
-    kind: str,
-) -> Callable[[Sequence[np.ndarray], int, np.random.Generator], tuple[np.ndarray, np.ndarray]]:
+def _logical(kind: str) -> Maker:
     def make(
         images: Sequence[np.ndarray], index: int, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -272,9 +273,7 @@ def _logical(
     return make
 
 
-MAKERS: dict[
-    str, Callable[[Sequence[np.ndarray], int, np.random.Generator], tuple[np.ndarray, np.ndarray] | None]
-] = {
+MAKERS: dict[str, Maker] = {
     "perlin": _perlin,
     "scar": _scar,
     "blotch": _blotch,
