@@ -269,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     seconds = round(time.perf_counter() - started, 1)
     report = {
         "machine": {**asdict(machine), "python": platform.python_version()},
-        "config": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                   "precision": list(precisions), "batch": batches},
+        "config": {
+            **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "precision": list(precisions),
+            "batch": batches,
+        },
         "rows": [asdict(r) for r in check.rows],
         "seconds": seconds,
         "within_budget": seconds <= BUDGET_SECONDS,

@@ -65,9 +65,15 @@ def format_fusion_table(calibration: Calibration) -> str:
     selection = c.fusion_selection
     if selection is None:
         return f"{head} (calibrated before fusion was chosen per run)"
+    if selection.mode == "auto":
+        how = (
+            "auto: the logical branch gets weight only where it beats chance and lifts the structural "
+            f"branch; image level first; the paper's 1:3 kept within {selection.margin:g} of the best"
+        )
+    else:
+        how = f"{selection.mode}: the weights as given, at pixel level; the AUROCs for comparison"
     lines = [
-        f"{head} ({selection.mode}; the paper's 1:3 at pixel level is kept within {selection.margin:g} "
-        "of the best)",
+        f"{head} ({how})",
         f"pseudo-anomaly image AUROC ({selection.n_pseudo} pseudo-anomalous vs {selection.n_normal} normal "
         f"validation images): structural {selection.structural_auroc:.3f}, logical "
         f"{selection.logical_auroc:.3f}",

@@ -1,0 +1,50 @@
+"""The fusion table of `evaluate`: the rule it states matches the mode, and the chosen row is marked."""
+
+from __future__ import annotations
+
+import pytest
+
+from npgmf_edge.calibration.calibrate import Calibration, FusionCandidate, FusionSelection
+from npgmf_edge.evaluation import format_fusion_table
+from npgmf_edge.postprocess import BranchStats
+
+
+def _calibration(mode: str, level: str, weights: tuple[float, float]) -> Calibration:
+    candidates = (
+        FusionCandidate("pixel", 1.0, 0.0, 0.90, 0.0),
+        FusionCandidate("pixel", 1.0, 3.0, 0.80, -0.2),
+        FusionCandidate("image", 1.0, 0.5, 0.95, 0.01),
+    )
+    selection = FusionSelection(mode, 0.005, 0.90, 0.70, 20, 40, candidates)
+    stats = BranchStats(0.0, 1.0)
+    return Calibration(
+        stats, stats, *weights, 4.0, 2.0, 0.01, 20, fusion_level=level, fusion_selection=selection
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "level", "weights", "chosen_row", "rule"),
+    [
+        ("auto", "image", (1.0, 0.5), "image 1:0.5 0.950 0.010 *", "beats chance"),
+        ("paper", "pixel", (1.0, 3.0), "pixel 1:3 0.800 -0.200 *", "weights as given"),
+        ("fixed", "pixel", (1.0, 0.0), "pixel 1:0 0.900 0.000 *", "weights as given"),
+    ],
+)
+def test_the_table_states_its_mode_and_marks_the_chosen_candidate(
+    mode: str, level: str, weights: tuple[float, float], chosen_row: str, rule: str
+) -> None:
+    lines = format_fusion_table(_calibration(mode, level, weights)).splitlines()
+    assert lines[0].startswith(f"fusion: {level} level, weights {weights[0]:g}:{weights[1]:g} ({mode}")
+    assert rule in lines[0]
+    assert "structural 0.900, logical 0.700" in lines[1]
+    rows = lines[3:]
+    assert [" ".join(row.split()) for row in rows if row.endswith("*")] == [chosen_row]
+    assert len(rows) == 3
+
+
+def test_a_calibration_from_before_the_choice_says_so() -> None:
+    old = Calibration(BranchStats(0.0, 1.0), BranchStats(0.0, 1.0), 1.0, 3.0, 4.0, 2.0, 0.01, 20)
+    assert (
+        format_fusion_table(old)
+        == "fusion: pixel level, weights 1:3 (calibrated before fusion was chosen per run)"
+    )
