@@ -41,11 +41,17 @@ def inspection_overlay(image: np.ndarray, inspection: Inspection, low: float, hi
     cv2.drawContours(picture, contours, -1, (255, 255, 255), 1)
     colour = (255, 60, 60) if inspection.is_anomalous else (60, 220, 60)
     caption = f"{inspection.verdict} {inspection.score:.2f} (t={inspection.threshold:.2f})"
-    scale = max(image.shape[1] / 640.0, 0.35)
-    cv2.putText(
-        picture, caption, (4, int(18 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA
-    )
+    _label(picture, caption, colour, max(image.shape[1] / 640.0, 0.35))
     return picture
+
+
+def _label(picture: np.ndarray, text: str, colour: tuple[int, int, int], scale: float) -> None:
+    """Write `text` in the top-left corner, wholly inside the picture (placed by its measured size) on a
+    black box so it reads on bright and dark parts alike."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (width, height), baseline = cv2.getTextSize(text, font, scale, 1)
+    cv2.rectangle(picture, (0, 0), (width + 6, height + baseline + 6), (0, 0, 0), cv2.FILLED)
+    cv2.putText(picture, text, (3, height + 3), font, scale, colour, 1, cv2.LINE_AA)
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
@@ -72,9 +78,7 @@ def pseudo_anomaly_sheet(pseudo: Sequence[PseudoAnomaly], count: int = 2 * SHEET
         tile = item.image.copy()
         contours, _ = cv2.findContours(item.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(tile, contours, -1, (255, 255, 255), 1)
-        scale = max(tile.shape[1] / 320.0, 0.3)
-        origin, font = (3, int(14 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX
-        cv2.putText(tile, item.kind, origin, font, scale, (255, 255, 0), 1, cv2.LINE_AA)
+        _label(tile, item.kind, (255, 255, 0), max(tile.shape[1] / 320.0, 0.3))
         tiles.append(tile)
     if not tiles:
         raise ValueError("no pseudo-anomalies to draw")

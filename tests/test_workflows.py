@@ -153,6 +153,22 @@ def test_heat_overlay_keeps_normal_pixels_and_tints_anomalous_ones() -> None:
     assert picture[5:, :, 0].min() > 100  # JET at the top of the scale is red
 
 
+@pytest.mark.parametrize("size", [96, 256, 640])
+def test_the_pseudo_anomaly_sheet_writes_each_kind_whole_inside_its_tile(size: int) -> None:
+    from npgmf_edge.calibration.pseudo_anomalies import PseudoAnomaly
+    from npgmf_edge.visualize import pseudo_anomaly_sheet
+
+    image = np.full((size, size, 3), 128, np.uint8)
+    mask = np.zeros((size, size), bool)
+    sheet = pseudo_anomaly_sheet([PseudoAnomaly(image, mask, "transplant", 0)])
+    tile = sheet[:, :size]
+    text = np.argwhere((tile[..., 0] > 200) & (tile[..., 1] > 200) & (tile[..., 2] < 60))  # yellow
+    assert len(text) > 0
+    assert text[:, 0].min() > 0 and text[:, 1].min() > 0  # not cut at the tile's top or left edge
+    box = np.argwhere((tile == 0).all(axis=2))
+    assert (box.min(axis=0) < text.min(axis=0)).all() and (text.max(axis=0) < box.max(axis=0)).all()
+
+
 def test_a_score_that_is_not_finite_is_an_error_never_a_verdict(
     fake_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
