@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from npgmf_edge.calibration.calibrate import Calibration, FusionCandidate, FusionSelection
@@ -43,7 +45,7 @@ def test_the_table_states_its_mode_and_marks_the_chosen_candidate(
 
 
 def test_a_calibration_from_before_the_choice_says_so() -> None:
-    old = Calibration(BranchStats(0.0, 1.0), BranchStats(0.0, 1.0), 1.0, 3.0, 4.0, 2.0, 0.01, 20)
+    old = dataclasses.replace(_calibration("paper", "pixel", (1.0, 3.0)), fusion_selection=None)
     assert (
         format_fusion_table(old)
         == "fusion: pixel level, weights 1:3 (calibrated before fusion was chosen per run)"
