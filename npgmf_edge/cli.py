@@ -281,6 +281,7 @@ def calibrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Calibrate a trained run again on its validation images: branch statistics, fusion and threshold."""
+    from npgmf_edge.calibration.fusion_choice import untaken_lift_text
     from npgmf_edge.training.run import recalibrate_run
 
     calibration = recalibrate_run(run, fusion_weights, device=device.value)
@@ -293,6 +294,9 @@ def calibrate(
         f"{selection.logical_auroc:.3f}, fused {calibration.pseudo_auroc:.3f}",
         "threshold": f"{calibration.threshold:.4f}",
     }
+    untaken = untaken_lift_text(calibration)
+    if untaken:
+        text["fusion not taken"] = untaken
     _emit(calibration.to_dict() if as_json else text, as_json)
 
 

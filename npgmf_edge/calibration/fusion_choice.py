@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -147,7 +148,7 @@ def _best(candidates: list[FusionCandidate], logical_low: float) -> tuple[str, f
     AUROC, above `CHANCE`): of the candidates whose gain over the structural branch alone is large enough
     and not chance, the image-level ones if any, else the pixel-level ones; of those the best, or the
     paper's weights at image level where within the margin of it. Otherwise that branch alone."""
-    structural = next(c for c in candidates if c.level == "pixel" and c.weight_logical == 0.0)
+    structural = _structural_alone(candidates)
     lifted = [
         c
         for c in candidates
@@ -166,3 +167,39 @@ def _best(candidates: list[FusionCandidate], logical_low: float) -> tuple[str, f
     ]
     chosen = paper[0] if paper else best
     return chosen.level, chosen.weight_structural, chosen.weight_logical
+
+
+def untaken_lift(calibration: Calibration) -> FusionCandidate | None:
+    """Where `auto` kept the structural branch alone: the best candidate that still gained at least
+    `LIFT_MARGIN` on the pseudo-anomalies, for the user to see what the rule's caution cost (its gain was
+    not told from chance, or the logical branch alone was not surely above it). None otherwise."""
+    selection = calibration.fusion_selection
+    if selection is None or selection.mode != "auto" or calibration.weight_logical != 0.0:
+        return None
+    structural = _structural_alone(selection.candidates)
+    gained = [c for c in selection.candidates if c.auroc >= structural.auroc + LIFT_MARGIN]
+    return max(gained, key=lambda c: c.auroc, default=None)
+
+
+def untaken_lift_text(calibration: Calibration) -> str | None:
+    """`untaken_lift` in words, with why it was not taken and what would settle it."""
+    untaken = untaken_lift(calibration)
+    if untaken is None:
+        return None
+    selection = calibration.fusion_selection
+    gain = untaken.auroc - _structural_alone(selection.candidates).auroc
+    if untaken.lift_low < 0.0:
+        why = (
+            f"its gain's lower bound is below 0 (lift_low {untaken.lift_low:.3f}): on {selection.n_normal} "
+            f"normal and {selection.n_pseudo} pseudo-anomalous images it cannot be told from chance"
+        )
+    else:
+        why = "the logical branch alone was not better than chance in enough resamples"
+    return (
+        f"{untaken.level} {untaken.weight_structural:g}:{untaken.weight_logical:g} gained "
+        f"{gain:+.3f} over the structural branch alone, but {why}; more validation images can settle it"
+    )
+
+
+def _structural_alone(candidates: Sequence[FusionCandidate]) -> FusionCandidate:
+    return next(c for c in candidates if c.level == "pixel" and c.weight_logical == 0.0)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from npgmf_edge.calibration import Calibration
+from npgmf_edge.calibration.fusion_choice import untaken_lift_text
 from npgmf_edge.evaluation.evaluate import fpr_key
 from npgmf_edge.metrics import PRO_MAX_FPR
 
@@ -90,4 +91,5 @@ def format_fusion_table(calibration: Calibration) -> str:
         lines.append(
             f"{cand.level:<5}  {weights:>7}  {cand.auroc:.3f}  {cand.lift_low:>8.3f}  {mark}".rstrip()
         )
-    return "\n".join(lines)
+    untaken = untaken_lift_text(c)
+    return "\n".join([*lines, f"not taken: {untaken}"] if untaken else lines)

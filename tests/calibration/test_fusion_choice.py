@@ -12,11 +12,14 @@ from sklearn.metrics import roc_auc_score
 
 from npgmf_edge.calibration.calibrate import Calibration, FusionCandidate
 from npgmf_edge.calibration.fusion_choice import (
+    LIFT_MARGIN,
     LOGICAL_WEIGHTS,
     TIE_MARGIN,
     _best,
     choose_fusion,
     parse_fusion_weights,
+    untaken_lift,
+    untaken_lift_text,
 )
 from npgmf_edge.config import FusionConfig
 from npgmf_edge.errors import ConfigError
@@ -174,6 +177,29 @@ def test_a_logical_branch_no_better_than_chance_gets_no_weight_whatever_the_fusi
     # happened to help. The branch alone must beat chance before any fusion counts.
     candidates = _candidates(0.96, {("pixel", 1.0): (0.979, 0.0)})
     assert _best(candidates, logical_low) == ("pixel", 1.0, expected)
+
+
+def test_a_lift_too_small_to_tell_from_chance_on_few_images_is_left_untaken_and_named() -> None:
+    # 6 normal and 6 pseudo-anomalous images, the logical branch faintly seeing the logical-like half:
+    # fusions gain on them, but 6 + 6 images cannot tell that gain from chance.
+    rng = np.random.default_rng(0)
+    structural_like = np.arange(6) % 2 == 0
+    normal = {name: _maps(6, rng, np.zeros(6, bool), 0.0) for name in ("structural", "logical")}
+    pseudo = {
+        "structural": _maps(6, rng, structural_like, 2.0),
+        "logical": _maps(6, rng, ~structural_like, 0.2),
+    }
+    calibration = choose_fusion(normal, pseudo, FusionConfig(), sigma=1.0)
+    assert calibration.weight_logical == 0.0
+    candidates = calibration.fusion_selection.candidates
+    alone = next(c for c in candidates if (c.level, c.weight_logical) == ("pixel", 0.0))
+    best = max(candidates, key=lambda c: c.auroc)
+    assert best.auroc >= alone.auroc + LIFT_MARGIN and best.lift_low < 0
+    assert untaken_lift(calibration) == best
+    assert "cannot be told from chance" in untaken_lift_text(calibration)
+    # Where auto kept a fusion, or the weights were given, nothing was left untaken.
+    assert untaken_lift(choose_fusion(*_scenario(logical_useful=True), FusionConfig(), 1.0)) is None
+    assert untaken_lift(choose_fusion(normal, pseudo, FusionConfig(mode="paper"), 1.0)) is None
 
 
 def test_the_threshold_is_set_on_the_chosen_fusions_scores() -> None:

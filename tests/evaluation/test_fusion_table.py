@@ -50,3 +50,31 @@ def test_a_calibration_from_before_the_choice_says_so() -> None:
         format_fusion_table(old)
         == "fusion: pixel level, weights 1:3 (calibrated before fusion was chosen per run)"
     )
+
+
+@pytest.mark.parametrize(
+    ("lift_low", "why"),
+    [
+        (-0.01, "lower bound is below 0 (lift_low -0.010): on 20 normal and 40 pseudo-anomalous images"),
+        (0.01, "the logical branch alone was not better than chance"),
+    ],
+)
+def test_a_lift_auto_left_untaken_is_stated_with_why(lift_low: float, why: str) -> None:
+    calibration = _calibration("auto", "pixel", (1.0, 0.0))
+    selection = calibration.fusion_selection
+    candidates = (*selection.candidates[:2], dataclasses.replace(selection.candidates[2], lift_low=lift_low))
+    calibration = dataclasses.replace(
+        calibration, fusion_selection=dataclasses.replace(selection, candidates=candidates)
+    )
+    last = format_fusion_table(calibration).splitlines()[-1]
+    assert last.startswith("not taken: image 1:0.5 gained +0.050 over the structural branch alone")
+    assert why in last
+
+
+@pytest.mark.parametrize(
+    ("mode", "level", "weights"), [("auto", "image", (1.0, 0.5)), ("paper", "pixel", (1.0, 3.0))]
+)
+def test_no_untaken_lift_where_a_fusion_was_kept_or_the_weights_were_given(
+    mode: str, level: str, weights: tuple[float, float]
+) -> None:
+    assert "not taken" not in format_fusion_table(_calibration(mode, level, weights))
