@@ -1,4 +1,5 @@
-"""The fusion table of `evaluate`: the rule it states matches the mode, and the chosen row is marked."""
+"""The fusion table of `evaluate`: the rule it states matches the mode, the chosen row is marked, and a lift
+`auto` left untaken is named with why, there and by `calibrate`."""
 
 from __future__ import annotations
 
@@ -78,3 +79,13 @@ def test_no_untaken_lift_where_a_fusion_was_kept_or_the_weights_were_given(
     mode: str, level: str, weights: tuple[float, float]
 ) -> None:
     assert "not taken" not in format_fusion_table(_calibration(mode, level, weights))
+
+
+def test_calibrate_names_the_lift_auto_left_untaken(cli, tmp_path, monkeypatch) -> None:
+    import npgmf_edge.training.run
+
+    kept_alone = _calibration("auto", "pixel", (1.0, 0.0))  # image 1:0.5 gained +0.050, lift_low 0.01
+    monkeypatch.setattr(npgmf_edge.training.run, "recalibrate_run", lambda *a, **k: kept_alone)
+    code, out, err = cli("calibrate", tmp_path)
+    assert code == 0, err
+    assert "fusion not taken" in out and "image 1:0.5 gained +0.050" in out
