@@ -48,7 +48,7 @@ class FusionSelection:
     each branch alone and of every candidate, and how many images they were measured on."""
 
     mode: str  # "auto", "paper" or "fixed" (weights given as S:L)
-    margin: float  # auto keeps the paper's weights (image level) when within this AUROC of the best
+    margin: float  # auto keeps the least logical weight within this AUROC of the best
     structural_auroc: float
     logical_auroc: float
     n_normal: int

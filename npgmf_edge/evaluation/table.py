@@ -69,7 +69,7 @@ def format_fusion_table(calibration: Calibration) -> str:
     if selection.mode == "auto":
         how = (
             "auto: the logical branch gets weight only where it beats chance and lifts the structural "
-            f"branch; image level first; the paper's 1:3 kept within {selection.margin:g} of the best"
+            f"branch; image level first; the least logical weight within {selection.margin:g} of the best"
         )
     else:
         how = f"{selection.mode}: the weights as given, at pixel level; the AUROCs for comparison"

@@ -1,6 +1,6 @@
 """Choosing the fusion on pseudo-anomalies, on hand-made branch maps whose AUROCs are known: a useless
 logical branch is dropped, a useful one is kept, pseudo-anomalies that leave no room for a gain give the
-logical branch no weight, the paper's weights at image level win ties among the fusions that earned it
+logical branch no weight, the least logical weight wins near-ties among the fusions that earned it
 (hand-built candidate sets whose answer is known), and every AUROC recorded is scikit-learn's on
 independently computed scores."""
 
@@ -142,10 +142,18 @@ def _candidates(structural: float, scored: dict[tuple[str, float], tuple[float, 
 @pytest.mark.parametrize(
     ("structural", "scored", "expected"),
     [
-        # the paper's weights at image level within TIE_MARGIN (0.004 < 0.005) of the best image level: kept
-        (0.90, {("image", 1.0): (0.970, 0.01), ("image", 3.0): (0.966, 0.01)}, ("image", 3.0)),
+        # a smaller logical weight within TIE_MARGIN (0.004 < 0.005) of the best image level: kept
+        (0.90, {("image", 0.5): (0.966, 0.01), ("image", 1.0): (0.970, 0.01)}, ("image", 0.5)),
         # ... 0.006 below it: the best (image 1:1)
-        (0.90, {("image", 1.0): (0.970, 0.01), ("image", 3.0): (0.964, 0.01)}, ("image", 1.0)),
+        (0.90, {("image", 0.5): (0.964, 0.01), ("image", 1.0): (0.970, 0.01)}, ("image", 1.0)),
+        # the paper's weights within the margin of the best win nothing: the least weight near it does
+        (0.90, {("image", 1.0): (0.970, 0.01), ("image", 3.0): (0.972, 0.01)}, ("image", 1.0)),
+        # image 1:0.25 is 0.006 below the best (1:0.5): the least weight within the margin is 0.5
+        (
+            0.90,
+            {("image", 0.25): (0.966, 0.01), ("image", 0.5): (0.972, 0.01), ("image", 1.0): (0.970, 0.01)},
+            ("image", 0.5),
+        ),
         # an image-level candidate that earned weight goes before a better pixel-level one
         (0.90, {("pixel", 1.0): (0.990, 0.01), ("image", 0.5): (0.950, 0.01)}, ("image", 0.5)),
         # no image-level candidate earned it: the best pixel-level one
@@ -153,8 +161,8 @@ def _candidates(structural: float, scored: dict[tuple[str, float], tuple[float, 
         # exact ties: the first in grid order (smaller weights first)
         (0.90, {("pixel", 0.5): (0.95, 0.01), ("pixel", 3.0): (0.95, 0.01)}, ("pixel", 0.5)),
         (0.90, {("image", 0.5): (0.95, 0.01), ("image", 1.0): (0.95, 0.01)}, ("image", 0.5)),
-        # the paper's weights at image level tie but their gain is chance (lift_low < 0): the best
-        (0.90, {("pixel", 0.5): (0.950, 0.02), ("image", 3.0): (0.951, -0.01)}, ("pixel", 0.5)),
+        # a smaller weight at image level ties but its gain is chance (lift_low < 0): the pixel level's
+        (0.90, {("pixel", 1.0): (0.950, 0.02), ("image", 0.25): (0.951, -0.01)}, ("pixel", 1.0)),
         # a gain of 0.004 (< LIFT_MARGIN) is no gain: the structural branch alone
         (0.90, {("pixel", 3.0): (0.904, 0.001), ("image", 3.0): (0.904, 0.001)}, ("pixel", 0.0)),
         # large gains that are chance everywhere: the structural branch alone
