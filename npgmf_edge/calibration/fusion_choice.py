@@ -177,7 +177,7 @@ def untaken_lift(calibration: Calibration) -> FusionCandidate | None:
 
 
 def untaken_lift_text(calibration: Calibration) -> str | None:
-    """`untaken_lift` in words, with why it was not taken and what would settle it."""
+    """`untaken_lift` in words, with why it was not taken."""
     untaken = untaken_lift(calibration)
     if untaken is None:
         return None
@@ -192,7 +192,7 @@ def untaken_lift_text(calibration: Calibration) -> str | None:
         why = "the logical branch alone was not better than chance in enough resamples"
     return (
         f"{untaken.level} {untaken.weight_structural:g}:{untaken.weight_logical:g} gained "
-        f"{gain:+.3f} over the structural branch alone, but {why}; more validation images can settle it"
+        f"{gain:+.3f} over the structural branch alone, but {why}"
     )
 
 
