@@ -101,8 +101,8 @@ FusionWeightsOption = Annotated[
     str,
     typer.Option(
         help="How calibration fuses the branches: auto (weights and level chosen on pseudo-anomalies of "
-        "the validation images, the paper's 1:3 kept where it ties), paper (1:3, pixel level) or S:L "
-        "(e.g. 1:0.5, pixel level)."
+        "the validation images, the least logical weight kept among near-ties), paper (1:3, pixel level) "
+        "or S:L (e.g. 1:0.5, pixel level)."
     ),
 ]
 
