@@ -152,9 +152,7 @@ def _best(candidates: list[FusionCandidate], logical_low: float) -> tuple[str, f
     weight within the margin of the best. Otherwise that branch alone."""
     structural = _structural_alone(candidates)
     lifted = [
-        c
-        for c in candidates
-        if logical_low > CHANCE and c.lift_low >= 0.0 and c.auroc >= structural.auroc + LIFT_MARGIN
+        c for c in candidates if logical_low > CHANCE and c.lift_low >= 0.0 and _gains_margin(c, structural)
     ]
     if not lifted:
         return structural.level, structural.weight_structural, structural.weight_logical
@@ -172,7 +170,7 @@ def untaken_lift(calibration: Calibration) -> FusionCandidate | None:
     if selection is None or selection.mode != "auto" or calibration.weight_logical != 0.0:
         return None
     structural = _structural_alone(selection.candidates)
-    gained = [c for c in selection.candidates if c.auroc >= structural.auroc + LIFT_MARGIN]
+    gained = [c for c in selection.candidates if _gains_margin(c, structural)]
     return max(gained, key=lambda c: c.auroc, default=None)
 
 
@@ -194,6 +192,11 @@ def untaken_lift_text(calibration: Calibration) -> str | None:
         f"{untaken.level} {untaken.weight_structural:g}:{untaken.weight_logical:g} gained "
         f"{gain:+.3f} over the structural branch alone, but {why}"
     )
+
+
+def _gains_margin(candidate: FusionCandidate, structural: FusionCandidate) -> bool:
+    """The rule's "large enough" gain over the structural branch alone, shared with what it reports."""
+    return candidate.auroc >= structural.auroc + LIFT_MARGIN
 
 
 def _structural_alone(candidates: Sequence[FusionCandidate]) -> FusionCandidate:
