@@ -33,6 +33,9 @@ Usage:
     npgmf-edge make-data data/s0 --seed 0
     npgmf-edge train data/s0 --branch structural --out runs/s0 --seed 0
     python scripts/compare_anomalib.py runs/s0 --data data/s0 --json
+    # the peer's coreset draws differ by up to 0.04 image AUROC on make-data (docs/BENCHMARKS.md):
+    # several draws on the same features, each in the table, and their mean
+    python scripts/compare_anomalib.py runs/s0 --data data/s0 --seed 0 1 2 3 4
     # a folder dataset (magnetic tile, read in place); --train-structural fits our structural branch first
     python scripts/compare_anomalib.py runs/mt --data ../shared/data/magnetic_tile \
         --normal-dir MT_Free/Imgs --abnormal-dir blowhole=MT_Blowhole/Imgs \
@@ -67,12 +70,13 @@ STAMP = ".npgmf-installed"
 class PeerScores:
     """What the worker inside the side virtualenv returns."""
 
-    scores: list[float]
+    seeds: list[int]  # one coreset draw per seed (anomalib's projection and first pick)
+    scores: list[list[float]]  # per draw: one image score per test image
     anomalib_version: str
     layers: list[str]
     memory_bank: list[int]
-    seconds_fit: float
-    seconds_test: float
+    seconds_fit: float  # training features and every draw's coreset
+    seconds_test: float  # every draw's test pass
     coreset: str  # "anomalib" (its own loop) or "pruned" (the same rule, our exact pruned greedy)
     coreset_check: bool | None  # with --check-coreset: whether both gave the same picks on a sample
 
@@ -90,7 +94,8 @@ class Comparison:
     n_train: int
     n_test: int
     ours: dict[str, dict[str, float]]  # branch -> subset -> image AUROC
-    anomalib: dict[str, float]  # subset -> image AUROC (empty with --no-peer)
+    anomalib: dict[str, float]  # subset -> image AUROC, the mean over the draws (empty with --no-peer)
+    anomalib_draws: dict[int, dict[str, float]]  # seed -> subset -> image AUROC of that draw
     peer: PeerScores | None  # None with --no-peer
     aggregation: str = "reference"  # the run's structural.aggregation
     seconds_coreset: float | None = None  # our structural branch's coreset selection (its summary.json)
@@ -213,7 +218,7 @@ def compare(args: argparse.Namespace) -> Comparison:
         "seconds_coreset": seconds_coreset,
     }
     if args.no_peer:
-        return Comparison(**mine, anomalib={}, peer=None)
+        return Comparison(**mine, anomalib={}, anomalib_draws={}, peer=None)
 
     spec = {
         "anomalib_coreset": args.anomalib_coreset,
@@ -222,7 +227,7 @@ def compare(args: argparse.Namespace) -> Comparison:
         "weights": weights,
         "image_size": cfg.image_size,
         "coreset_ratio": cfg.structural.coreset_ratio,
-        "seed": args.seed,
+        "seeds": args.seed,
         "threads": args.threads,
         "batch_size": args.batch_size,
         "train": [str(p) for p in train],
@@ -234,7 +239,9 @@ def compare(args: argparse.Namespace) -> Comparison:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     subprocess.run([str(python), __file__, "--worker", str(spec_path), str(result_path)], check=True, env=env)
     peer = PeerScores(**json.loads(result_path.read_text()))
-    return Comparison(**mine, anomalib=peer_aurocs(dataset, peer.scores), peer=peer)
+    draws = {seed: peer_aurocs(dataset, scores) for seed, scores in zip(peer.seeds, peer.scores, strict=True)}
+    mean = {name: sum(d[name] for d in draws.values()) / len(draws) for name in next(iter(draws.values()))}
+    return Comparison(**mine, anomalib=mean, anomalib_draws=draws, peer=peer)
 
 
 def pruned_select(self) -> list[int]:
@@ -331,22 +338,31 @@ def worker(spec_path: Path, result_path: Path) -> None:
     )
     if not spec.get("anomalib_coreset", False):
         KCenterGreedy.select_coreset_idxs = pruned_select
-    seed_anomalib(spec["seed"])  # KCenterGreedy's projection and random first pick
-    model.fit()  # Patchcore.fit: the coreset
-    seconds_fit = time.perf_counter() - tick
-    tick = time.perf_counter()
-    model.model.eval()
-    scores: list[float] = []
-    with torch.no_grad():
-        for images in batches(spec["test"]):
-            scores.extend(model.model(images).pred_score.flatten().tolist())  # validation_step
+    embeddings = list(model.model.embedding_store)  # Patchcore.fit empties the store
+    scores: list[list[float]] = []
+    seconds_fit, seconds_test = time.perf_counter() - tick, 0.0
+    for seed in spec["seeds"]:
+        tick = time.perf_counter()
+        model.model.embedding_store[:] = embeddings
+        seed_anomalib(seed)  # KCenterGreedy's projection and random first pick
+        model.fit()  # Patchcore.fit: the coreset
+        seconds_fit += time.perf_counter() - tick
+        tick = time.perf_counter()
+        model.model.eval()
+        draw: list[float] = []
+        with torch.no_grad():
+            for images in batches(spec["test"]):
+                draw.extend(model.model(images).pred_score.flatten().tolist())  # validation_step
+        scores.append(draw)
+        seconds_test += time.perf_counter() - tick
     result = PeerScores(
+        seeds=spec["seeds"],
         scores=scores,
         anomalib_version=anomalib.__version__,
         layers=layers,
         memory_bank=list(model.model.memory_bank.shape),
         seconds_fit=round(seconds_fit, 1),
-        seconds_test=round(time.perf_counter() - tick, 1),
+        seconds_test=round(seconds_test, 1),
         coreset="anomalib" if spec.get("anomalib_coreset", False) else "pruned",
         coreset_check=check,
     )
@@ -355,7 +371,12 @@ def worker(spec_path: Path, result_path: Path) -> None:
 
 def format_table(c: Comparison) -> str:
     branches = list(c.ours)
-    head = ["subset", *(f"ours {b}" for b in branches), *(["anomalib PatchCore"] if c.peer else [])]
+    draws = list(c.anomalib_draws)
+    if len(draws) > 1:
+        peer_head = [f"anomalib seed {seed}" for seed in draws] + ["anomalib mean"]
+    else:
+        peer_head = ["anomalib PatchCore"] if c.peer else []
+    head = ["subset", *(f"ours {b}" for b in branches), *peer_head]
     title = (
         f"{c.run}: {c.encoder} ({c.weights}), {c.image_size} px, {c.aggregation} aggregation, coreset "
         f"{c.coreset_ratio} ({c.seconds_coreset} s), {c.n_train} train / {c.n_test} test images"
@@ -363,12 +384,13 @@ def format_table(c: Comparison) -> str:
     if c.peer:
         title += (
             f"; anomalib {c.peer.anomalib_version} layers {'+'.join(c.peer.layers)}, memory bank "
-            f"{c.peer.memory_bank[0]} x {c.peer.memory_bank[1]}"
+            f"{c.peer.memory_bank[0]} x {c.peer.memory_bank[1]}, {len(draws)} coreset draw(s)"
         )
     lines = [title, "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for subset in next(iter(c.ours.values())):
         ours = [f"{c.ours[b].get(subset, float('nan')):.3f}" for b in branches]
-        peer = [f"{c.anomalib[subset]:.3f}"] if c.peer else []
+        peer = [f"{c.anomalib_draws[seed][subset]:.3f}" for seed in draws] if len(draws) > 1 else []
+        peer += [f"{c.anomalib[subset]:.3f}"] if c.peer else []
         lines.append(f"| {subset} | " + " | ".join(ours + peer) + " |")
     return "\n".join(lines)
 
@@ -398,7 +420,8 @@ def main() -> None:
     parser.add_argument("--ours-metrics", type=Path, default=None, help="evaluate's metrics.json of RUN")
     parser.add_argument("--anomalib-version", default=ANOMALIB_VERSION)
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/npgmf_edge"))
-    parser.add_argument("--seed", type=int, default=0, help="anomalib's coreset start")
+    parser.add_argument("--seed", type=int, nargs="+", default=[0],
+                        help="anomalib's coreset draws: one per seed, on the same features")  # fmt: skip
     parser.add_argument("--train-seed", type=int, default=0, help="with --train-structural: our seed")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in the peer")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -411,7 +434,7 @@ def main() -> None:
         args.work = Path(tmp)
         result = dataclasses.asdict(comparison := compare(args))
     if result["peer"]:
-        result["peer"].pop("scores")
+        result["peer"].pop("scores")  # per image: kept out of the printed and written summary
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2) if args.json else format_table(comparison))
