@@ -227,7 +227,7 @@ def compare(args: argparse.Namespace) -> Comparison:
         "weights": weights,
         "image_size": cfg.image_size,
         "coreset_ratio": cfg.structural.coreset_ratio,
-        "seeds": args.seed,
+        "seeds": args.seeds,
         "threads": args.threads,
         "batch_size": args.batch_size,
         "train": [str(p) for p in train],
@@ -339,6 +339,7 @@ def worker(spec_path: Path, result_path: Path) -> None:
     if not spec.get("anomalib_coreset", False):
         KCenterGreedy.select_coreset_idxs = pruned_select
     embeddings = list(model.model.embedding_store)  # Patchcore.fit empties the store
+    model.model.eval()  # the forward pass scores from here on; fit reads only the store
     scores: list[list[float]] = []
     seconds_fit, seconds_test = time.perf_counter() - tick, 0.0
     for seed in spec["seeds"]:
@@ -348,7 +349,6 @@ def worker(spec_path: Path, result_path: Path) -> None:
         model.fit()  # Patchcore.fit: the coreset
         seconds_fit += time.perf_counter() - tick
         tick = time.perf_counter()
-        model.model.eval()
         draw: list[float] = []
         with torch.no_grad():
             for images in batches(spec["test"]):
@@ -371,12 +371,13 @@ def worker(spec_path: Path, result_path: Path) -> None:
 
 def format_table(c: Comparison) -> str:
     branches = list(c.ours)
-    draws = list(c.anomalib_draws)
-    if len(draws) > 1:
-        peer_head = [f"anomalib seed {seed}" for seed in draws] + ["anomalib mean"]
+    draws = c.anomalib_draws
+    if len(draws) > 1:  # each draw, then their mean
+        peer_columns = [(f"anomalib seed {seed}", aurocs) for seed, aurocs in draws.items()]
+        peer_columns.append(("anomalib mean", c.anomalib))
     else:
-        peer_head = ["anomalib PatchCore"] if c.peer else []
-    head = ["subset", *(f"ours {b}" for b in branches), *peer_head]
+        peer_columns = [("anomalib PatchCore", c.anomalib)] if c.peer else []
+    head = ["subset", *(f"ours {b}" for b in branches), *(name for name, _ in peer_columns)]
     title = (
         f"{c.run}: {c.encoder} ({c.weights}), {c.image_size} px, {c.aggregation} aggregation, coreset "
         f"{c.coreset_ratio} ({c.seconds_coreset} s), {c.n_train} train / {c.n_test} test images"
@@ -389,8 +390,7 @@ def format_table(c: Comparison) -> str:
     lines = [title, "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for subset in next(iter(c.ours.values())):
         ours = [f"{c.ours[b].get(subset, float('nan')):.3f}" for b in branches]
-        peer = [f"{c.anomalib_draws[seed][subset]:.3f}" for seed in draws] if len(draws) > 1 else []
-        peer += [f"{c.anomalib[subset]:.3f}"] if c.peer else []
+        peer = [f"{aurocs[subset]:.3f}" for _, aurocs in peer_columns]
         lines.append(f"| {subset} | " + " | ".join(ours + peer) + " |")
     return "\n".join(lines)
 
@@ -420,7 +420,7 @@ def main() -> None:
     parser.add_argument("--ours-metrics", type=Path, default=None, help="evaluate's metrics.json of RUN")
     parser.add_argument("--anomalib-version", default=ANOMALIB_VERSION)
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/npgmf_edge"))
-    parser.add_argument("--seed", type=int, nargs="+", default=[0],
+    parser.add_argument("--seed", dest="seeds", type=int, nargs="+", default=[0],
                         help="anomalib's coreset draws: one per seed, on the same features")  # fmt: skip
     parser.add_argument("--train-seed", type=int, default=0, help="with --train-structural: our seed")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in the peer")

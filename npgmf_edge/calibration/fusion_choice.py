@@ -151,9 +151,8 @@ def _best(candidates: list[FusionCandidate], logical_low: float) -> tuple[str, f
     and not chance, the image-level ones if any, else the pixel-level ones; of those, the least logical
     weight within the margin of the best. Otherwise that branch alone."""
     structural = _structural_alone(candidates)
-    lifted = [
-        c for c in candidates if logical_low > CHANCE and c.lift_low >= 0.0 and _gains_margin(c, structural)
-    ]
+    earned = logical_low > CHANCE
+    lifted = [c for c in candidates if earned and c.lift_low >= 0.0 and _gains_margin(c, structural)]
     if not lifted:
         return structural.level, structural.weight_structural, structural.weight_logical
     pool = [c for c in lifted if c.level == "image"] or lifted  # image level first: see the module doc
