@@ -114,7 +114,9 @@ def make_data(
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same dataset.")] = 0,
     image_size: Annotated[int, typer.Option(help="Side of the square images in pixels.")] = 256,
     n_train: Annotated[int, typer.Option(help="Good training images.")] = 60,
-    n_validation: Annotated[int, typer.Option(help="Good validation images.")] = 20,
+    n_validation: Annotated[
+        int, typer.Option(help="Good validation images (calibration; auto fusion wants 60 or more).")
+    ] = 60,
     n_test_good: Annotated[int, typer.Option(help="Good test images.")] = 20,
     n_logical: Annotated[int, typer.Option(help="Test images with logical anomalies.")] = 20,
     n_structural: Annotated[int, typer.Option(help="Test images with structural anomalies.")] = 20,

@@ -3,17 +3,19 @@
 CLIP weights can be had here). Random init is kept for the
 mechanics tests (conftest's `tiny_run`), not for detection quality.
 
-Measured (image AUROC over all anomalies; seed = data and training seed; docs/BENCHMARKS.md):
-seed 0: fused 0.948, structural 0.898, logical 0.918; seed 1: fused 0.874, structural 0.868, logical 0.829;
-seed 2: fused 0.906, structural 0.815, logical 0.896. The fusion claim holds on all three. Training is not
-bit-identical across CPUs (issue 24: a random-init test measured 0.765 here and 0.6475 on an AMD EPYC), so
-each bar sits a clear margin below the worst seed: fused > 0.82 (worst 0.874), and fused at most 0.03 below
-the better branch (worst seed: 0.006 above it). Only seed 0 runs here (fused 0.948, 0.030 above).
+Measured (image AUROC over all anomalies; seed = data and training seed; make-data's 60 validation
+images; 2026-12-07, docs/BENCHMARKS.md "make-data with 60 validation images"): seed 0: fused 0.946,
+structural 0.898, logical 0.918; seed 1: fused 0.883, structural 0.869, logical 0.823; seed 2: fused 0.908,
+structural 0.815, logical 0.918. Training is not bit-identical across CPUs (issue 24: a random-init test
+measured 0.765 here and 0.6475 on an AMD EPYC), so each bar sits a clear margin below the worst seed:
+fused > 0.82 (worst 0.883), and fused at most 0.03 below the better branch (worst seed: 0.010 below it).
+Only seed 0 runs here (fused 0.946, 0.028 above).
 
 The paper's Table VI claim (logical beats structural on logical anomalies) does not hold with these
-features: seed 0 logical 0.835 vs structural 0.863, seed 1 0.743 vs 0.803, seed 2 0.808 vs 0.800. So it is
-reported, not asserted. That the logical map ranks logical anomalies above good images is asserted, with a
-bar 0.05 below its worst seed (0.743). It moved here from the 40-image set of
+features on every seed (docs/BENCHMARKS.md, "Fused detector on the synthetic set with ImageNet features
+offline"), so it is reported, not asserted. That the logical map ranks logical anomalies above good images
+is asserted, with a bar 0.05 below its worst seed (logical subset: seed 0 0.835, seed 1 0.720, seed 2 0.845).
+It moved here from the 40-image set of
 training/test_logical_training.py, where seeds and CPUs spread from 0.40 to 0.765 (0.6475 on an AMD EPYC).
 """
 
@@ -62,7 +64,7 @@ def test_logical_map_ranks_logical_anomalies_above_good_images(default_run, bran
     keep = np.array([s.defect_type in ("good", "logical_anomalies") for s in test])
     labels = np.array([s.label for s in test])[keep]
     auroc = roc_auc_score(labels, branch_scores["logical"][keep])
-    assert auroc > 0.69, f"logical image AUROC {auroc:.3f} on logical anomalies"  # chance is 0.5
+    assert auroc > 0.67, f"logical image AUROC {auroc:.3f} on logical anomalies"  # chance is 0.5
 
 
 def test_fused_detector_is_at_least_as_good_as_the_better_branch(image_aurocs) -> None:

@@ -45,6 +45,10 @@ LIFT_QUANTILE = 0.05  # a gain over the structural branch alone counts when this
 LIFT_MARGIN = 0.005  # ... and the gain itself is at least this
 CHANCE = 0.5  # the logical branch alone must beat this AUROC in the same quantile of resamples
 BOOTSTRAP_SEED = 0
+# Below this many normal validation images a gain of about 0.02 is rarely told from chance, so `auto`
+# keeps the structural branch alone where a fusion would have lifted it (docs/BENCHMARKS.md, "More
+# validation images, and the least weight near the best"; MVTec LOCO's categories have 62-122).
+ADVISED_VALIDATION_IMAGES = 60
 
 
 def parse_fusion_weights(text: str) -> tuple[str, float, float]:
@@ -185,6 +189,8 @@ def untaken_lift_text(calibration: Calibration) -> str | None:
             f"its gain's lower bound is below 0 (lift_low {untaken.lift_low:.3f}): on {selection.n_normal} "
             f"normal and {selection.n_pseudo} pseudo-anomalous images it cannot be told from chance"
         )
+        if selection.n_normal < ADVISED_VALIDATION_IMAGES:
+            why += f" (calibrate on at least {ADVISED_VALIDATION_IMAGES} validation images)"
     else:
         why = "the logical branch alone was not better than chance in enough resamples"
     return (

@@ -22,7 +22,7 @@ from npgmf_edge.postprocess import fuse
 from npgmf_edge.rundir import LOGICAL_DIR, MODEL_FILE, read_provenance, write_run_manifest
 from npgmf_edge.runtime import Inspector
 from npgmf_edge.runtime.manifest import MANIFEST_FILE, SELF_HASH_KEY, read_manifest
-from npgmf_edge.training.run import recalibrate_run
+from npgmf_edge.training.run import calibrate_run, recalibrate_run
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:
@@ -75,17 +75,30 @@ def test_pseudo_anomalies_are_made_from_validation_images_only(tiny_run, tmp_pat
     assert load_calibration(run) == calibration  # saved, and the run's manifest was rewritten (it loads)
 
 
-def test_a_logical_branch_with_random_weights_falls_back_to_the_structural_result(tiny_run, tmp_path) -> None:
+def test_a_logical_branch_with_random_weights_falls_back_to_the_structural_result(
+    tiny_run, tmp_path, caplog
+) -> None:
     run = _copy(tiny_run[0], tmp_path)
     _randomize_logical(run)
     recalibrate_run(run, "auto", device="cpu")
+    assert "auto fusion chooses" not in caplog.text  # make-data's 60 validation images are enough
     aurocs = _test_aurocs(run, tiny_run[1])
     assert abs(aurocs["fused"] - aurocs["structural"]) <= 0.005, aurocs
 
 
-def test_fixed_weights_are_kept_and_recorded_in_the_runs_config(tiny_run, tmp_path) -> None:
+def test_auto_on_fewer_validation_images_than_advised_warns_with_their_number(
+    tiny_run, tmp_path, caplog
+) -> None:
+    run = _copy(tiny_run[0], tmp_path)
+    validation = [Path(p) for p in read_provenance(run)["validation_images"]][:20]
+    calibrate_run(run, validation, fusion=FusionConfig(mode="auto"))
+    assert "auto fusion chooses on 20 validation images: with fewer than 60" in caplog.text
+
+
+def test_fixed_weights_are_kept_and_recorded_in_the_runs_config(tiny_run, tmp_path, caplog) -> None:
     run = _copy(tiny_run[0], tmp_path)
     calibration = recalibrate_run(run, "1:0.5", device="cpu")
+    assert "auto fusion chooses" not in caplog.text  # given weights: nothing to choose
     assert (calibration.fusion_level, calibration.weight_logical) == ("pixel", 0.5)
     assert calibration.fusion_selection.mode == "fixed"
     config = json.loads((run / "config.json").read_text())["fusion"]

@@ -255,7 +255,7 @@ def test_make_data_cli_writes_a_dataset_the_loco_reader_loads_back(tmp_path, mon
         "test/logical_anomalies": 20,
         "test/structural_anomalies": 20,
         "train/good": 60,
-        "validation/good": 20,
+        "validation/good": 60,
     }
     regions = [r for s in dataset.test if s.label for r in read_defect_regions(s, dataset.defects_config)]
     assert len(regions) == 45  # 20 structural + 20 logical, 5 of which (swaps) have two masks

@@ -53,23 +53,30 @@ def test_a_calibration_from_before_the_choice_says_so() -> None:
     )
 
 
+ADVICE = "(calibrate on at least 60 validation images)"
+CHANCE_TOLD = "40 pseudo-anomalous images it cannot be told from chance"
+
+
 @pytest.mark.parametrize(
-    ("lift_low", "why"),
+    ("lift_low", "n_normal", "why"),
     [
-        (-0.01, "lower bound is below 0 (lift_low -0.010): on 20 normal and 40 pseudo-anomalous images"),
-        (0.01, "the logical branch alone was not better than chance"),
+        (-0.01, 20, f"(lift_low -0.010): on 20 normal and {CHANCE_TOLD} {ADVICE}"),
+        (-0.01, 60, f"(lift_low -0.010): on 60 normal and {CHANCE_TOLD}"),
+        (0.01, 20, "the logical branch alone was not better than chance"),
     ],
 )
-def test_a_lift_auto_left_untaken_is_stated_with_why(lift_low: float, why: str) -> None:
+def test_a_lift_auto_left_untaken_is_stated_with_why(lift_low: float, n_normal: int, why: str) -> None:
     calibration = _calibration("auto", "pixel", (1.0, 0.0))
     selection = calibration.fusion_selection
     candidates = (*selection.candidates[:2], dataclasses.replace(selection.candidates[2], lift_low=lift_low))
     calibration = dataclasses.replace(
-        calibration, fusion_selection=dataclasses.replace(selection, candidates=candidates)
+        calibration, fusion_selection=dataclasses.replace(selection, candidates=candidates, n_normal=n_normal)
     )
     last = format_fusion_table(calibration).splitlines()[-1]
     assert last.startswith("not taken: image 1:0.5 gained +0.050 over the structural branch alone")
     assert why in last
+    # More images are advised only where the images were too few to tell the gain from chance.
+    assert (ADVICE in last) == (lift_low < 0 and n_normal < 60)
 
 
 @pytest.mark.parametrize(
