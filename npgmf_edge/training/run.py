@@ -9,7 +9,6 @@ Where a dataset has no validation split (MVTec AD, BTAD, plain folders), a seede
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
     from npgmf_edge.training.logical import EpochCallback
 
 BRANCHES = ("logical", "structural", "all")
-
-log = logging.getLogger(__name__)
 
 
 def check_dataset_size(dataset: AnomalyDataset, branch: str) -> None:
@@ -140,7 +137,7 @@ def calibrate_run(
     """Branch statistics, the fusion (weights and level, chosen on pseudo-anomalies of the validation
     images as `fusion`, by default the run's, says) and the threshold, from maps computed on `device`;
     saved as calibration.json, with a sample of the pseudo-anomalies as PSEUDO_SAMPLE_FILE."""
-    from npgmf_edge.calibration.fusion_choice import ADVISED_VALIDATION_IMAGES, choose_fusion
+    from npgmf_edge.calibration.fusion_choice import choose_fusion
     from npgmf_edge.calibration.pseudo_anomalies import make_pseudo_anomalies
     from npgmf_edge.data import read_image
     from npgmf_edge.detector import RunDetector
@@ -149,13 +146,6 @@ def calibrate_run(
 
     detector = RunDetector(run_dir, device=device)
     size, fusion = detector.cfg.image_size, fusion or detector.cfg.fusion
-    if fusion.mode == "auto" and len(validation_images) < ADVISED_VALIDATION_IMAGES:
-        log.warning(
-            "auto fusion chooses on %d validation images: with fewer than %d, a lift of about 0.02 from "
-            "the logical branch is rarely told from chance, so the structural branch may be kept alone",
-            len(validation_images),
-            ADVISED_VALIDATION_IMAGES,
-        )
     # Pseudo-anomalies are made at the model's input size: what the detector sees, at a fixed cost.
     images = [
         to_model_input(read_image(path), size).transpose(1, 2, 0).astype(np.uint8)
